@@ -1,0 +1,124 @@
+"""The pool factory, the boot checks, and the translation of driver errors into domain errors.
+
+Pools are built closed (`open=False`); the process's composition root opens them after any
+fork and closes them on shutdown. Nothing here connects at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import psycopg
+import redis
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from shared.errors import DatabaseBusy, DatabaseUnavailable, DependencyDown
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: SQLSTATEs that mean "try again": the transaction was a victim, not wrong.
+TRANSIENT = (
+    psycopg.OperationalError,
+    pg_errors.SerializationFailure,
+    pg_errors.DeadlockDetected,
+    pg_errors.LockNotAvailable,
+    pg_errors.QueryCanceled,
+    PoolTimeout,
+)
+
+
+def application_name(settings: Settings, role: str) -> str:
+    """`settle:<role>:<host>:<pid>`, so pg_stat_activity shows who holds each connection."""
+    return f"settle:{role}:{settings.hostname}:{os.getpid()}"[:63]
+
+
+def connect_kwargs(settings: Settings, role: str) -> dict[str, object]:
+    """Connection parameters shared by pools and one-off connections: autocommit (a single
+    statement is its own transaction: one round trip), Postgres-side timeouts, and the
+    application name."""
+    options = (
+        f"-c statement_timeout={settings.statement_timeout_ms}"
+        f" -c lock_timeout={settings.lock_timeout_ms}"
+        f" -c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}"
+    )
+    return {
+        "autocommit": True,
+        "application_name": application_name(settings, role),
+        "options": options,
+        "connect_timeout": 5,
+    }
+
+
+def create_pool(settings: Settings, role: str, *, size: int | None = None) -> ConnectionPool:
+    """A closed pool of `size` connections (default: the role's share) for this process.
+
+    Open it with `pool.open(wait=True, timeout=...)` after any fork; that raises
+    `PoolTimeout` when Postgres cannot be reached.
+    """
+    size = size or settings.pool_size(role)
+    return ConnectionPool(
+        settings.database_url,
+        kwargs=connect_kwargs(settings, role),
+        min_size=size,
+        max_size=size,
+        open=False,
+        name=f"settle-{role}",
+        timeout=settings.pool_timeout,
+        reconnect_timeout=60.0,
+    )
+
+
+@contextlib.contextmanager
+def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+    """Borrow a connection, translating failures into domain errors.
+
+    Raises `DatabaseBusy` when none frees up within the pool timeout, and
+    `DatabaseUnavailable` when Postgres drops or refuses the connection; in the latter case
+    the pool is asked to check its idle connections, since it does not probe them itself and
+    after a Postgres restart every one of them is dead.
+    """
+    try:
+        with pool.connection() as conn:
+            yield conn
+    except PoolTimeout:
+        raise DatabaseBusy("no database connection became free in time") from None
+    except psycopg.OperationalError as exc:
+        log.warning("database connection failed (%s); checking the pool", exc)
+        pool.check()
+        raise DatabaseUnavailable("the database is unreachable") from exc
+
+
+def check_postgres(url: str, *, timeout: float = 5.0) -> None:
+    """Boot check: `SELECT 1` on a fresh connection. Raises `DependencyDown` with one line."""
+    try:
+        with psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DependencyDown(f"Postgres unreachable at {redact(url)}: {first}") from None
+
+
+def check_redis(url: str, *, timeout: float = 5.0) -> None:
+    """Boot check: `PING` Redis. Raises `DependencyDown` with one line."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise DependencyDown(f"Redis unreachable at {redact(url)}: {exc}") from None
+    finally:
+        client.close()
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced, for log lines."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

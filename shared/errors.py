@@ -1,0 +1,162 @@
+"""The one hierarchy of domain errors, each with a stable `code` that clients see.
+
+The web front maps each class to an HTTP status in one place (`web/errors.py`); nothing in
+`shared/` knows about HTTP.
+"""
+
+from __future__ import annotations
+
+
+class SettleError(Exception):
+    """Raised for any condition this service reports by a stable code."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__doc__ or self.code)
+        self.message = message or (self.__doc__ or self.code).strip()
+
+
+class InvalidSetting(SettleError):
+    """Raised when an environment variable holds a value that does not parse."""
+
+    code = "invalid_setting"
+
+
+# Client errors: the request is wrong; nothing was changed.
+
+
+class InvalidRequest(SettleError):
+    """Raised when a request body or parameter has the wrong shape, type or range."""
+
+    code = "invalid_request"
+
+
+class InvalidJSON(InvalidRequest):
+    """Raised when a request body is not a JSON document (or is nested too deeply)."""
+
+    code = "invalid_json"
+
+
+class UnsupportedMediaType(SettleError):
+    """Raised when a request body is not sent as application/json."""
+
+    code = "unsupported_media_type"
+
+
+class BodyTooLarge(SettleError):
+    """Raised when a request body is larger than MAX_BODY_BYTES."""
+
+    code = "body_too_large"
+
+
+class InvalidCursor(InvalidRequest):
+    """Raised when a list cursor was not issued by this service."""
+
+    code = "invalid_cursor"
+
+
+class IdempotencyKeyMissing(InvalidRequest):
+    """Raised when POST /transfers comes without an Idempotency-Key header."""
+
+    code = "idempotency_key_missing"
+
+
+class IdempotencyKeyReused(SettleError):
+    """Raised when an Idempotency-Key is replayed with a different body."""
+
+    code = "idempotency_key_reused"
+
+
+class NotFound(SettleError):
+    """Raised when a resource addressed by the URL does not exist."""
+
+    code = "not_found"
+
+
+class UserNotFound(NotFound):
+    """Raised when no user has the given id."""
+
+    code = "user_not_found"
+
+
+class AccountNotFound(NotFound):
+    """Raised when no account has the given id."""
+
+    code = "account_not_found"
+
+
+class TransferNotFound(NotFound):
+    """Raised when no transfer has the given id."""
+
+    code = "transfer_not_found"
+
+
+class EmailTaken(SettleError):
+    """Raised when a user is created with an email another user already has."""
+
+    code = "email_taken"
+
+
+class TransferRejected(SettleError):
+    """Raised when a well-formed transfer cannot be accepted as asked."""
+
+    code = "transfer_rejected"
+
+
+class UnknownTransferAccount(TransferRejected):
+    """Raised when a transfer names an account that does not exist."""
+
+    code = "account_not_found"
+
+
+class CurrencyMismatch(TransferRejected):
+    """Raised when a transfer's accounts (or its stated currency) disagree on currency."""
+
+    code = "currency_mismatch"
+
+
+class SameAccount(TransferRejected):
+    """Raised when a transfer names the same account on both sides."""
+
+    code = "same_account"
+
+
+# Server-side conditions: the request may succeed later.
+
+
+class Unavailable(SettleError):
+    """Raised when a dependency cannot serve in time; the caller should retry later."""
+
+    code = "unavailable"
+    retry_after = 1
+
+
+class DatabaseBusy(Unavailable):
+    """Raised when no pooled connection became free within POOL_TIMEOUT."""
+
+    code = "database_busy"
+
+
+class DatabaseUnavailable(Unavailable):
+    """Raised when Postgres cannot be reached or dropped the connection."""
+
+    code = "database_unavailable"
+
+
+class BrokerUnavailable(Unavailable):
+    """Raised when the message broker (Redis) cannot be reached."""
+
+    code = "broker_unavailable"
+
+
+class Overloaded(Unavailable):
+    """Raised when the web process already has more queued requests than WEB_QUEUE_LIMIT."""
+
+    code = "overloaded"
+
+
+class DependencyDown(SettleError):
+    """Raised by a boot check when Postgres or Redis cannot be reached."""
+
+    code = "dependency_down"

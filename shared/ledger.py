@@ -1,0 +1,266 @@
+"""Use cases on users, accounts, transfers and ledger entries; each takes a connection.
+
+Connections are autocommit, so a single statement is its own transaction (one round trip);
+use cases with several writes open `conn.transaction()`. Domain conditions raise the classes
+of `shared.errors`; driver errors propagate for the caller's retry policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from shared.errors import (
+    AccountNotFound,
+    CurrencyMismatch,
+    EmailTaken,
+    IdempotencyKeyReused,
+    InvalidCursor,
+    SameAccount,
+    TransferNotFound,
+    UnknownTransferAccount,
+    UserNotFound,
+)
+from shared.money import BIGINT_MAX
+from shared.requests import NewAccount, NewTransfer, NewUser
+
+Row = dict[str, Any]
+
+
+def parse_id(raw: str) -> int | None:
+    """A path segment as a bigint id, or None when it cannot name any row."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if 1 <= value <= BIGINT_MAX else None
+
+
+def _one(conn: psycopg.Connection, query: str, params: tuple[object, ...]) -> Row | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchone()
+
+
+def create_user(conn: psycopg.Connection, new: NewUser) -> Row:
+    """Insert a user. Raises `EmailTaken` when the email is in use."""
+    try:
+        row = _one(
+            conn,
+            "INSERT INTO users (email, name) VALUES (%s, %s) RETURNING id, email, name, created_at",
+            (new.email, new.name),
+        )
+    except pg_errors.UniqueViolation:
+        raise EmailTaken(f"a user with email {new.email} already exists") from None
+    assert row is not None
+    return row
+
+
+def get_user(conn: psycopg.Connection, user_id: int) -> Row:
+    """The user with `user_id`. Raises `UserNotFound`."""
+    row = _one(conn, "SELECT id, email, name, created_at FROM users WHERE id = %s", (user_id,))
+    if row is None:
+        raise UserNotFound(f"user {user_id} does not exist")
+    return row
+
+
+def create_account(conn: psycopg.Connection, new: NewAccount) -> Row:
+    """Insert an account with a zero balance. Raises `UserNotFound` for an unknown owner."""
+    try:
+        row = _one(
+            conn,
+            "INSERT INTO accounts (user_id, currency, allow_negative_balance)"
+            " VALUES (%s, %s, %s) RETURNING id, user_id, currency, balance, "
+            "allow_negative_balance, created_at",
+            (new.user_id, new.currency, new.allow_negative_balance),
+        )
+    except pg_errors.ForeignKeyViolation:
+        raise UserNotFound(f"user {new.user_id} does not exist") from None
+    assert row is not None
+    return row
+
+
+def get_account(conn: psycopg.Connection, account_id: int) -> Row:
+    """The account with `account_id`, with its balance. Raises `AccountNotFound`."""
+    row = _one(
+        conn,
+        "SELECT id, user_id, currency, balance, allow_negative_balance, created_at FROM accounts"
+        " WHERE id = %s",
+        (account_id,),
+    )
+    if row is None:
+        raise AccountNotFound(f"account {account_id} does not exist")
+    return row
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The id after which a page starts. Raises `InvalidCursor` for a foreign string."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor("cursor was not issued by this service") from None
+    last_id = parse_id(raw[1:]) if raw.startswith("e") else None
+    if last_id is None:
+        raise InvalidCursor("cursor was not issued by this service")
+    return last_id
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Row]
+    next_cursor: str | None
+
+
+def list_entries(
+    conn: psycopg.Connection, account_id: int, *, limit: int, cursor: str | None
+) -> Page:
+    """Ledger entries of one account, oldest first, `limit` at a time.
+
+    Raises `AccountNotFound` and `InvalidCursor`.
+    """
+    after = decode_cursor(cursor) if cursor else 0
+    get_account(conn, account_id)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT id, transfer_id, account_id, amount, created_at FROM entries"
+            " WHERE account_id = %s AND id > %s"
+            " ORDER BY id LIMIT %s",
+            (account_id, after, limit + 1),
+        )
+        rows = cur.fetchall()
+    more = len(rows) > limit
+    items = rows[:limit]
+    return Page(items, encode_cursor(items[-1]["id"]) if more else None)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    transfer: Row
+    created: bool  # False: a replay of an earlier request with the same key
+
+
+def submit_transfer(conn: psycopg.Connection, new: NewTransfer) -> Submitted:
+    """Record a pending transfer, or return the one recorded earlier under the same key.
+
+    Raises `SameAccount`, `UnknownTransferAccount`, `CurrencyMismatch` (nothing written), and
+    `IdempotencyKeyReused` when the key was used for a different request.
+    """
+    if new.from_account_id == new.to_account_id:
+        raise SameAccount("from_account_id and to_account_id must differ")
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT id, currency FROM accounts WHERE id = ANY(%s)",
+            ([new.from_account_id, new.to_account_id],),
+        )
+        currencies: dict[int, str] = dict(cur.fetchall())
+    for field, account_id in (
+        ("from_account_id", new.from_account_id),
+        ("to_account_id", new.to_account_id),
+    ):
+        if account_id not in currencies:
+            raise UnknownTransferAccount(f"{field} {account_id} does not exist")
+    currency = currencies[new.from_account_id]
+    if currencies[new.to_account_id] != currency:
+        raise CurrencyMismatch(
+            f"account {new.from_account_id} holds {currency},"
+            f" account {new.to_account_id} holds {currencies[new.to_account_id]}"
+        )
+    if new.currency is not None and new.currency != currency:
+        raise CurrencyMismatch(f"the accounts hold {currency}, not {new.currency}")
+    row = _one(
+        conn,
+        "INSERT INTO transfers (idempotency_key, request_hash, from_account_id,"
+        " to_account_id, amount, currency) VALUES (%s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, status, from_account_id, "
+        "to_account_id, amount, currency, failure_code, attempts, created_at, settled_at",
+        (
+            new.idempotency_key,
+            new.fingerprint(),
+            new.from_account_id,
+            new.to_account_id,
+            new.amount,
+            currency,
+        ),
+    )
+    if row is not None:
+        return Submitted(row, created=True)
+    # The key was used before (a replay, or a concurrent request that won the insert).
+    existing = _by_key(conn, new)
+    assert existing is not None
+    return Submitted(existing, created=False)
+
+
+def _by_key(conn: psycopg.Connection, new: NewTransfer) -> Row | None:
+    row = _one(
+        conn,
+        "SELECT request_hash, id, status, from_account_id, to_account_id, amount, currency, "
+        "failure_code, attempts, created_at, settled_at FROM transfers WHERE idempotency_key = %s",
+        (new.idempotency_key,),
+    )
+    if row is None:
+        return None
+    if row.pop("request_hash") != new.fingerprint():
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    return row
+
+
+def get_transfer(conn: psycopg.Connection, transfer_id: int) -> Row:
+    """The transfer with `transfer_id`. Raises `TransferNotFound`."""
+    row = _one(
+        conn,
+        "SELECT id, status, from_account_id, to_account_id, amount, currency, failure_code, "
+        "attempts, created_at, settled_at FROM transfers WHERE id = %s",
+        (transfer_id,),
+    )
+    if row is None:
+        raise TransferNotFound(f"transfer {transfer_id} does not exist")
+    return row
+
+
+def settle_transfer(conn: psycopg.Connection, transfer_id: int) -> tuple[str, str | None]:
+    """Settle (or fail, for insufficient funds) one pending transfer in one transaction.
+
+    Returns (status, failure_code); 'missing' when no such transfer exists. A transfer that
+    is no longer pending is left alone, so delivering the same message twice is harmless.
+    Transient driver errors (deadlock, serialization, lost connection) propagate.
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT status, failure_code FROM settle_transfer(%s)", (transfer_id,))
+        row = cur.fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def record_failed_attempt(conn: psycopg.Connection, transfer_id: int, error: str) -> None:
+    """Count a failed settlement attempt and keep its error, if the transfer is pending."""
+    conn.execute(
+        "UPDATE transfers SET attempts = attempts + 1, last_error = %s"
+        " WHERE id = %s AND status = 'pending'",
+        (error[:500], transfer_id),
+    )
+
+
+def claim_stale_pending(conn: psycopg.Connection, *, grace_seconds: float, batch: int) -> list[int]:
+    """Ids of transfers pending for longer than `grace_seconds` since they were last sent,
+    oldest first, marked as sent now so the next sweep skips them for another grace period."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE transfers SET enqueued_at = now() WHERE id IN ("
+            " SELECT id FROM transfers WHERE status = 'pending'"
+            " AND enqueued_at < now() - make_interval(secs => %s)"
+            " ORDER BY enqueued_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " RETURNING id",
+            (grace_seconds, batch),
+        )
+        return sorted(row[0] for row in cur.fetchall())

@@ -1,0 +1,162 @@
+"""Parsing of request bodies into typed commands, with one clear error per defect.
+
+`parse_json` accepts only a JSON document whose numbers are integers or plain decimals and
+whose nesting stays shallow; the `*_request` functions reject unknown and missing fields and
+wrong types. All raise `InvalidJSON` or `InvalidRequest`; none touches the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared import money
+from shared.errors import IdempotencyKeyMissing, InvalidJSON, InvalidRequest
+
+#: Deeper documents are refused before they reach the parser's recursion.
+MAX_DEPTH = 32
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidJSON(f"{name} is not a valid JSON number")
+
+
+def _depth(raw: str) -> int:
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_json(raw: bytes) -> object:
+    """The JSON document in `raw` (UTF-8). Raises `InvalidJSON` for anything else, including
+    NaN/Infinity, integers too long to parse, and nesting deeper than `MAX_DEPTH`."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidJSON("the body is not UTF-8") from None
+    if _depth(text) > MAX_DEPTH:
+        raise InvalidJSON(f"the body is nested deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except InvalidJSON:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
+
+
+def _fields(body: object, required: set[str], optional: set[str]) -> Mapping[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - required - optional)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}")
+    missing = sorted(required - set(body))
+    if missing:
+        raise InvalidRequest(f"missing field(s): {', '.join(missing)}")
+    return body
+
+
+def _text(value: object, field: str, *, max_length: int = 200) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"{field} must be a non-empty string")
+    if len(value) > max_length:
+        raise InvalidRequest(f"{field} must be at most {max_length} characters")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class NewUser:
+    email: str
+    name: str
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    user_id: int
+    currency: str
+    allow_negative_balance: bool
+
+
+@dataclass(frozen=True)
+class NewTransfer:
+    from_account_id: int
+    to_account_id: int
+    amount: int
+    currency: str | None
+    idempotency_key: str
+
+    def fingerprint(self) -> str:
+        """A hash of what the caller asked for, to tell a replay from a reused key."""
+        asked = [self.from_account_id, self.to_account_id, self.amount, self.currency]
+        return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
+
+
+def user_request(body: object) -> NewUser:
+    """`{"email", "name"}` -> `NewUser`."""
+    fields = _fields(body, {"email", "name"}, set())
+    email = _text(fields["email"], "email", max_length=254)
+    if not _EMAIL.fullmatch(email):
+        raise InvalidRequest("email must look like name@example.com")
+    return NewUser(email=email.lower(), name=_text(fields["name"], "name"))
+
+
+def account_request(body: object) -> NewAccount:
+    """`{"user_id", "currency", "allow_negative_balance"?}` -> `NewAccount`."""
+    fields = _fields(body, {"user_id", "currency"}, {"allow_negative_balance"})
+    allow_negative = fields.get("allow_negative_balance", False)
+    if not isinstance(allow_negative, bool):
+        raise InvalidRequest("allow_negative_balance must be true or false")
+    return NewAccount(
+        user_id=money.identifier(fields["user_id"], "user_id"),
+        currency=money.currency(fields["currency"]),
+        allow_negative_balance=allow_negative,
+    )
+
+
+def transfer_request(body: object, idempotency_key: str | None) -> NewTransfer:
+    """`{"from_account_id", "to_account_id", "amount", "currency"?}` plus the
+    Idempotency-Key header -> `NewTransfer`. Raises `IdempotencyKeyMissing` without a key."""
+    if idempotency_key is None or not idempotency_key.strip():
+        raise IdempotencyKeyMissing("the Idempotency-Key header is required")
+    if not _KEY.fullmatch(idempotency_key):
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    fields = _fields(body, {"from_account_id", "to_account_id", "amount"}, {"currency"})
+    currency = fields.get("currency")
+    return NewTransfer(
+        from_account_id=money.identifier(fields["from_account_id"], "from_account_id"),
+        to_account_id=money.identifier(fields["to_account_id"], "to_account_id"),
+        amount=money.amount(fields["amount"]),
+        currency=None if currency is None else money.currency(currency),
+        idempotency_key=idempotency_key,
+    )
+
+
+def limit(raw: str | None, *, default: int = 100, maximum: int = 1000) -> int:
+    """The `?limit=` query parameter: an integer from 1 to `maximum`."""
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= maximum):
+        raise InvalidRequest(f"limit must be an integer from 1 to {maximum}")
+    return int(raw)

@@ -1,0 +1,61 @@
+"""The demo data `make run` seeds: a treasury, two users with funded EUR accounts.
+
+Idempotent: seeding twice finds the same rows (users by email, funding by idempotency key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from shared import ledger
+from shared.requests import NewAccount, NewTransfer, NewUser
+
+CURRENCY = "EUR"
+OPENING_BALANCE = 100_000  # 1,000.00 EUR in cents
+
+
+@dataclass(frozen=True)
+class Demo:
+    treasury_account_id: int
+    alice_user_id: int
+    alice_account_id: int
+    bob_user_id: int
+    bob_account_id: int
+
+
+def _user_with_account(
+    conn: psycopg.Connection, email: str, name: str, treasury: bool
+) -> tuple[int, int]:
+    row = conn.execute(
+        "SELECT u.id, a.id FROM users u JOIN accounts a ON a.user_id = u.id"
+        " WHERE u.email = %s AND a.currency = %s ORDER BY a.id LIMIT 1",
+        (email, CURRENCY),
+    ).fetchone()
+    if row is not None:
+        return row[0], row[1]
+    user = ledger.create_user(conn, NewUser(email=email, name=name))
+    account = ledger.create_account(
+        conn, NewAccount(user_id=user["id"], currency=CURRENCY, allow_negative_balance=treasury)
+    )
+    return user["id"], account["id"]
+
+
+def seed_demo(conn: psycopg.Connection) -> Demo:
+    """Create (or find) the demo rows and settle the opening balances synchronously."""
+    with conn.transaction():
+        _, treasury = _user_with_account(conn, "treasury@settle.example", "Treasury", True)
+        alice_user, alice = _user_with_account(conn, "alice@settle.example", "Alice", False)
+        bob_user, bob = _user_with_account(conn, "bob@settle.example", "Bob", False)
+    for account_id in (alice, bob):
+        funding = NewTransfer(
+            from_account_id=treasury,
+            to_account_id=account_id,
+            amount=OPENING_BALANCE,
+            currency=CURRENCY,
+            idempotency_key=f"demo-opening-balance-{account_id}",
+        )
+        submitted = ledger.submit_transfer(conn, funding)
+        ledger.settle_transfer(conn, submitted.transfer["id"])
+    return Demo(treasury, alice_user, alice, bob_user, bob)

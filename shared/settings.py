@@ -1,0 +1,137 @@
+"""Settings read from the environment, once, by each process's composition root.
+
+`Settings.from_env` is the only reader of `os.environ` for configuration; everything else
+receives a `Settings`. A malformed value raises `InvalidSetting` naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+
+from shared.errors import InvalidSetting
+
+DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidSetting(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise InvalidSetting(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidSetting(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise InvalidSetting(f"{name}={value} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; see the README's settings table for meanings."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_namespace: str = "settle"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web_processes: int = 2
+    web_threads: int = 4
+    web_pool_size: int = 0  # 0: one connection per web thread
+    web_queue_limit: int = 64
+    web_shutdown_timeout: float = 30.0
+    max_body_bytes: int = 16 * 1024
+    worker_processes: int = 2
+    worker_threads: int = 4
+    pool_timeout: float = 2.0
+    statement_timeout_ms: int = 5000
+    lock_timeout_ms: int = 3000
+    idle_in_transaction_timeout_ms: int = 10000
+    transfer_max_retries: int = 10
+    transfer_min_backoff_ms: int = 100
+    transfer_max_backoff_ms: int = 30000
+    sweeper_grace_seconds: float = 30.0
+    sweeper_interval_seconds: float = 5.0
+    sweeper_batch: int = 500
+    hostname: str = field(default_factory=socket.gethostname)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `env` (default: the process environment).
+
+        Raises `InvalidSetting` with the variable's name when a value does not parse.
+        """
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            database_url=env.get("DATABASE_URL") or d.database_url,
+            redis_url=env.get("REDIS_URL") or d.redis_url,
+            broker_namespace=env.get("BROKER_NAMESPACE") or d.broker_namespace,
+            host=env.get("HOST") or d.host,
+            port=_int(env, "PORT", d.port, minimum=0),
+            web_processes=_int(env, "WEB_PROCESSES", d.web_processes, minimum=1),
+            web_threads=_int(env, "WEB_THREADS", d.web_threads, minimum=1),
+            web_pool_size=_int(env, "WEB_POOL_SIZE", d.web_pool_size),
+            web_queue_limit=_int(env, "WEB_QUEUE_LIMIT", d.web_queue_limit, minimum=1),
+            web_shutdown_timeout=_float(env, "WEB_SHUTDOWN_TIMEOUT", d.web_shutdown_timeout),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", d.max_body_bytes, minimum=256),
+            worker_processes=_int(env, "WORKER_PROCESSES", d.worker_processes, minimum=1),
+            worker_threads=_int(env, "WORKER_THREADS", d.worker_threads, minimum=1),
+            pool_timeout=_float(env, "POOL_TIMEOUT", d.pool_timeout),
+            statement_timeout_ms=_int(
+                env, "STATEMENT_TIMEOUT_MS", d.statement_timeout_ms, minimum=1
+            ),
+            lock_timeout_ms=_int(env, "LOCK_TIMEOUT_MS", d.lock_timeout_ms, minimum=1),
+            idle_in_transaction_timeout_ms=_int(
+                env, "IDLE_IN_TRANSACTION_TIMEOUT_MS", d.idle_in_transaction_timeout_ms, minimum=1
+            ),
+            transfer_max_retries=_int(env, "TRANSFER_MAX_RETRIES", d.transfer_max_retries),
+            transfer_min_backoff_ms=_int(
+                env, "TRANSFER_MIN_BACKOFF_MS", d.transfer_min_backoff_ms, minimum=1
+            ),
+            transfer_max_backoff_ms=_int(
+                env, "TRANSFER_MAX_BACKOFF_MS", d.transfer_max_backoff_ms, minimum=1
+            ),
+            sweeper_grace_seconds=_float(env, "SWEEPER_GRACE_SECONDS", d.sweeper_grace_seconds),
+            sweeper_interval_seconds=_float(
+                env, "SWEEPER_INTERVAL_SECONDS", d.sweeper_interval_seconds
+            ),
+            sweeper_batch=_int(env, "SWEEPER_BATCH", d.sweeper_batch, minimum=1),
+            hostname=env.get("SETTLE_HOSTNAME") or d.hostname,
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with `changes` applied (tests and launchers use it)."""
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise InvalidSetting(f"unknown settings: {sorted(unknown)}")
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def pool_size(self, role: str) -> int:
+        """Connections one process of `role` may hold: web at most one per thread (or
+        WEB_POOL_SIZE when smaller), a worker one per thread, anything else one."""
+        if role == "web":
+            if self.web_pool_size:
+                return min(self.web_pool_size, self.web_threads)
+            return self.web_threads
+        if role == "worker":
+            return self.worker_threads
+        return 1

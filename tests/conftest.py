@@ -1,0 +1,137 @@
+"""Test servers and fixtures: the real Postgres and the real Redis, never mocks.
+
+With SETTLE_TEST_DATABASE_URL / SETTLE_TEST_REDIS_URL set, the suite uses those servers;
+otherwise it starts embedded ones under .settle/test-servers. Either way it works in a fresh
+database of its own (dropped at the end) and a broker namespace of its own, and sets
+DATABASE_URL / REDIS_URL / BROKER_NAMESPACE before any worker module (which builds the
+broker from the environment) is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import falcon.testing
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
+
+from shared.audit import find_violations
+from shared.embedded import Embedded, start_embedded
+from shared.migrate import migrate
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+_state: dict[str, object] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    admin_url = os.environ.get("SETTLE_TEST_DATABASE_URL")
+    redis_url = os.environ.get("SETTLE_TEST_REDIS_URL")
+    embedded = start_embedded(
+        ROOT / ".settle" / "test-servers", postgres=not admin_url, redis=not redis_url
+    )
+    admin_url = admin_url or embedded.database_url
+    redis_url = redis_url or embedded.redis_url
+    assert admin_url and redis_url
+    suffix = uuid.uuid4().hex[:10]
+    name = f"settle_test_{suffix}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    database_url = make_conninfo(admin_url, dbname=name)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn)
+    os.environ.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        BROKER_NAMESPACE=f"settle-test-{suffix}",
+    )
+    _state.update(embedded=embedded, admin_url=admin_url, database_name=name)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _state:
+        return
+    namespace = os.environ["BROKER_NAMESPACE"]
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+    admin_url = str(_state["admin_url"])
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(str(_state["database_name"]))
+            )
+        )
+    embedded = _state["embedded"]
+    assert isinstance(embedded, Embedded)
+    embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings of the test servers, as the processes under test would read them."""
+    return Settings.from_env().with_(web_processes=1, worker_processes=1, worker_threads=2)
+
+
+@pytest.fixture(scope="session")
+def database_name(settings: Settings) -> str:
+    return str(conninfo_to_dict(settings.database_url)["dbname"])
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test database."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def pool(settings: Settings) -> Iterator[ConnectionPool]:
+    """A web-sized pool on the test database, opened once for the session."""
+    from shared.db import create_pool
+
+    pool = create_pool(settings, "web-test")
+    pool.open(wait=True, timeout=10)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(autouse=True)
+def ledger_invariants(settings: Settings) -> Iterator[None]:
+    """After every test: per currency balances sum to zero, each balance equals its entries,
+    settled transfers have one debit and one credit, failed and pending ones none."""
+    yield
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        violations = find_violations(conn)
+    assert violations == [], "ledger invariants broken:\n" + "\n".join(violations)
+
+
+@pytest.fixture(scope="session")
+def sent() -> list[int]:
+    """Transfer ids the test app handed to its broker, in order (shared by the session)."""
+    return []
+
+
+@pytest.fixture
+def client(settings: Settings, pool: ConnectionPool, sent: list[int]) -> falcon.testing.TestClient:
+    """The real app on the real database; `enqueue` sends to the real Redis broker and
+    records the id in `sent`."""
+    from web.app import create_app
+    from worker.actors import settle_transfer
+    from worker.broker import broker
+
+    def enqueue(transfer_id: int) -> None:
+        settle_transfer.send(transfer_id)
+        sent.append(transfer_id)
+
+    app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.client.ping)
+    return falcon.testing.TestClient(app)

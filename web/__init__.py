@@ -1,0 +1,1 @@
+"""HTTP side of Settle: the Falcon app, its resources and the waitress launcher."""

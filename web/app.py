@@ -1,0 +1,61 @@
+"""The Falcon application factory: `create_app` takes its collaborators; tests call it directly.
+
+The launcher (`web/server.py`) is the composition root that reads the environment, builds the
+pool after the fork and passes it here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+import falcon.media
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from shared.errors import SettleError
+from shared.settings import Settings
+from web import errors, resources
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    pool: ConnectionPool,
+    enqueue: resources.Enqueue,
+    ping_broker: Callable[[], Any],
+) -> falcon.App:
+    """A WSGI app serving the HTTP contract with `pool` for reads and writes, `enqueue` to
+    hand a transfer id to the workers and `ping_broker` for readiness."""
+    app = falcon.App()
+    json_handler = falcon.media.JSONHandler(
+        dumps=functools.partial(json.dumps, default=_json_default, separators=(",", ":")),
+    )
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+
+    body = {"max_body_bytes": settings.max_body_bytes}
+    app.add_route("/users", resources.Users(pool, **body))
+    app.add_route("/users/{user_id}", resources.User(pool, **body))
+    app.add_route("/accounts", resources.Accounts(pool, **body))
+    app.add_route("/accounts/{account_id}", resources.Account(pool, **body))
+    app.add_route("/accounts/{account_id}/entries", resources.AccountEntries(pool, **body))
+    app.add_route("/transfers", resources.Transfers(pool, enqueue=enqueue, **body))
+    app.add_route("/transfers/{transfer_id}", resources.Transfer(pool, **body))
+    app.add_route("/healthz", resources.Health())
+    app.add_route("/readyz", resources.Ready(pool, ping_broker))
+
+    app.add_error_handler(Exception, errors.handle_unexpected)
+    app.add_error_handler(psycopg.Error, errors.handle_database_error)
+    app.add_error_handler(SettleError, errors.handle_settle_error)
+    app.set_error_serializer(errors.serialize_http_error)
+    return app

@@ -1,0 +1,174 @@
+"""Falcon resources: parse the request, call one use case in `shared/`, shape the answer.
+
+Resources hold only collaborators (the pool, the enqueue function); one instance serves every
+waitress thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+from psycopg_pool import ConnectionPool
+
+from shared import ledger, requests
+from shared.db import connection
+from shared.errors import (
+    AccountNotFound,
+    BodyTooLarge,
+    TransferNotFound,
+    UnsupportedMediaType,
+    UserNotFound,
+)
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[int], None]
+
+
+def read_json(req: falcon.Request, max_bytes: int) -> object:
+    """The request's JSON body, refusing a wrong content type (415) and, before reading it
+    whole, a body over `max_bytes` (413)."""
+    media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != falcon.MEDIA_JSON:
+        raise UnsupportedMediaType("send the body as application/json")
+    if req.content_length is not None and req.content_length > max_bytes:
+        raise BodyTooLarge(f"the body is larger than {max_bytes} bytes")
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise BodyTooLarge(f"the body is larger than {max_bytes} bytes")
+    return requests.parse_json(raw)
+
+
+class _Resource:
+    def __init__(self, pool: ConnectionPool, *, max_body_bytes: int) -> None:
+        self._pool = pool
+        self._max_body_bytes = max_body_bytes
+
+
+class Users(_Resource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        new = requests.user_request(read_json(req, self._max_body_bytes))
+        with connection(self._pool) as conn:
+            user = ledger.create_user(conn, new)
+        resp.status = falcon.HTTP_201
+        resp.location = f"/users/{user['id']}"
+        resp.media = {"data": user}
+
+
+class User(_Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
+        uid = ledger.parse_id(user_id)
+        if uid is None:
+            raise UserNotFound(f"user {user_id} does not exist")
+        with connection(self._pool) as conn:
+            resp.media = {"data": ledger.get_user(conn, uid)}
+
+
+class Accounts(_Resource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        new = requests.account_request(read_json(req, self._max_body_bytes))
+        with connection(self._pool) as conn:
+            account = ledger.create_account(conn, new)
+        resp.status = falcon.HTTP_201
+        resp.location = f"/accounts/{account['id']}"
+        resp.media = {"data": account}
+
+
+def _account_id(raw: str) -> int:
+    account_id = ledger.parse_id(raw)
+    if account_id is None:
+        raise AccountNotFound(f"account {raw} does not exist")
+    return account_id
+
+
+class Account(_Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, account_id: str) -> None:
+        aid = _account_id(account_id)
+        with connection(self._pool) as conn:
+            resp.media = {"data": ledger.get_account(conn, aid)}
+
+
+class AccountEntries(_Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, account_id: str) -> None:
+        aid = _account_id(account_id)
+        limit = requests.limit(req.get_param("limit"))
+        cursor = req.get_param("cursor")
+        with connection(self._pool) as conn:
+            page = ledger.list_entries(conn, aid, limit=limit, cursor=cursor)
+        resp.media = {"data": page.items, "next_cursor": page.next_cursor}
+
+
+class Transfers(_Resource):
+    def __init__(self, pool: ConnectionPool, *, max_body_bytes: int, enqueue: Enqueue) -> None:
+        super().__init__(pool, max_body_bytes=max_body_bytes)
+        self._enqueue = enqueue
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req, self._max_body_bytes)
+        new = requests.transfer_request(body, req.get_header("Idempotency-Key"))
+        with connection(self._pool) as conn:
+            submitted = ledger.submit_transfer(conn, new)
+        transfer = submitted.transfer
+        if transfer["status"] == "pending":
+            self._send(transfer["id"])
+        resp.status = falcon.HTTP_202
+        resp.location = f"/transfers/{transfer['id']}"
+        resp.media = {"data": transfer}
+
+    def _send(self, transfer_id: int) -> None:
+        # The transfer is committed: it is accepted whatever happens to the message. If the
+        # broker is down, the sweeper sends it once the grace period has passed.
+        try:
+            self._enqueue(transfer_id)
+        except Exception:
+            log.warning(
+                "transfer %s: enqueue failed; the sweeper will re-send it",
+                transfer_id,
+                exc_info=True,
+            )
+
+
+class Transfer(_Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
+        tid = ledger.parse_id(transfer_id)
+        if tid is None:
+            raise TransferNotFound(f"transfer {transfer_id} does not exist")
+        with connection(self._pool) as conn:
+            resp.media = {"data": ledger.get_transfer(conn, tid)}
+
+
+class Health:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"data": {"status": "ok"}}
+
+
+class Ready:
+    """Readiness: Postgres answers through this process's pool and Redis answers PING."""
+
+    def __init__(self, pool: ConnectionPool, ping_broker: Callable[[], Any]) -> None:
+        self._pool = pool
+        self._ping_broker = ping_broker
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        checks: dict[str, str] = {}
+        try:
+            with connection(self._pool) as conn:
+                conn.execute("SELECT 1")
+            checks["postgres"] = "ok"
+        except Exception as exc:  # any failure means "not ready"; the reason is reported
+            checks["postgres"] = f"unavailable: {type(exc).__name__}"
+        try:
+            self._ping_broker()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unavailable: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        if not ready:
+            resp.status = falcon.HTTP_503
+            resp.set_header("Retry-After", "1")
+            resp.media = {"error": {"code": "not_ready", "message": str(checks)}}
+            return
+        resp.media = {"data": {"status": "ready", **checks}}

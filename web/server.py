@@ -1,0 +1,211 @@
+"""`settle web`: the waitress launcher, the composition root of the web processes.
+
+The parent binds one listening socket and forks WEB_PROCESSES children that share it; each
+child opens its own pool after the fork and serves with WEB_THREADS threads. Waitress has no
+signal handling of its own, so each child drives waitress's event loop itself: on SIGTERM it
+stops accepting, lets in-flight requests finish and their responses flush, closes its pool
+and exits 0. The parent passes SIGTERM on and restarts a child that dies on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+
+import waitress
+from psycopg_pool import PoolTimeout
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+
+from shared.db import create_pool
+from shared.errors import Overloaded
+from shared.lifecycle import boot_check, configure_logging, load_settings
+from shared.settings import Settings
+
+log = logging.getLogger("settle.web")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def shed_load(app: WSGIApp, queue_depth: Callable[[], int], limit: int) -> WSGIApp:
+    """Answer 503 + Retry-After at once while more than `limit` requests wait for a thread.
+
+    Waitress's task queue is unbounded; without this a burst would queue without limit and
+    every request would time out instead of a few being turned away quickly.
+    """
+    body = (
+        b'{"error":{"code":"%s","message":"the server is overloaded; retry"}}'
+        % Overloaded.code.encode()
+    )
+
+    def shedding(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if queue_depth() > limit:
+            start_response(
+                "503 Service Unavailable",
+                [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(body))),
+                    ("Retry-After", str(Overloaded.retry_after)),
+                ],
+            )
+            return [body]
+        return app(environ, start_response)
+
+    return shedding
+
+
+def listen(settings: Settings) -> socket.socket:
+    sock = socket.create_server((settings.host, settings.port), backlog=1024, reuse_port=False)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(settings: Settings, sock: socket.socket) -> int:
+    """Serve on `sock` in this process until SIGTERM/SIGINT; return the exit code."""
+    # Imported after the fork: the broker's Redis client must belong to this process.
+    from web.app import create_app
+    from worker.actors import settle_transfer
+    from worker.broker import broker
+
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    pool = create_pool(settings, "web")
+    try:
+        pool.open(wait=True, timeout=10.0)
+    except PoolTimeout as exc:
+        log.error("web pool could not connect to Postgres: %s", exc)
+        pool.close()
+        return 1
+
+    def enqueue(transfer_id: int) -> None:
+        settle_transfer.send(transfer_id)
+
+    falcon_app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.client.ping)
+    socket_map: dict[int, Any] = {}
+    server: Any = None
+    app = shed_load(falcon_app, lambda: len(server.task_dispatcher.queue), settings.web_queue_limit)
+    server = waitress.create_server(
+        app,
+        map=socket_map,
+        sockets=[sock],
+        threads=settings.web_threads,
+        ident="settle",
+        clear_untrusted_proxy_headers=True,
+        channel_timeout=30,
+        expose_tracebacks=False,
+    )
+    log.info(
+        "serving on http://%s:%s with %d threads, pool of %d",
+        settings.host,
+        sock.getsockname()[1],
+        settings.web_threads,
+        pool.max_size,
+    )
+    while not stopping:
+        wasyncore.loop(timeout=1.0, map=socket_map, use_poll=True, count=1)
+
+    # Stop accepting; keep the event loop turning so in-flight responses reach their clients.
+    server.accepting = False
+    deadline = time.monotonic() + settings.web_shutdown_timeout
+    dispatcher = server.task_dispatcher
+    while time.monotonic() < deadline and _busy(dispatcher, socket_map):
+        wasyncore.loop(timeout=0.05, map=socket_map, use_poll=True, count=1)
+    idle = not _busy(dispatcher, socket_map)
+    dispatcher.shutdown(cancel_pending=True, timeout=5)
+    pool.close()
+    log.info("stopped %s", "cleanly" if idle else "with requests still in flight")
+    return 0 if idle else 1
+
+
+def _busy(dispatcher: Any, socket_map: dict[int, Any]) -> bool:
+    if dispatcher.queue or dispatcher.active_count > 0:
+        return True
+    return any(
+        isinstance(ch, HTTPChannel) and (ch.requests or ch.total_outbufs_len)
+        for ch in list(socket_map.values())
+    )
+
+
+def main() -> None:
+    configure_logging("web")
+    settings = load_settings("web")
+    boot_check(settings, "web")
+    try:
+        sock = listen(settings)
+    except OSError as exc:
+        print(
+            f"settle web: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr
+        )
+        raise SystemExit(1) from None
+    children: dict[int, int] = {}  # pid -> slot
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = serve(settings, sock)
+            except BaseException:
+                log.exception("web process failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children[pid] = slot
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for slot in range(settings.web_processes):
+        spawn(slot)
+    log.info(
+        "listening on http://%s:%s (%d processes)",
+        settings.host,
+        sock.getsockname()[1],
+        settings.web_processes,
+    )
+
+    failed = False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        slot = children.pop(pid, -1)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            failed = failed or code != 0
+            continue
+        if slot >= 0:
+            log.warning("web process %d exited (code %s); starting another", pid, code)
+            time.sleep(0.5)
+            spawn(slot)
+    sock.close()
+    raise SystemExit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

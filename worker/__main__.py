@@ -1,0 +1,88 @@
+"""`settle worker`: runs dramatiq with --processes/--threads from the settings and keeps it up.
+
+When one dramatiq worker process dies, the dramatiq master stops the others and exits; this
+supervisor starts it again (with a short backoff) unless it was asked to stop, so a crash
+never leaves the queue without consumers. SIGTERM/SIGINT are passed on to dramatiq, which
+finishes in-flight messages; the supervisor then exits with dramatiq's code.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from shared.lifecycle import boot_check, configure_logging, load_settings
+from shared.settings import Settings
+
+log = logging.getLogger("settle.worker")
+
+#: Give up when dramatiq fails this many times within `CRASH_WINDOW` seconds.
+MAX_CRASHES = 5
+CRASH_WINDOW = 60.0
+
+
+def dramatiq_command(settings: Settings) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "worker.actors",
+        "--processes",
+        str(settings.worker_processes),
+        "--threads",
+        str(settings.worker_threads),
+        "--queues",
+        "transfers",
+    ]
+
+
+def main() -> None:
+    configure_logging("worker")
+    settings = load_settings("worker")
+    boot_check(settings, "worker")
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    crashes: list[float] = []
+    command = dramatiq_command(settings)
+    while not stopping:
+        log.info(
+            "starting dramatiq: %d process(es) x %d thread(s)",
+            settings.worker_processes,
+            settings.worker_threads,
+        )
+        child = subprocess.Popen(command)
+        code = child.wait()
+        if stopping:
+            log.info("dramatiq stopped (exit %s)", code)
+            raise SystemExit(0 if code in (0, -signal.SIGTERM) else code)
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < CRASH_WINDOW] + [now]
+        if len(crashes) >= MAX_CRASHES:
+            log.error(
+                "dramatiq exited %d times within %.0fs (last code %s); giving up",
+                len(crashes),
+                CRASH_WINDOW,
+                code,
+            )
+            raise SystemExit(1)
+        log.warning("dramatiq exited unexpectedly (code %s); restarting", code)
+        time.sleep(min(2 ** (len(crashes) - 1) * 0.5, 8.0))
+    raise SystemExit(0)
+
+
+if __name__ == "__main__":
+    main()

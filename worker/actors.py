@@ -1,0 +1,44 @@
+"""The transfer actor: takes a transfer id, settles it in one Postgres transaction."""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+
+from shared import ledger
+from shared.db import connection
+from worker.broker import database, is_transient
+
+log = logging.getLogger(__name__)
+
+QUEUE = "transfers"
+
+
+@dramatiq.actor(queue_name=QUEUE, actor_name="settle_transfer")
+def settle_transfer(transfer_id: int) -> None:
+    """Settle one transfer. Idempotent: a transfer no longer pending is left alone.
+    Transient database failures are counted on the transfer and raised for a retry."""
+    try:
+        with connection(database.pool) as conn:
+            status, failure_code = ledger.settle_transfer(conn, transfer_id)
+    except Exception as exc:
+        if is_transient(exc):
+            _record_attempt(transfer_id, exc)
+        raise
+    if status == "missing":
+        log.warning("transfer %s: no such transfer; message dropped", transfer_id)
+    elif failure_code:
+        log.info("transfer %s: %s (%s)", transfer_id, status, failure_code)
+    else:
+        log.debug("transfer %s: %s", transfer_id, status)
+
+
+def _record_attempt(transfer_id: int, exc: BaseException) -> None:
+    error = f"{type(exc).__name__}: {exc}".strip()
+    log.warning("transfer %s: transient failure, will retry: %s", transfer_id, error)
+    try:
+        with connection(database.pool) as conn:
+            ledger.record_failed_attempt(conn, transfer_id, error)
+    except Exception as again:  # the database may still be down; the retry is what matters
+        log.warning("transfer %s: could not record the failed attempt: %s", transfer_id, again)

@@ -1,0 +1,79 @@
+"""The sweeper: re-sends transfers still pending after a grace period.
+
+A lost message (an enqueue that failed, a Redis that lost its data, a worker killed
+mid-flight) would otherwise strand its transfer; sending twice is harmless because the
+actor is idempotent. One process, one connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from psycopg_pool import ConnectionPool
+
+from shared import ledger
+from shared.db import connection, create_pool
+from shared.lifecycle import boot_check, configure_logging, load_settings
+from shared.settings import Settings
+from worker.actors import settle_transfer
+
+log = logging.getLogger("settle.sweeper")
+
+
+def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
+    """Re-send every transfer pending past the grace period; return how many were sent."""
+    sent = 0
+    while True:
+        with connection(pool) as conn:
+            ids = ledger.claim_stale_pending(
+                conn, grace_seconds=settings.sweeper_grace_seconds, batch=settings.sweeper_batch
+            )
+        for transfer_id in ids:
+            settle_transfer.send(transfer_id)
+        sent += len(ids)
+        if len(ids) < settings.sweeper_batch:
+            return sent
+
+
+def run(settings: Settings, stop: threading.Event) -> None:
+    """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set."""
+    pool = create_pool(settings, "sweeper", size=1)
+    pool.open(wait=True, timeout=10.0)
+    log.info(
+        "sweeping every %ss for transfers pending longer than %ss",
+        settings.sweeper_interval_seconds,
+        settings.sweeper_grace_seconds,
+    )
+    try:
+        while not stop.is_set():
+            try:
+                sent = sweep_once(pool, settings)
+                if sent:
+                    log.info("re-sent %d stale pending transfer(s)", sent)
+            except Exception as exc:  # one failed pass must not end the sweeper
+                log.warning("sweep failed, will try again: %s", exc)
+            stop.wait(settings.sweeper_interval_seconds)
+    finally:
+        pool.close()
+        log.info("sweeper stopped")
+
+
+def main() -> None:
+    configure_logging("sweeper")
+    settings = load_settings("sweeper")
+    boot_check(settings, "sweeper")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    run(settings, stop)
+
+
+if __name__ == "__main__":
+    main()
