@@ -21,7 +21,7 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(BIN)/settle run
+	$(BIN)/settle run $(RUN_ARGS)
 
 lint: install
 	$(BIN)/ruff format --check .

