@@ -18,6 +18,7 @@ from types import FrameType
 
 import psycopg
 
+from shared.budget import BudgetExceeded, capacity, make_plan
 from shared.lifecycle import boot_check, configure_logging, load_settings
 from shared.migrate import migrate
 from shared.seed import seed_demo
@@ -36,6 +37,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         f"settle migrate: applied {len(applied)} migration(s)"
         + (f": {', '.join(applied)}" if applied else " (schema up to date)")
     )
+    return 0
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    """Print the connection plan; exit 2 when it does not fit, 1 when Postgres is needed
+    (no DB_CONNECTION_BUDGET) but unreachable."""
+    settings = load_settings("budget")
+    try:
+        cap = capacity(settings)
+    except psycopg.Error as exc:
+        print(
+            f"settle budget: cannot read max_connections from Postgres ({exc}); "
+            "set DB_CONNECTION_BUDGET to plan without a database",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        plan = make_plan(settings, cap)
+    except BudgetExceeded as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    print(plan.table())
     return 0
 
 
@@ -155,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in PROCESSES:
         sub.add_parser(name, help=f"run the {name} process (see the README)")
     sub.add_parser("migrate", help="apply pending schema migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("budget", help="print the connection budget plan").set_defaults(func=cmd_budget)
     sub.add_parser("seed", help="create the demo users and accounts").set_defaults(func=cmd_seed)
     run = sub.add_parser(
         "run",

@@ -30,6 +30,21 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return value
 
 
+def _optional_int(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:
+    if not env.get(name, "").strip():
+        return None
+    return _int(env, name, minimum, minimum=minimum)
+
+
+def _share(env: Mapping[str, str], name: str) -> float | None:
+    if not env.get(name, "").strip():
+        return None
+    value = _float(env, name, 0.5)
+    if not 0 < value < 1:
+        raise InvalidSetting(f"{name}={value} must be between 0 and 1 (exclusive)")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -60,6 +75,12 @@ class Settings:
     max_body_bytes: int = 16 * 1024
     worker_processes: int = 2
     worker_threads: int = 4
+    web_instances: int = 1
+    worker_instances: int = 1
+    db_connection_budget: int | None = None  # None: derived from the server's settings
+    db_reserved_connections: int = 5
+    web_share: float | None = None
+    lease_ttl_seconds: float = 10.0
     pool_timeout: float = 2.0
     statement_timeout_ms: int = 5000
     lock_timeout_ms: int = 3000
@@ -94,6 +115,12 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", d.max_body_bytes, minimum=256),
             worker_processes=_int(env, "WORKER_PROCESSES", d.worker_processes, minimum=1),
             worker_threads=_int(env, "WORKER_THREADS", d.worker_threads, minimum=1),
+            web_instances=_int(env, "WEB_INSTANCES", d.web_instances, minimum=1),
+            worker_instances=_int(env, "WORKER_INSTANCES", d.worker_instances, minimum=1),
+            db_connection_budget=_optional_int(env, "DB_CONNECTION_BUDGET", minimum=1),
+            db_reserved_connections=_int(env, "DB_RESERVED_CONNECTIONS", d.db_reserved_connections),
+            web_share=_share(env, "WEB_SHARE"),
+            lease_ttl_seconds=_float(env, "LEASE_TTL_SECONDS", d.lease_ttl_seconds),
             pool_timeout=_float(env, "POOL_TIMEOUT", d.pool_timeout),
             statement_timeout_ms=_int(
                 env, "STATEMENT_TIMEOUT_MS", d.statement_timeout_ms, minimum=1

@@ -1,0 +1,181 @@
+"""The connection budget: how many Postgres connections each process's pool may hold.
+
+The budget is DB_CONNECTION_BUDGET when given, else what the server allows
+(max_connections - superuser_reserved_connections - reserved_connections on PG16+) minus
+DB_RESERVED_CONNECTIONS for operators, migrations and monitoring. The sweeper takes one
+connection; workers take one per thread (a worker thread without a connection only waits);
+web gets one per thread when that fits, else the rest split evenly, but at least one per
+process. With WEB_SHARE set and not enough for everyone, web gets that share and workers the
+rest (and run that many threads). A plan that does not fit raises `BudgetExceeded` with the
+arithmetic on one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from shared.errors import SettleError
+from shared.settings import Settings
+
+
+class BudgetExceeded(SettleError):
+    """Raised when the configured processes need more connections than the budget allows."""
+
+    code = "budget_exceeded"
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Connections the application may hold, and where that number comes from."""
+
+    available: int
+    source: str
+
+
+def capacity_from_server(conn: psycopg.Connection, reserved: int) -> Capacity:
+    """Read max_connections and the reserved slots from the server `conn` is connected to."""
+    row = conn.execute(
+        "SELECT current_setting('max_connections')::int,"
+        " current_setting('superuser_reserved_connections')::int,"
+        " coalesce(current_setting('reserved_connections', true), '0')::int"
+    ).fetchone()
+    assert row is not None
+    max_connections, superuser, pg_reserved = row
+    parts = [f"max_connections {max_connections}", f"{superuser} superuser"]
+    if pg_reserved:
+        parts.append(f"{pg_reserved} reserved_connections")
+    parts.append(f"{reserved} reserved")
+    available = max_connections - superuser - pg_reserved - reserved
+    return Capacity(available, " - ".join(parts))
+
+
+def capacity(settings: Settings) -> Capacity:
+    """The budget: DB_CONNECTION_BUDGET, or else read from Postgres (which may raise
+    `psycopg.OperationalError` when it cannot be reached)."""
+    if settings.db_connection_budget is not None:
+        return Capacity(settings.db_connection_budget, "DB_CONNECTION_BUDGET")
+    with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
+        return capacity_from_server(conn, settings.db_reserved_connections)
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    role: str
+    instances: int
+    processes: int  # per instance
+    threads: int  # per process, as configured
+    pool_size: int  # connections per process
+
+    @property
+    def total(self) -> int:
+        return self.instances * self.processes * self.pool_size
+
+    @property
+    def process_count(self) -> int:
+        return self.instances * self.processes
+
+
+@dataclass(frozen=True)
+class Plan:
+    capacity: Capacity
+    web: RolePlan
+    worker: RolePlan
+    sweeper: RolePlan
+
+    @property
+    def roles(self) -> tuple[RolePlan, RolePlan, RolePlan]:
+        return (self.web, self.worker, self.sweeper)
+
+    @property
+    def total(self) -> int:
+        return sum(role.total for role in self.roles)
+
+    @property
+    def headroom(self) -> int:
+        return self.capacity.available - self.total
+
+    def pool_size(self, role: str) -> int:
+        """Connections one process of `role` may hold."""
+        for plan in self.roles:
+            if plan.role == role:
+                return plan.pool_size
+        return 1
+
+    def table(self) -> str:
+        """The plan as a table, one row per role, then the total and the headroom."""
+        header = ("role", "instances", "processes", "threads", "pool", "total")
+        rows = [
+            (
+                r.role,
+                str(r.instances),
+                str(r.processes),
+                str(r.threads),
+                str(r.pool_size),
+                str(r.total),
+            )
+            for r in self.roles
+        ]
+        widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+
+        def fmt(line: tuple[str, ...]) -> str:
+            return "  ".join(
+                cell.rjust(w) if i else cell.ljust(w)
+                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+            )
+
+        lines = [fmt(header), *(fmt(row) for row in rows)]
+        lines.append(
+            f"total {self.total} of {self.capacity.available} available"
+            f" ({self.capacity.source}); headroom {self.headroom}"
+        )
+        return "\n".join(lines)
+
+
+def _refusal(settings: Settings, web_each: int, worker_each: int, cap: Capacity) -> str:
+    web_n = settings.web_instances * settings.web_processes
+    worker_n = settings.worker_instances * settings.worker_processes
+    need = web_n * web_each + worker_n * worker_each + 1
+    return (
+        f"budget: {worker_n} worker processes x {worker_each} threads"
+        f" + {web_n} web x {web_each} + 1 sweeper = {need} > {cap.available} available"
+        f" ({cap.source})"
+    )
+
+
+def make_plan(settings: Settings, cap: Capacity) -> Plan:
+    """Split `cap` between the roles. Raises `BudgetExceeded` when it cannot be done."""
+    web_n = settings.web_instances * settings.web_processes
+    worker_n = settings.worker_instances * settings.worker_processes
+    web_want = min(settings.web_pool_size or settings.web_threads, settings.web_threads)
+    worker_want = settings.worker_threads
+    room = cap.available - 1  # the sweeper's connection
+
+    if web_n * web_want + worker_n * worker_want <= room:
+        web_pool, worker_pool = web_want, worker_want
+    elif settings.web_share is not None:
+        web_pool = max(1, min(web_want, int(room * settings.web_share) // web_n))
+        worker_pool = min(worker_want, (room - web_n * web_pool) // worker_n)
+        if worker_pool < 1:
+            raise BudgetExceeded(_refusal(settings, web_pool, 1, cap))
+    else:
+        worker_pool = worker_want
+        web_pool = min(web_want, (room - worker_n * worker_pool) // web_n)
+        if web_pool < 1:
+            raise BudgetExceeded(_refusal(settings, 1, worker_want, cap))
+
+    return Plan(
+        capacity=cap,
+        web=RolePlan(
+            "web", settings.web_instances, settings.web_processes, settings.web_threads, web_pool
+        ),
+        worker=RolePlan(
+            "worker",
+            settings.worker_instances,
+            settings.worker_processes,
+            settings.worker_threads,
+            worker_pool,
+        ),
+        sweeper=RolePlan("sweeper", 1, 1, 1, 1),
+    )

@@ -1,0 +1,119 @@
+"""The lease protocol on the real Postgres: grants never add up past the budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from shared.leases import ElasticPool, take_turn
+from shared.settings import Settings
+
+
+@pytest.fixture
+def lease_table(db: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """The lease table emptied inside a transaction that is rolled back afterwards."""
+    with db.transaction(force_rollback=True):
+        db.execute("DELETE FROM connection_leases")
+        yield db
+
+
+def turn(conn: psycopg.Connection, holder: str, wanted: int, held: int, budget: int = 5):
+    return take_turn(
+        conn,
+        holder=holder,
+        role="worker",
+        wanted=wanted,
+        budget=budget,
+        ttl_seconds=10,
+        held=held,
+    )
+
+
+def granted_total(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT coalesce(sum(granted), 0) FROM connection_leases").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_late_process_gets_only_what_is_free_until_the_first_one_shrinks(lease_table) -> None:
+    conn = lease_table
+    first = turn(conn, "a", wanted=4, held=0)
+    assert first.granted == 4
+    # b arrives: fair targets are a=3, b=2, but only 1 connection is free yet
+    second = turn(conn, "b", wanted=4, held=0)
+    assert (second.target, second.granted) == (2, 1)
+    assert granted_total(conn) == 5
+    # a still holds 4 connections: its grant may not drop below what it holds
+    assert turn(conn, "a", wanted=4, held=4).granted == 4
+    # a's pool shrank to its target: the grant follows, and b may grow into the room
+    assert turn(conn, "a", wanted=4, held=3).granted == 3
+    assert turn(conn, "b", wanted=4, held=1).granted == 2
+    assert granted_total(conn) == 5
+
+
+def test_a_process_finding_the_budget_taken_is_granted_nothing(lease_table) -> None:
+    conn = lease_table
+    turn(conn, "a", wanted=3, held=0, budget=2)
+    turn(conn, "b", wanted=3, held=0, budget=2)
+    waiting = turn(conn, "c", wanted=3, held=0, budget=2)
+    assert waiting.granted == 0
+    assert granted_total(conn) == 2
+
+
+def test_an_expired_lease_is_removed_and_its_share_returns(lease_table) -> None:
+    conn = lease_table
+    turn(conn, "a", wanted=4, held=0)
+    turn(conn, "b", wanted=4, held=0)
+    conn.execute(
+        "UPDATE connection_leases SET heartbeat_at = now() - interval '1 minute' WHERE holder = 'a'"
+    )
+    after = turn(conn, "b", wanted=4, held=1)
+    assert after.holders == 1
+    assert after.granted == 4
+
+
+POLL_SECONDS = 0.02
+
+
+def count_connections(conn: psycopg.Connection, name: str, expect: int) -> int:
+    """Backends with `name`, polled until `expect` (a closed backend takes a moment to exit)."""
+    deadline = time.monotonic() + 5
+    while True:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+        ).fetchone()
+        assert row is not None
+        if int(row[0]) == expect or time.monotonic() > deadline:
+            return int(row[0])
+        time.sleep(POLL_SECONDS)
+
+
+def test_an_elastic_pool_closes_its_surplus_connections_when_resized_down(
+    settings: Settings, db: psycopg.Connection
+) -> None:
+    name = "settle:elastic-test"
+    pool = ElasticPool(
+        settings.database_url,
+        kwargs={"autocommit": True, "application_name": name},
+        min_size=4,
+        max_size=4,
+        open=False,
+    )
+    pool.open(wait=True, timeout=10)
+    try:
+        assert count_connections(db, name, 4) == 4
+        with pool.connection() as busy:
+            pool.resize(2, 2)
+            # the idle surplus is gone at once; the busy connection is kept until returned
+            assert pool.held == 2
+            busy.execute("SELECT 1")
+        assert pool.held == 2
+        assert count_connections(db, name, 2) == 2
+        pool.resize(3, 3)
+        pool.wait(timeout=10)
+        assert pool.held == 3
+    finally:
+        pool.close()

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import pytest
+
+from shared.budget import BudgetExceeded, Capacity, capacity_from_server, make_plan
+from shared.settings import Settings
+
+
+def plan_for(available: int, **env: str):
+    settings = Settings.from_env({"DB_CONNECTION_BUDGET": str(available), **env})
+    return make_plan(settings, Capacity(available, "DB_CONNECTION_BUDGET"))
+
+
+def test_everyone_gets_one_connection_per_thread_when_that_fits() -> None:
+    plan = plan_for(
+        35, WEB_PROCESSES="2", WEB_THREADS="4", WORKER_PROCESSES="2", WORKER_THREADS="8"
+    )
+    assert (plan.web.pool_size, plan.worker.pool_size, plan.sweeper.pool_size) == (4, 8, 1)
+    assert plan.total == 2 * 4 + 2 * 8 + 1 == 25
+    assert plan.headroom == 10
+
+
+def test_instances_multiply_every_role_that_runs_on_them() -> None:
+    plan = plan_for(
+        100,
+        WEB_INSTANCES="3",
+        WEB_PROCESSES="2",
+        WEB_THREADS="4",
+        WORKER_INSTANCES="2",
+        WORKER_PROCESSES="3",
+        WORKER_THREADS="5",
+    )
+    assert plan.web.total == 3 * 2 * 4
+    assert plan.worker.total == 2 * 3 * 5
+    assert plan.total == 24 + 30 + 1
+
+
+def test_web_gets_the_rest_split_evenly_when_workers_take_most() -> None:
+    # workers 2 x 8 = 16, sweeper 1, leaves 5 for 2 web processes: 2 each, not 4
+    plan = plan_for(
+        22, WEB_PROCESSES="2", WEB_THREADS="4", WORKER_PROCESSES="2", WORKER_THREADS="8"
+    )
+    assert plan.worker.pool_size == 8
+    assert plan.web.pool_size == 2
+    assert plan.total <= 22
+
+
+def test_web_pool_size_setting_caps_web_below_its_threads() -> None:
+    plan = plan_for(100, WEB_THREADS="8", WEB_POOL_SIZE="3")
+    assert plan.web.pool_size == 3
+
+
+def test_a_plan_that_cannot_give_web_one_connection_refuses_with_the_arithmetic() -> None:
+    with pytest.raises(BudgetExceeded) as refused:
+        plan_for(33, WEB_PROCESSES="2", WEB_THREADS="4", WORKER_PROCESSES="4", WORKER_THREADS="8")
+    assert refused.value.message == (
+        "budget: 4 worker processes x 8 threads + 2 web x 1 + 1 sweeper = 35 > 33 available"
+        " (DB_CONNECTION_BUDGET)"
+    )
+
+
+def test_web_share_splits_a_budget_too_small_for_one_connection_per_thread() -> None:
+    # room after the sweeper: 19; web share 0.25 -> 4 for 2 web processes -> 2 each;
+    # workers get the remaining 15 over 2 processes -> 7 each (fewer than their 8 threads)
+    plan = plan_for(
+        20,
+        WEB_PROCESSES="2",
+        WEB_THREADS="4",
+        WORKER_PROCESSES="2",
+        WORKER_THREADS="8",
+        WEB_SHARE="0.25",
+    )
+    assert plan.web.pool_size == 2
+    assert plan.worker.pool_size == 7
+    assert plan.total == 2 * 2 + 2 * 7 + 1 <= 20
+
+
+def test_web_share_still_refuses_when_workers_would_get_nothing() -> None:
+    with pytest.raises(BudgetExceeded) as refused:
+        plan_for(
+            4,
+            WEB_PROCESSES="3",
+            WEB_THREADS="4",
+            WORKER_PROCESSES="2",
+            WORKER_THREADS="8",
+            WEB_SHARE="0.5",
+        )
+    assert refused.value.message.startswith("budget: 2 worker processes x 1 threads + 3 web x 1")
+    assert "> 4 available" in refused.value.message
+
+
+def test_the_table_lists_each_role_and_the_headroom() -> None:
+    table = plan_for(40, WEB_PROCESSES="2", WEB_THREADS="4").table().splitlines()
+    assert table[0].split() == ["role", "instances", "processes", "threads", "pool", "total"]
+    assert table[1].split() == ["web", "1", "2", "4", "4", "8"]
+    assert table[2].split() == ["worker", "1", "2", "4", "4", "8"]
+    assert table[3].split() == ["sweeper", "1", "1", "1", "1", "1"]
+    assert table[4] == "total 17 of 40 available (DB_CONNECTION_BUDGET); headroom 23"
+
+
+def test_a_share_outside_zero_and_one_is_a_bad_setting() -> None:
+    from shared.errors import InvalidSetting
+
+    with pytest.raises(InvalidSetting, match="WEB_SHARE"):
+        Settings.from_env({"WEB_SHARE": "1.5"})
+
+
+def test_the_servers_own_limits_give_the_default_budget(db) -> None:
+    cap = capacity_from_server(db, reserved=5)
+    row = db.execute(
+        "SELECT current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int"
+    ).fetchone()
+    assert cap.available == row[0] - 5
+    assert cap.source.startswith("max_connections ")
