@@ -1,8 +1,10 @@
 """Parsing of request bodies into typed commands, with one clear error per defect.
 
-`parse_json` accepts only a JSON document whose numbers are integers or plain decimals and
-whose nesting stays shallow; the `*_request` functions reject unknown and missing fields and
-wrong types. All raise `InvalidJSON` or `InvalidRequest`; none touches the database.
+`parse_json` accepts only a JSON document whose numbers are integers or plain decimals, whose
+integers are short enough to be ids or amounts, whose objects name each member once and whose
+nesting stays shallow; the `*_request` functions reject unknown and missing fields, wrong
+types, and text Postgres cannot store. All raise `InvalidJSON` or `InvalidRequest`; none
+touches the database.
 """
 
 from __future__ import annotations
@@ -20,12 +22,33 @@ from shared.errors import IdempotencyKeyMissing, InvalidJSON, InvalidRequest
 #: Deeper documents are refused before they reach the parser's recursion.
 MAX_DEPTH = 32
 
+#: Longer integer literals are refused before conversion: no id or amount needs more than 19
+#: digits, and CPython's own cap (4300 digits) depends on how the interpreter was started.
+MAX_INT_DIGITS = 64
+
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def _reject_constant(name: str) -> Any:
     raise InvalidJSON(f"{name} is not a valid JSON number")
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise InvalidJSON(f"integers may have at most {MAX_INT_DIGITS} digits")
+    return int(literal)
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # With a repeated name, json.loads keeps the last value silently; a client (or a proxy
+    # that reads the first) may have meant another, so the document is ambiguous.
+    members: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in members:
+            raise InvalidJSON(f"the member {name!r} appears more than once in one object")
+        members[name] = value
+    return members
 
 
 def _depth(raw: str) -> int:
@@ -51,7 +74,8 @@ def _depth(raw: str) -> int:
 
 def parse_json(raw: bytes) -> object:
     """The JSON document in `raw` (UTF-8). Raises `InvalidJSON` for anything else, including
-    NaN/Infinity, integers too long to parse, and nesting deeper than `MAX_DEPTH`."""
+    NaN/Infinity, integers longer than `MAX_INT_DIGITS`, a member name repeated in one object,
+    and nesting deeper than `MAX_DEPTH`."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -59,7 +83,12 @@ def parse_json(raw: bytes) -> object:
     if _depth(text) > MAX_DEPTH:
         raise InvalidJSON(f"the body is nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_int=_parse_int,
+            object_pairs_hook=_unique_members,
+        )
     except InvalidJSON:
         raise
     except (ValueError, RecursionError) as exc:
@@ -83,7 +112,19 @@ def _text(value: object, field: str, *, max_length: int = 200) -> str:
         raise InvalidRequest(f"{field} must be a non-empty string")
     if len(value) > max_length:
         raise InvalidRequest(f"{field} must be at most {max_length} characters")
+    # JSON can spell both, but Postgres text cannot hold a NUL and a lone surrogate
+    # ("\ud800") has no UTF-8 form: either would fail at the database as a 500.
+    if "\x00" in value or not _encodable(value):
+        raise InvalidRequest(f"{field} must be valid Unicode text without NUL characters")
     return value.strip()
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http
 import logging
 from typing import Any
 
@@ -70,8 +71,13 @@ def handle_unexpected(
 
 
 def serialize_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
-    """Falcon's own errors (unknown route, wrong method) in this API's error shape."""
-    title = ex.title or "error"
-    code = title.split(" ", 1)[-1].lower().replace(" ", "_")  # "404 Not Found" -> not_found
+    """Falcon's own errors (unknown route, wrong method, a malformed header) in this API's error
+    shape, with a code that depends on the status only: a 400 is `invalid_request` like ours,
+    others are named after their status (404 -> `not_found`)."""
+    if ex.status_code == 400:
+        code = errors.InvalidRequest.code
+    else:
+        # The title is free text ("Invalid header value"); the status phrase is stable.
+        code = http.HTTPStatus(ex.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
     resp.content_type = falcon.MEDIA_JSON
     resp.media = {"error": {"code": code, "message": ex.description or ex.title or code}}

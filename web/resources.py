@@ -29,17 +29,35 @@ Enqueue = Callable[[int], None]
 
 
 def read_json(req: falcon.Request, max_bytes: int) -> object:
-    """The request's JSON body, refusing a wrong content type (415) and, before reading it
-    whole, a body over `max_bytes` (413)."""
+    """The request's JSON body, refusing a wrong content type (415) and a body over
+    `max_bytes` (413) without reading more than one byte past the limit, whether or not the
+    client sent a Content-Length."""
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media_type != falcon.MEDIA_JSON:
         raise UnsupportedMediaType("send the body as application/json")
     if req.content_length is not None and req.content_length > max_bytes:
         raise BodyTooLarge(f"the body is larger than {max_bytes} bytes")
-    raw = req.bounded_stream.read(max_bytes + 1)
+    # Without a Content-Length, bounded_stream reads nothing at all, so a chunked body would
+    # look empty; a server that marks its input EOF-terminated (PEP 3333's
+    # wsgi.input_terminated) lets us read it, still no further than one byte past the limit.
+    terminated = req.content_length is None and req.env.get("wsgi.input_terminated")
+    raw = _read_at_most(req.stream if terminated else req.bounded_stream, max_bytes + 1)
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"the body is larger than {max_bytes} bytes")
     return requests.parse_json(raw)
+
+
+def _read_at_most(stream: Any, size: int) -> bytes:
+    # A WSGI input may return fewer bytes than asked before its end.
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = stream.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 class _Resource:

@@ -1,0 +1,83 @@
+"""Money rules without a database: amounts, currency codes and ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared import money
+from shared.errors import InvalidRequest
+from shared.money import BIGINT_MAX, MAX_AMOUNT
+
+
+@pytest.mark.parametrize("value", [1, 250, MAX_AMOUNT])
+def test_a_positive_integer_amount_up_to_the_maximum_is_accepted(value: int) -> None:
+    assert money.amount(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(1.0, id="float-with-integer-value"),
+        pytest.param(10.5, id="float"),
+        pytest.param(float("inf"), id="infinity"),
+        pytest.param("100", id="string"),
+        pytest.param(True, id="true"),
+        pytest.param(False, id="false"),
+        pytest.param(None, id="null"),
+        pytest.param([100], id="list"),
+        pytest.param({"value": 100}, id="object"),
+        pytest.param(0, id="zero"),
+        pytest.param(-1, id="negative"),
+        pytest.param(-MAX_AMOUNT, id="large-negative"),
+        pytest.param(MAX_AMOUNT + 1, id="over-max-amount"),
+        pytest.param(BIGINT_MAX, id="bigint-max"),
+        pytest.param(BIGINT_MAX + 1, id="beyond-bigint"),
+        pytest.param(10**5000, id="5000-digits"),
+    ],
+)
+def test_an_amount_that_is_not_a_positive_integer_within_bounds_is_rejected(
+    value: object,
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        money.amount(value)
+    assert caught.value.code == "invalid_request"
+    assert "amount" in caught.value.message
+
+
+def test_a_rejected_amount_names_the_field_it_came_from() -> None:
+    with pytest.raises(InvalidRequest, match="^fee "):
+        money.amount(0, "fee")
+
+
+@pytest.mark.parametrize("value", ["EUR", "USD", "JPY"])
+def test_a_three_letter_upper_case_currency_code_is_accepted(value: str) -> None:
+    assert money.currency(value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["eur", "Eur", "EU", "EURO", "", " EUR", "EUR\n", "E1R", "ÉUR", "ＥＵＲ", None, 978, ["EUR"]],
+)
+def test_anything_but_a_three_letter_upper_case_code_is_not_a_currency(value: object) -> None:
+    with pytest.raises(InvalidRequest, match="currency"):
+        money.currency(value)
+
+
+@pytest.mark.parametrize("value", [1, 42, BIGINT_MAX])
+def test_an_id_is_a_positive_integer_that_fits_a_bigint(value: int) -> None:
+    assert money.identifier(value, "user_id") == value
+
+
+@pytest.mark.parametrize(
+    "value", [0, -1, BIGINT_MAX + 1, 2**64, True, 1.0, "1", None, [1]], ids=repr
+)
+def test_an_id_outside_the_bigint_range_or_of_another_type_is_rejected(value: object) -> None:
+    with pytest.raises(InvalidRequest, match="^user_id "):
+        money.identifier(value, "user_id")
+
+
+def test_only_json_integers_count_as_integers() -> None:
+    assert money.is_int(5)
+    assert not money.is_int(True)
+    assert not money.is_int(5.0)
+    assert not money.is_int("5")
