@@ -80,7 +80,9 @@ def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
     Raises `DatabaseBusy` when none frees up within the pool timeout, and
     `DatabaseUnavailable` when Postgres drops or refuses the connection; in the latter case
     the pool is asked to check its idle connections, since it does not probe them itself and
-    after a Postgres restart every one of them is dead.
+    after a Postgres restart every one of them is dead. A transaction the server cancelled on
+    a healthy connection (deadlock, serialization failure, lock or statement timeout) is not
+    an outage: that error propagates as it is, for the caller's retry policy.
     """
     try:
         with pool.connection() as conn:
@@ -88,9 +90,19 @@ def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
     except PoolTimeout:
         raise DatabaseBusy("no database connection became free in time") from None
     except psycopg.OperationalError as exc:
+        if not connection_lost(exc):
+            raise
         log.warning("database connection failed (%s); checking the pool", exc)
         pool.check()
         raise DatabaseUnavailable("the database is unreachable") from exc
+
+
+def connection_lost(exc: psycopg.Error) -> bool:
+    """Whether `exc` means the connection itself failed, rather than only its transaction."""
+    # No SQLSTATE: the client lost the server. Class 08: connection exception; 57P0x: the
+    # server is shutting down, or the backend was terminated.
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def check_postgres(url: str, *, timeout: float = 5.0) -> None:

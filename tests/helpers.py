@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import psycopg
+from psycopg import sql
 
 from shared import ledger
 from shared.requests import NewAccount, NewTransfer, NewUser
@@ -54,3 +55,109 @@ def balance(conn: psycopg.Connection, account: int) -> int:
     row = conn.execute("SELECT balance FROM accounts WHERE id = %s", (account,)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+# --- Worker-side helpers (settle actor, sweeper, end-to-end) ---------------------------------
+# Imports are local to each helper so that this section stays an append to the module.
+
+
+def wait_until(condition, *, timeout: float, message: str, interval: float = 0.05):
+    """Poll `condition()` until it returns something truthy (returned), or fail after `timeout`
+    seconds with `message`. Tests wait on conditions, never for a fixed time."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting until {message}")
+        pause.wait(interval)
+
+
+def running_worker(broker, *, threads: int = 2):
+    """A context manager running an in-process dramatiq Worker on `broker`. Starting it fires
+    the DatabasePool middleware's before_worker_boot (which opens the pool); leaving it stops
+    the worker threads, which closes the pool."""
+    import contextlib
+
+    import dramatiq
+
+    @contextlib.contextmanager
+    def run():
+        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+        worker.start()
+        try:
+            yield worker
+        finally:
+            worker.stop()
+            # Worker.start registers a middleware that points back at this worker (to add
+            # consumers for queues declared later); a stopped worker must not linger there.
+            broker.middleware[:] = [
+                m for m in broker.middleware if getattr(m, "worker", None) is not worker
+            ]
+
+    return run()
+
+
+def join_queue(broker, queue: str = "transfers", *, timeout: float = 30.0) -> None:
+    """Wait until `queue` (including its delay queue and messages in flight) is empty."""
+    broker.join(queue, timeout=int(timeout * 1000))
+
+
+def queued_transfer_ids(broker, queue: str = "transfers") -> list[int]:
+    """Transfer ids of the messages waiting in `queue` in Redis (not yet consumed)."""
+    import json
+
+    raw = broker.client.hvals(f"{broker.namespace}:{queue}.msgs")
+    return sorted(int(json.loads(value)["args"][0]) for value in raw)
+
+
+def transfer_row(conn: psycopg.Connection, transfer_id: int) -> dict[str, object]:
+    """Every column of one transfer, including the internal ones the API does not show."""
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT * FROM transfers WHERE id = %s", (transfer_id,))
+        row = cur.fetchone()
+    assert row is not None, f"transfer {transfer_id} does not exist"
+    return row
+
+
+def entry_amounts(conn: psycopg.Connection, transfer_id: int) -> list[tuple[int, int]]:
+    """(account_id, signed amount) of a transfer's ledger entries, debit first."""
+    rows = conn.execute(
+        "SELECT account_id, amount FROM entries WHERE transfer_id = %s ORDER BY amount",
+        (transfer_id,),
+    ).fetchall()
+    return [(int(a), int(b)) for a, b in rows]
+
+
+TABLES = ("users", "accounts", "transfers", "entries")
+
+
+def row_counts(conn: psycopg.Connection) -> dict[str, int]:
+    """Rows in each table of the ledger, to show that a refused request changed nothing."""
+    counts: dict[str, int] = {}
+    for table in TABLES:
+        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+        row = conn.execute(query).fetchone()
+        assert row is not None
+        counts[table] = int(row[0])
+    return counts
+
+
+def new_key() -> str:
+    """A fresh Idempotency-Key."""
+    return uuid.uuid4().hex
+
+
+def entry_ids(conn: psycopg.Connection, account: int) -> list[int]:
+    """Ids of the account's ledger entries, oldest first."""
+    rows = conn.execute(
+        "SELECT id FROM entries WHERE account_id = %s ORDER BY id", (account,)
+    ).fetchall()
+    return [int(row[0]) for row in rows]

@@ -15,10 +15,11 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import waitress
 from psycopg_pool import PoolTimeout
@@ -32,7 +33,28 @@ from shared.settings import Settings
 
 log = logging.getLogger("settle.web")
 
+#: The signals that ask a process to stop: SIGTERM from honcho or a supervisor, SIGINT from a
+#: terminal.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class StopRequest:
+    """Set from a signal handler; once the event loop runs, setting it also wakes the loop,
+    so that the drain starts now rather than at the loop's next timeout."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.wake: Callable[[], None] | None = None
+
+    def set(self) -> None:
+        self._event.set()
+        if self.wake is not None:
+            self.wake()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
 
 
 def shed_load(app: WSGIApp, queue_depth: Callable[[], int], limit: int) -> WSGIApp:
@@ -68,25 +90,15 @@ def listen(settings: Settings) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, sock: socket.socket) -> int:
-    """Serve on `sock` in this process until SIGTERM/SIGINT; return the exit code."""
+def serve(settings: Settings, sock: socket.socket, stop: StopRequest) -> int:
+    """Serve on `sock` in this process until `stop` is set; return the exit code."""
     # Imported after the fork: the broker's Redis client must belong to this process.
     from web.app import create_app
     from worker.actors import settle_transfer
     from worker.broker import broker
 
-    stopping = False
-    server: Any = None
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        if server is not None:
-            server.pull_trigger()  # wake the event loop now rather than at its next timeout
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
+    if stop.is_set():  # asked to stop while booting: nothing was served, nothing to drain
+        return 0
     pool = create_pool(settings, "web")
     try:
         pool.open(wait=True, timeout=10.0)
@@ -118,13 +130,19 @@ def serve(settings: Settings, sock: socket.socket) -> int:
         settings.web_threads,
         pool.max_size,
     )
-    while not stopping:
+    stop.wake = server.pull_trigger
+    while not stop.is_set():
         wasyncore.loop(timeout=1.0, map=socket_map, use_poll=True, count=1)
 
     # Stop accepting; keep the event loop turning so in-flight responses reach their clients.
     server.accepting = False
     deadline = time.monotonic() + settings.web_shutdown_timeout
     dispatcher = server.task_dispatcher
+    log.info(
+        "stopping: no new connections; draining %d request(s) in flight (up to %ss)",
+        dispatcher.active_count + len(dispatcher.queue),
+        settings.web_shutdown_timeout,
+    )
     while time.monotonic() < deadline and _busy(dispatcher, socket_map):
         wasyncore.loop(timeout=0.05, map=socket_map, use_poll=True, count=1)
     idle = not _busy(dispatcher, socket_map)
@@ -145,6 +163,19 @@ def _busy(dispatcher: Any, socket_map: dict[int, Any]) -> bool:
 
 def main() -> None:
     configure_logging("web")
+    children: dict[int, int] = {}  # pid -> slot
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    # Installed first, so that a SIGTERM during the boot checks is a clean stop as well.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     settings = load_settings("web")
     boot_check(settings, "web")
     try:
@@ -154,35 +185,23 @@ def main() -> None:
             f"settle web: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr
         )
         raise SystemExit(1) from None
-    children: dict[int, int] = {}  # pid -> slot
-    stopping = False
 
     def spawn(slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 1
-            try:
-                code = serve(settings, sock)
-            except BaseException:
-                log.exception("web process failed")
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = slot
+        # Stop signals stay blocked across the fork until the child has its own handler:
+        # delivered earlier, the child would run the parent's handler (or die of SIG_DFL) and
+        # then either serve on, deaf to the stop, or exit with a failure.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _child(settings, sock)
+            children[pid] = slot
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     for slot in range(settings.web_processes):
-        spawn(slot)
+        if not stopping:
+            spawn(slot)
     log.info(
         "listening on http://%s:%s (%d processes)",
         settings.host,
@@ -204,9 +223,30 @@ def main() -> None:
         if slot >= 0:
             log.warning("web process %d exited (code %s); starting another", pid, code)
             time.sleep(0.5)
-            spawn(slot)
+            if not stopping:
+                spawn(slot)
     sock.close()
     raise SystemExit(1 if failed else 0)
+
+
+def _child(settings: Settings, sock: socket.socket) -> NoReturn:
+    """The forked web process: entered with stop signals blocked; never returns."""
+    stop = StopRequest()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    code = 1
+    try:
+        code = serve(settings, sock, stop)
+    except BaseException:
+        log.exception("web process failed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ from shared.settings import Settings
 
 log = logging.getLogger("settle.worker")
 
+#: The signals that ask the worker to stop: SIGTERM from honcho or a supervisor, SIGINT from a
+#: terminal.
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
 #: Give up when dramatiq fails this many times within `CRASH_WINDOW` seconds.
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
@@ -42,21 +46,27 @@ def dramatiq_command(settings: Settings) -> list[str]:
 
 def main() -> None:
     configure_logging("worker")
-    settings = load_settings("worker")
-    boot_check(settings, "worker")
     stopping = False
     child: subprocess.Popen[bytes] | None = None
+    signalled: set[int] = set()  # dramatiq pids already sent their one SIGTERM
+
+    def stop_child() -> None:
+        if child is not None and child.poll() is None and child.pid not in signalled:
+            signalled.add(child.pid)
+            child.send_signal(signal.SIGTERM)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         if stopping:
             return  # dramatiq takes a second SIGTERM as "quit now"; it gets only one
         stopping = True
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+        stop_child()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # Installed before the boot checks, so that a stop request while booting is honoured.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    settings = load_settings("worker")
+    boot_check(settings, "worker")
 
     crashes: list[float] = []
     command = dramatiq_command(settings)
@@ -70,6 +80,14 @@ def main() -> None:
         # must not reach dramatiq's worker processes twice: a second SIGTERM makes them
         # quit at once instead of finishing their messages. We forward one signal.
         child = subprocess.Popen(command, start_new_session=True)
+        # A signal that came after the loop's check but before `child` was assigned found no
+        # child to forward to; forward it now (with signals blocked, so exactly once).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            if stopping:
+                stop_child()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         code = child.wait()
         if stopping:
             log.info("dramatiq stopped (exit %s)", code)

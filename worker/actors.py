@@ -8,7 +8,8 @@ import dramatiq
 
 from shared import ledger
 from shared.db import connection
-from worker.broker import database, is_transient
+from worker.broker import is_transient
+from worker.pool import current_pool
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def settle_transfer(transfer_id: int) -> None:
     """Settle one transfer. Idempotent: a transfer no longer pending is left alone.
     Transient database failures are counted on the transfer and raised for a retry."""
     try:
-        with connection(database.pool) as conn:
+        with connection(current_pool()) as conn:
             status, failure_code = ledger.settle_transfer(conn, transfer_id)
     except Exception as exc:
         if is_transient(exc):
@@ -38,7 +39,7 @@ def _record_attempt(transfer_id: int, exc: BaseException) -> None:
     error = f"{type(exc).__name__}: {exc}".strip()
     log.warning("transfer %s: transient failure, will retry: %s", transfer_id, error)
     try:
-        with connection(database.pool) as conn:
+        with connection(current_pool()) as conn:
             ledger.record_failed_attempt(conn, transfer_id, error)
     except Exception as again:  # the database may still be down; the retry is what matters
         log.warning("transfer %s: could not record the failed attempt: %s", transfer_id, again)

@@ -29,7 +29,8 @@ def create_broker(settings: Settings) -> tuple[RedisBroker, DatabasePool]:
     max_retries = settings.transfer_max_retries
 
     def retry_when(retries: int, exc: BaseException) -> bool:
-        return retries <= max_retries and is_transient(exc)
+        # `retries` counts the retries already made: TRANSFER_MAX_RETRIES=N allows N of them.
+        return retries < max_retries and is_transient(exc)
 
     database = DatabasePool(settings)
     client = redis.Redis.from_url(

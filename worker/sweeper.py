@@ -63,15 +63,16 @@ def run(settings: Settings, stop: threading.Event) -> None:
 
 def main() -> None:
     configure_logging("sweeper")
-    settings = load_settings("sweeper")
-    boot_check(settings, "sweeper")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    # Installed before the boot checks, so that a stop request while booting is honoured.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    settings = load_settings("sweeper")
+    boot_check(settings, "sweeper")
     run(settings, stop)
 
 

@@ -1,0 +1,289 @@
+"""The settle actor run by an in-process dramatiq Worker, against the real database and the
+real Redis broker (the one `python -m dramatiq worker.actors` loads)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+
+import dramatiq
+import psycopg
+import pytest
+from dramatiq.middleware import Middleware, TimeLimit
+
+from shared.settings import Settings
+from tests.helpers import (
+    balance,
+    entry_amounts,
+    fund,
+    join_queue,
+    make_account,
+    running_worker,
+    submit,
+    transfer_row,
+    wait_until,
+)
+from worker.actors import settle_transfer
+from worker.broker import broker, create_broker
+
+
+class RecordedOutcomes(Middleware):
+    """Remembers every message a worker finished, with the exception its actor raised."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcomes: list[tuple[int, BaseException | None]] = []
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: dramatiq.Message,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        with self._lock:
+            self._outcomes.append((int(message.args[0]), exception))
+
+    def of(self, transfer_id: int) -> list[BaseException | None]:
+        """The exception (or None) of each time the actor ran for `transfer_id`."""
+        with self._lock:
+            return [exc for tid, exc in self._outcomes if tid == transfer_id]
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[dramatiq.Worker]:
+    """The real broker consumed by two worker threads for the whole module. Messages earlier
+    modules left behind are dropped first, so that joining the queue waits for ours only."""
+    broker.flush_all()
+    with running_worker(broker, threads=2) as running:
+        yield running
+
+
+@pytest.fixture
+def outcomes(worker: dramatiq.Worker) -> Iterator[RecordedOutcomes]:
+    recorder = RecordedOutcomes()
+    broker.add_middleware(recorder)
+    yield recorder
+    broker.middleware.remove(recorder)
+
+
+@pytest.fixture
+def treasury(db: psycopg.Connection) -> int:
+    return make_account(db, treasury=True)
+
+
+def test_a_funded_transfer_settles_with_one_debit_and_one_credit(
+    db: psycopg.Connection, treasury: int, outcomes: RecordedOutcomes
+) -> None:
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 10_000)
+    transfer = submit(db, payer, payee, 2_500)
+
+    settle_transfer.send(transfer)
+    join_queue(broker)
+
+    row = transfer_row(db, transfer)
+    assert (row["status"], row["failure_code"], row["attempts"]) == ("settled", None, 1)
+    assert row["settled_at"] is not None
+    assert (balance(db, payer), balance(db, payee)) == (7_500, 2_500)
+    assert entry_amounts(db, transfer) == [(payer, -2_500), (payee, 2_500)]
+    assert outcomes.of(transfer) == [None]
+
+
+def test_insufficient_funds_fails_the_transfer_without_entries_and_is_not_retried(
+    db: psycopg.Connection, treasury: int, outcomes: RecordedOutcomes
+) -> None:
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 1_000)
+    transfer = submit(db, payer, payee, 5_000)
+
+    settle_transfer.send(transfer)
+    join_queue(broker)
+
+    row = transfer_row(db, transfer)
+    assert (row["status"], row["failure_code"]) == ("failed", "insufficient_funds")
+    assert (row["attempts"], row["last_error"], row["settled_at"]) == (1, None, None)
+    assert entry_amounts(db, transfer) == []
+    assert (balance(db, payer), balance(db, payee)) == (1_000, 0)
+    # The actor ran once and returned normally: nothing for the Retries middleware to retry.
+    assert outcomes.of(transfer) == [None]
+
+
+def test_a_message_delivered_twice_settles_the_transfer_once(
+    db: psycopg.Connection, treasury: int, outcomes: RecordedOutcomes
+) -> None:
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 10_000)
+    transfer = submit(db, payer, payee, 3_000)
+
+    settle_transfer.send(transfer)
+    settle_transfer.send(transfer)
+    join_queue(broker)
+    settled = transfer_row(db, transfer)
+
+    settle_transfer.send(transfer)
+    join_queue(broker)
+
+    assert (settled["status"], settled["attempts"]) == ("settled", 1)
+    assert transfer_row(db, transfer) == settled
+    assert entry_amounts(db, transfer) == [(payer, -3_000), (payee, 3_000)]
+    assert (balance(db, payer), balance(db, payee)) == (7_000, 3_000)
+    assert outcomes.of(transfer) == [None, None, None]
+
+
+def test_transfers_both_ways_between_one_pair_all_end_terminal_without_deadlock(
+    db: psycopg.Connection, treasury: int, outcomes: RecordedOutcomes
+) -> None:
+    first, second = make_account(db), make_account(db)
+    fund(db, treasury, first, 2_000)
+    fund(db, treasury, second, 2_000)
+    transfers = []
+    for i in range(60):
+        transfers.append(submit(db, first, second, 50 + i))
+        transfers.append(submit(db, second, first, 40 + 2 * i))
+
+    for transfer in transfers:
+        settle_transfer.send(transfer)
+    join_queue(broker)
+
+    rows = [transfer_row(db, transfer) for transfer in transfers]
+    assert {row["status"] for row in rows} <= {"settled", "failed"}
+    assert any(row["status"] == "settled" for row in rows)
+    # Not one attempt was a deadlock victim (or any other transient failure) to be retried.
+    assert [(row["attempts"], row["last_error"]) for row in rows] == [(1, None)] * len(rows)
+    assert all(outcomes.of(transfer) == [None] for transfer in transfers)
+    assert balance(db, first) + balance(db, second) == 4_000
+
+
+def test_the_actor_locks_the_lower_account_id_first_whichever_way_money_moves(
+    db: psycopg.Connection, settings: Settings, treasury: int, worker: dramatiq.Worker
+) -> None:
+    lower, higher = make_account(db), make_account(db)
+    assert lower < higher
+    fund(db, treasury, higher, 1_000)
+    transfer = submit(db, higher, lower, 400)
+
+    with psycopg.connect(settings.database_url) as holder:
+        holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR NO KEY UPDATE", (higher,))
+        settle_transfer.send(transfer)
+        wait_until(
+            lambda: db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name LIKE %s AND wait_event_type = 'Lock'",
+                ("settle:worker:%",),
+            ).fetchone()[0],
+            timeout=2.0,
+            message="the worker waits for the lock on the higher account",
+        )
+        # While it waits for the higher id, the worker already holds the lower one.
+        with pytest.raises(psycopg.errors.LockNotAvailable), db.transaction():
+            db.execute("SELECT 1 FROM accounts WHERE id = %s FOR NO KEY UPDATE NOWAIT", (lower,))
+        holder.rollback()
+
+    join_queue(broker)
+    row = transfer_row(db, transfer)
+    assert (row["status"], row["attempts"]) == ("settled", 1)
+    assert (balance(db, higher), balance(db, lower)) == (600, 400)
+
+
+def test_the_actor_runs_without_dramatiqs_time_limit(
+    db: psycopg.Connection,
+    treasury: int,
+    outcomes: RecordedOutcomes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The broker the dramatiq CLI loads is the actor's broker, and it has no TimeLimit that
+    # could inject an exception into a COMMIT in flight.
+    assert dramatiq.get_broker() is settle_transfer.broker is broker
+    assert not [m for m in broker.middleware if isinstance(m, TimeLimit)]
+    assert "time_limit" not in broker.actor_options
+
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 100)
+    transfer = submit(db, payer, payee, 100)
+    with caplog.at_level(logging.INFO):
+        settle_transfer.send(transfer)
+        join_queue(broker)
+
+    assert transfer_row(db, transfer)["status"] == "settled"
+    assert outcomes.of(transfer) == [None]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.CRITICAL] == []
+    assert not [r for r in caplog.records if "TimeLimit" in r.getMessage()]
+
+
+@pytest.fixture
+def quick_settings(settings: Settings) -> Settings:
+    """A short lock timeout and backoff, on a broker namespace of its own."""
+    return settings.with_(
+        broker_namespace=f"{settings.broker_namespace}-retry-{uuid.uuid4().hex[:6]}",
+        lock_timeout_ms=100,
+        transfer_min_backoff_ms=20,
+        transfer_max_backoff_ms=200,
+    )
+
+
+@pytest.fixture
+def quick_broker(quick_settings: Settings) -> Iterator[dramatiq.Broker]:
+    """A second broker running the same actor with `quick_settings`."""
+    built, _ = create_broker(quick_settings)
+    built.declare_actor(settle_transfer)
+    yield built
+    built.close()
+
+
+def test_a_transient_database_error_is_retried_until_the_transfer_settles(
+    db: psycopg.Connection, settings: Settings, treasury: int, quick_broker: dramatiq.Broker
+) -> None:
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 1_000)
+    transfer = submit(db, payer, payee, 250)
+
+    with running_worker(quick_broker, threads=2):
+        with psycopg.connect(settings.database_url) as holder:
+            holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
+            quick_broker.enqueue(settle_transfer.message(transfer))
+            failed_once = wait_until(
+                lambda: transfer_row(db, transfer)["last_error"],
+                timeout=10.0,
+                message="the first attempt fails on the lock",
+            )
+            holder.rollback()
+        join_queue(quick_broker)
+
+    row = transfer_row(db, transfer)
+    assert row["status"] == "settled"
+    assert row["attempts"] >= 2
+    assert "LockNotAvailable" in str(failed_once)
+    assert "lock timeout" in str(row["last_error"])
+    assert entry_amounts(db, transfer) == [(payer, -250), (payee, 250)]
+
+
+def test_a_transfer_that_keeps_failing_is_given_up_after_the_configured_retries(
+    db: psycopg.Connection, settings: Settings, quick_settings: Settings, treasury: int
+) -> None:
+    limited, _ = create_broker(quick_settings.with_(transfer_max_retries=2))
+    limited.declare_actor(settle_transfer)
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 1_000)
+    transfer = submit(db, payer, payee, 250)
+
+    try:
+        with (
+            psycopg.connect(settings.database_url) as holder,
+            running_worker(limited, threads=2),
+        ):
+            holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
+            limited.enqueue(settle_transfer.message(transfer))
+            join_queue(limited)  # returns once the message is dead-lettered
+            holder.rollback()
+    finally:
+        limited.close()
+
+    # The first attempt and exactly two retries; the transfer stays pending for the sweeper.
+    row = transfer_row(db, transfer)
+    assert (row["status"], row["attempts"]) == ("pending", 3)
+    assert "lock timeout" in str(row["last_error"])
+    assert entry_amounts(db, transfer) == []
