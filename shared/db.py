@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import redis
@@ -54,21 +55,54 @@ def connect_kwargs(settings: Settings, role: str) -> dict[str, object]:
     }
 
 
-def create_pool(settings: Settings, role: str, *, size: int | None = None) -> ConnectionPool:
-    """A closed pool of `size` connections (default: the role's share) for this process.
+class ElasticPool(ConnectionPool):
+    """A ConnectionPool that shrinks for real. psycopg_pool's `resize` lowers the limits but
+    keeps surplus connections until they sit idle for `max_idle`; this one closes idle
+    surplus at once and busy surplus when it is returned."""
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        super().resize(min_size, max_size)
+        surplus: list[Any] = []
+        with self._lock:
+            while self._nconns > self._max_size and self._pool:
+                surplus.append(self._pool.popleft())
+                self._nconns -= 1
+        for conn in surplus:
+            self._close_connection(conn)
+
+    def _return_connection(self, conn: Any, from_getconn: bool) -> None:
+        with self._lock:
+            surplus = self._nconns > self._max_size
+            if surplus:
+                self._nconns -= 1
+        if surplus:
+            self._close_connection(conn)
+            return
+        super()._return_connection(conn, from_getconn)
+
+    @property
+    def held(self) -> int:
+        """Connections this pool holds or is opening now."""
+        return int(self.get_stats()["pool_size"])
+
+
+def create_pool(
+    settings: Settings, role: str, *, size: int, timeout: float | None = None
+) -> ElasticPool:
+    """A closed pool of `size` connections for this process (its share of the budget).
 
     Open it with `pool.open(wait=True, timeout=...)` after any fork; that raises
-    `PoolTimeout` when Postgres cannot be reached.
+    `PoolTimeout` when Postgres cannot be reached. `timeout` (default POOL_TIMEOUT) is how
+    long a borrower waits for a free connection.
     """
-    size = size or settings.pool_size(role)
-    return ConnectionPool(
+    return ElasticPool(
         settings.database_url,
         kwargs=connect_kwargs(settings, role),
         min_size=size,
         max_size=size,
         open=False,
         name=f"settle-{role}",
-        timeout=settings.pool_timeout,
+        timeout=settings.pool_timeout if timeout is None else timeout,
         reconnect_timeout=60.0,
     )
 

@@ -26,49 +26,16 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
-from shared.db import application_name, connect_kwargs
+from shared.db import ElasticPool, application_name, connect_kwargs
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: Arbitrary constant identifying the lease lock among advisory locks.
 _LOCK_ID = 0x5E771F
-
-
-class ElasticPool(ConnectionPool):
-    """A ConnectionPool that shrinks for real. psycopg_pool's `resize` lowers the limits but
-    keeps surplus connections until they sit idle for `max_idle`; this one closes idle
-    surplus at once and busy surplus when it is returned."""
-
-    def resize(self, min_size: int, max_size: int | None = None) -> None:
-        super().resize(min_size, max_size)
-        surplus: list[Any] = []
-        with self._lock:
-            while self._nconns > self._max_size and self._pool:
-                surplus.append(self._pool.popleft())
-                self._nconns -= 1
-        for conn in surplus:
-            self._close_connection(conn)
-
-    def _return_connection(self, conn: Any, from_getconn: bool) -> None:
-        with self._lock:
-            surplus = self._nconns > self._max_size
-            if surplus:
-                self._nconns -= 1
-        if surplus:
-            self._close_connection(conn)
-            return
-        super()._return_connection(conn, from_getconn)
-
-    @property
-    def held(self) -> int:
-        """Connections this pool holds or is opening now."""
-        return int(self.get_stats()["pool_size"])
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""What every process does at boot: configure logging and check its dependencies.
+"""What every process does at boot: configure logging, check its dependencies, and check
+that the connection plan fits.
 
 `boot_check` ends the process with exit code 1 and one line on stderr when Postgres or Redis
-cannot be reached, so an operator sees the cause instead of a traceback.
+cannot be reached; `plan_or_exit` ends it with exit code 2 and the arithmetic when the
+configured processes need more connections than the budget allows.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import logging
 import sys
 
+import psycopg
+
+from shared.budget import BudgetExceeded, Plan, capacity, make_plan
 from shared.db import check_postgres, check_redis
 from shared.errors import DependencyDown, InvalidSetting
 from shared.settings import Settings
@@ -37,4 +42,21 @@ def boot_check(settings: Settings, role: str) -> None:
         check_redis(settings.redis_url)
     except DependencyDown as exc:
         print(f"settle {role}: {exc.message}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def plan_or_exit(settings: Settings, role: str) -> Plan:
+    """The connection plan for `settings`, or exit 2 with the refusal line (exit 1 when the
+    budget must be read from a Postgres that cannot be reached)."""
+    try:
+        return make_plan(settings, capacity(settings))
+    except BudgetExceeded as exc:
+        print(f"settle {role}: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"settle {role}: cannot read the connection budget from Postgres: {reason}",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None

@@ -151,14 +151,3 @@ class Settings:
         if unknown:
             raise InvalidSetting(f"unknown settings: {sorted(unknown)}")
         return replace(self, **changes)  # type: ignore[arg-type]
-
-    def pool_size(self, role: str) -> int:
-        """Connections one process of `role` may hold: web at most one per thread (or
-        WEB_POOL_SIZE when smaller), a worker one per thread, anything else one."""
-        if role == "web":
-            if self.web_pool_size:
-                return min(self.web_pool_size, self.web_threads)
-            return self.web_threads
-        if role == "worker":
-            return self.worker_threads
-        return 1

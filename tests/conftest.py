@@ -99,7 +99,7 @@ def pool(settings: Settings) -> Iterator[ConnectionPool]:
     """A web-sized pool on the test database, opened once for the session."""
     from shared.db import create_pool
 
-    pool = create_pool(settings, "web-test")
+    pool = create_pool(settings, "web-test", size=settings.web_threads)
     pool.open(wait=True, timeout=10)
     yield pool
     pool.close()

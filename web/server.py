@@ -26,9 +26,11 @@ from psycopg_pool import PoolTimeout
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 
+from shared.budget import Plan
 from shared.db import create_pool
 from shared.errors import Overloaded
-from shared.lifecycle import boot_check, configure_logging, load_settings
+from shared.leases import LeaseKeeper
+from shared.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
 from shared.settings import Settings
 
 log = logging.getLogger("settle.web")
@@ -90,8 +92,12 @@ def listen(settings: Settings) -> socket.socket:
     return sock
 
 
-def serve(settings: Settings, sock: socket.socket, stop: StopRequest) -> int:
-    """Serve on `sock` in this process until `stop` is set; return the exit code."""
+def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan) -> int:
+    """Serve on `sock` in this process until `stop` is set; return the exit code.
+
+    The pool's size is this process's lease on the budget: the plan's web share, or less
+    (possibly after a wait) when more processes run than the plan counted.
+    """
     # Imported after the fork: the broker's Redis client must belong to this process.
     from web.app import create_app
     from worker.actors import settle_transfer
@@ -99,13 +105,19 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest) -> int:
 
     if stop.is_set():  # asked to stop while booting: nothing was served, nothing to drain
         return 0
-    pool = create_pool(settings, "web")
+    lease = LeaseKeeper(settings, "web", wanted=plan.web.pool_size, budget=plan.capacity.available)
+    size = lease.acquire(stopping=stop.is_set)
+    if size == 0:
+        return 0
+    pool = create_pool(settings, "web", size=size)
     try:
         pool.open(wait=True, timeout=10.0)
     except PoolTimeout as exc:
         log.error("web pool could not connect to Postgres: %s", exc)
         pool.close()
+        lease.close()
         return 1
+    lease.keep(pool)
 
     def enqueue(transfer_id: int) -> None:
         settle_transfer.send(transfer_id)
@@ -148,6 +160,7 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest) -> int:
     idle = not _busy(dispatcher, socket_map)
     dispatcher.shutdown(cancel_pending=True, timeout=5)
     pool.close()
+    lease.close()
     log.info("stopped %s", "cleanly" if idle else "with requests still in flight")
     return 0 if idle else 1
 
@@ -178,6 +191,7 @@ def main() -> None:
         signal.signal(signum, on_signal)
     settings = load_settings("web")
     boot_check(settings, "web")
+    plan = plan_or_exit(settings, "web")  # refuse before binding the port
     try:
         sock = listen(settings)
     except OSError as exc:
@@ -194,7 +208,7 @@ def main() -> None:
         try:
             pid = os.fork()
             if pid == 0:
-                _child(settings, sock)
+                _child(settings, sock, plan)
             children[pid] = slot
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -229,7 +243,7 @@ def main() -> None:
     raise SystemExit(1 if failed else 0)
 
 
-def _child(settings: Settings, sock: socket.socket) -> NoReturn:
+def _child(settings: Settings, sock: socket.socket, plan: Plan) -> NoReturn:
     """The forked web process: entered with stop signals blocked; never returns."""
     stop = StopRequest()
 
@@ -241,7 +255,7 @@ def _child(settings: Settings, sock: socket.socket) -> NoReturn:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     code = 1
     try:
-        code = serve(settings, sock, stop)
+        code = serve(settings, sock, stop, plan)
     except BaseException:
         log.exception("web process failed")
     finally:

@@ -15,7 +15,7 @@ import sys
 import time
 from types import FrameType
 
-from shared.lifecycle import boot_check, configure_logging, load_settings
+from shared.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
 from shared.settings import Settings
 
 log = logging.getLogger("settle.worker")
@@ -29,7 +29,7 @@ MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
 
 
-def dramatiq_command(settings: Settings) -> list[str]:
+def dramatiq_command(settings: Settings, threads: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -38,7 +38,7 @@ def dramatiq_command(settings: Settings) -> list[str]:
         "--processes",
         str(settings.worker_processes),
         "--threads",
-        str(settings.worker_threads),
+        str(threads),
         "--queues",
         "transfers",
     ]
@@ -67,14 +67,15 @@ def main() -> None:
         signal.signal(signum, on_signal)
     settings = load_settings("worker")
     boot_check(settings, "worker")
+    # The plan decides the thread count, so that threads and pool sizes cannot drift apart:
+    # one connection per thread, fewer threads when WEB_SHARE leaves workers less.
+    threads = plan_or_exit(settings, "worker").worker.pool_size
 
     crashes: list[float] = []
-    command = dramatiq_command(settings)
+    command = dramatiq_command(settings, threads)
     while not stopping:
         log.info(
-            "starting dramatiq: %d process(es) x %d thread(s)",
-            settings.worker_processes,
-            settings.worker_threads,
+            "starting dramatiq: %d process(es) x %d thread(s)", settings.worker_processes, threads
         )
         # Its own session: a process manager that signals our whole group (honcho does)
         # must not reach dramatiq's worker processes twice: a second SIGTERM makes them

@@ -10,14 +10,19 @@ broker a test builds with other settings).
 from __future__ import annotations
 
 import logging
+import signal
 import threading
+from types import FrameType
 
 import dramatiq
+import psycopg
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, MiddlewareError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from shared.budget import BudgetExceeded, capacity, make_plan
 from shared.db import create_pool
+from shared.leases import LeaseKeeper
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,12 +41,35 @@ def current_pool() -> ConnectionPool:
     return pool
 
 
+#: Seconds a worker thread waits for a pooled connection before the message is retried.
+WORKER_POOL_TIMEOUT = 30.0
+
+
+def _acquire_unless_stopped(lease: LeaseKeeper) -> int:
+    """Wait for a share of the budget; 0 if SIGTERM arrives meanwhile. Dramatiq's own handler
+    only sets a flag it reads once booted, so ours is chained in front of it for the wait."""
+    stopped = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stopped.set()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return lease.acquire(stopping=stopped.is_set)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class DatabasePool(Middleware):
     """Owns this worker process's pool (one connection per worker thread)."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._pool: ConnectionPool | None = None
+        self._lease: LeaseKeeper | None = None
 
     @property
     def pool(self) -> ConnectionPool:
@@ -52,13 +80,30 @@ class DatabasePool(Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # A MiddlewareError is the one failure dramatiq does not swallow here: the process
         # refuses to start instead of running threads that have no database.
-        pool = create_pool(self._settings, "worker")
+        settings = self._settings
+        try:
+            plan = make_plan(settings, capacity(settings))
+        except BudgetExceeded as exc:
+            raise MiddlewareError(exc.message) from None
+        except psycopg.Error as exc:
+            raise MiddlewareError(f"cannot read the connection budget: {exc}") from None
+        lease = LeaseKeeper(
+            settings, "worker", wanted=plan.worker.pool_size, budget=plan.capacity.available
+        )
+        size = _acquire_unless_stopped(lease)
+        if size == 0:
+            raise MiddlewareError("stopped while waiting for a share of the connection budget")
+        # Threads beyond the grant (more processes than planned) wait for a connection
+        # rather than fail: a worker thread without one has nothing else to do.
+        pool = create_pool(settings, "worker", size=size, timeout=WORKER_POOL_TIMEOUT)
         try:
             pool.open(wait=True, timeout=10.0)
         except PoolTimeout as exc:
             pool.close()
+            lease.close()
             raise MiddlewareError(f"worker pool could not connect to Postgres: {exc}") from None
-        self._pool = pool
+        lease.keep(pool)
+        self._pool, self._lease = pool, lease
         log.info("worker pool open: %d connections", pool.max_size)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -80,5 +125,8 @@ class DatabasePool(Middleware):
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._pool is not None:
             self._pool.close()
+            if self._lease is not None:
+                self._lease.close()
+                self._lease = None
             self._pool = None
             log.info("worker pool closed")

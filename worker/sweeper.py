@@ -16,7 +16,8 @@ from psycopg_pool import ConnectionPool
 
 from shared import ledger
 from shared.db import connection, create_pool
-from shared.lifecycle import boot_check, configure_logging, load_settings
+from shared.leases import LeaseKeeper
+from shared.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
 from shared.settings import Settings
 from worker.actors import settle_transfer
 
@@ -38,10 +39,15 @@ def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
             return sent
 
 
-def run(settings: Settings, stop: threading.Event) -> None:
-    """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set."""
+def run(settings: Settings, stop: threading.Event, budget: int) -> None:
+    """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set, on one connection leased
+    from the `budget`."""
+    lease = LeaseKeeper(settings, "sweeper", wanted=1, budget=budget)
+    if lease.acquire(stopping=stop.is_set) == 0:
+        return
     pool = create_pool(settings, "sweeper", size=1)
     pool.open(wait=True, timeout=10.0)
+    lease.keep(pool)
     log.info(
         "sweeping every %ss for transfers pending longer than %ss",
         settings.sweeper_interval_seconds,
@@ -58,6 +64,7 @@ def run(settings: Settings, stop: threading.Event) -> None:
             stop.wait(settings.sweeper_interval_seconds)
     finally:
         pool.close()
+        lease.close()
         log.info("sweeper stopped")
 
 
@@ -73,7 +80,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, on_signal)
     settings = load_settings("sweeper")
     boot_check(settings, "sweeper")
-    run(settings, stop)
+    plan = plan_or_exit(settings, "sweeper")
+    run(settings, stop, plan.capacity.available)
 
 
 if __name__ == "__main__":
