@@ -32,7 +32,7 @@ test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.connections
 
 # Re-pin dependencies after changing pyproject.toml.
 lock:

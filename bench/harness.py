@@ -1,0 +1,196 @@
+"""Shared pieces of the benchmarks: servers, a scratch database, the real processes, and a
+small HTTP load generator. Every load is bounded in count and time and targets 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from shared import ledger
+from shared.embedded import start_embedded
+from shared.migrate import migrate
+from shared.requests import NewAccount, NewTransfer, NewUser
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTLE = Path(sys.executable).with_name("settle")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[tuple[str, str, str]]:
+    """(database_url, database_name, redis_url): a fresh, migrated database on DATABASE_URL's
+    server (embedded servers when DATABASE_URL / REDIS_URL are unset), dropped afterwards."""
+    admin = os.environ.get("DATABASE_URL")
+    redis_url = os.environ.get("REDIS_URL")
+    embedded = start_embedded(
+        ROOT / ".settle" / "bench-servers", postgres=not admin, redis=not redis_url
+    )
+    admin = admin or embedded.database_url
+    redis_url = redis_url or embedded.redis_url
+    assert admin and redis_url
+    name = f"settle_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(admin, dbname=name)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            migrate(conn)
+        yield url, name, redis_url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        embedded.stop()
+
+
+def funded_accounts(conn: psycopg.Connection, count: int, *, balance: int) -> list[int]:
+    """`count` EUR accounts, each funded with `balance` from a new treasury account."""
+    suffix = uuid.uuid4().hex[:8]
+    treasury_owner = ledger.create_user(conn, NewUser(f"treasury-{suffix}@bench.example", "T"))
+    treasury = ledger.create_account(conn, NewAccount(treasury_owner["id"], "EUR", True))["id"]
+    accounts = []
+    for i in range(count):
+        owner = ledger.create_user(conn, NewUser(f"user{i}-{suffix}@bench.example", f"U{i}"))
+        account = ledger.create_account(conn, NewAccount(owner["id"], "EUR", False))["id"]
+        funding = NewTransfer(treasury, account, balance, "EUR", f"bench-fund-{account}")
+        ledger.settle_transfer(conn, ledger.submit_transfer(conn, funding).transfer["id"])
+        accounts.append(account)
+    return accounts
+
+
+class Processes:
+    """`settle <role>` processes sharing one environment; stopped with SIGTERM on exit."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, role: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{role}-{len(self.running)}.log").open("wb")
+        proc = subprocess.Popen(
+            [str(SETTLE), role],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.running.append((role, proc))
+        return proc
+
+    def stop_all(self, timeout: float = 60) -> dict[str, int]:
+        for _, proc in self.running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        codes: dict[str, int] = {}
+        for role, proc in self.running:
+            try:
+                codes[role] = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                codes[role] = -9
+        return codes
+
+
+def wait_until(condition, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out waiting until {what}")
+        time.sleep(0.1)
+
+
+def ready(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/readyz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def post_transfers(
+    port: int,
+    pairs: list[tuple[int, int, int]],
+    *,
+    concurrency: int,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+) -> list[int]:
+    """POST every (from, to, amount) with `concurrency` keep-alive clients; retry 503s with
+    the same Idempotency-Key until `timeout`. Returns the accepted transfer ids."""
+    deadline = time.monotonic() + timeout
+    local = threading.local()
+
+    def one(pair: tuple[int, int, int]) -> int:
+        body = json.dumps(
+            dict(zip(("from_account_id", "to_account_id", "amount"), pair, strict=True))
+        ).encode()
+        key = uuid.uuid4().hex
+        while time.monotonic() < deadline:
+            if getattr(local, "conn", None) is None:
+                local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                local.conn.request(
+                    "POST",
+                    "/transfers",
+                    body=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        "Idempotency-Key": key,
+                        **(headers or {}),
+                    },
+                )
+                resp = local.conn.getresponse()
+                answer = json.loads(resp.read())
+            except (OSError, http.client.HTTPException):
+                local.conn.close()
+                local.conn = None
+                continue
+            if resp.status == 202:
+                return int(answer["data"]["id"])
+            if resp.status != 503:
+                raise SystemExit(f"bench: POST /transfers answered {resp.status}: {answer}")
+            time.sleep(float(resp.getheader("Retry-After", "1")) / 10)
+        raise SystemExit("bench: transfers not accepted in time")
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(one, pairs))
+
+
+def wait_terminal(url: str, ids: list[int], timeout: float) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+
+        def done() -> bool:
+            row = conn.execute(
+                "SELECT count(*) FROM transfers WHERE id = ANY(%s) AND status = 'pending'",
+                (ids,),
+            ).fetchone()
+            return row is not None and row[0] == 0
+
+        wait_until(done, timeout=timeout, what="every transfer is terminal")
