@@ -1,0 +1,87 @@
+"""A plan that does not fit refuses to start, in every process, with the arithmetic."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import dramatiq
+import pytest
+from dramatiq.middleware import MiddlewareError
+
+from shared.settings import Settings
+from worker.pool import DatabasePool
+
+SETTLE = Path(sys.executable).with_name("settle")
+TOO_SMALL = {
+    "DB_CONNECTION_BUDGET": "30",
+    "WEB_PROCESSES": "2",
+    "WEB_THREADS": "4",
+    "WORKER_PROCESSES": "4",
+    "WORKER_THREADS": "8",
+}
+REFUSAL = (
+    "budget: 4 worker processes x 8 threads + 2 web x 1 + 1 sweeper = 35 > 30 available"
+    " (DB_CONNECTION_BUDGET)"
+)
+
+
+def settle(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SETTLE), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_settle_budget_prints_the_plan_without_a_database() -> None:
+    done = settle("budget", DB_CONNECTION_BUDGET="40", DATABASE_URL="postgresql://nowhere:1/x")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["role", "instances", "processes", "threads", "pool", "total"]
+    assert lines[-1] == "total 17 of 40 available (DB_CONNECTION_BUDGET); headroom 23"
+
+
+def test_settle_budget_exits_2_with_the_arithmetic_when_the_plan_does_not_fit() -> None:
+    done = settle("budget", **TOO_SMALL)
+    assert done.returncode == 2
+    assert done.stderr.strip() == REFUSAL
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("role", ["web", "worker", "sweeper"])
+def test_a_process_refuses_to_start_when_the_plan_does_not_fit(role: str) -> None:
+    port = free_port()
+    done = settle(role, PORT=str(port), **TOO_SMALL)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"settle {role}: {REFUSAL}"
+    if role == "web":  # refused before binding: the port is still free
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_a_dramatiq_worker_process_refuses_through_a_middleware_error(
+    settings: Settings,
+) -> None:
+    from dramatiq.brokers.redis import RedisBroker
+
+    too_small = settings.with_(
+        db_connection_budget=30, web_processes=2, worker_processes=4, worker_threads=8
+    )
+    broker = RedisBroker(url=settings.redis_url, namespace=f"{settings.broker_namespace}-refuse")
+    broker.add_middleware(DatabasePool(too_small))
+    worker = dramatiq.Worker(broker, worker_threads=1)
+    with pytest.raises(MiddlewareError, match=r"^budget: 4 worker processes x 8 threads"):
+        worker.start()
+    broker.close()
