@@ -1,9 +1,11 @@
-"""Start `make run` with no server URLs, submit one transfer, see it settle, SIGTERM, exit 0."""
+"""Start `make run` with no server URLs, read the demo API keys it prints, submit one transfer
+with Alice's key, see it settle, SIGTERM, exit 0."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,10 +21,18 @@ PORT = int(os.environ.get("SMOKE_PORT", "8765"))
 BASE = f"http://127.0.0.1:{PORT}"
 
 
-def request(method: str, path: str, body: dict | None = None, key: str | None = None) -> dict:
+def request(
+    method: str,
+    path: str,
+    body: dict | None = None,
+    key: str | None = None,
+    api_key: str | None = None,
+) -> dict:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Idempotency-Key"] = key
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(BASE + path, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=5) as resp:
@@ -55,7 +65,7 @@ def main() -> None:
             start_new_session=True,
         )
         try:
-            settle_one_transfer()
+            settle_one_transfer(log)
         finally:
             code = stop(proc)
             log.seek(0)
@@ -67,19 +77,38 @@ def main() -> None:
     print("smoke: make run stopped cleanly (exit 0)")
 
 
-def settle_one_transfer() -> None:
+def demo_keys(log) -> dict[str, str]:
+    """The demo API keys `make run` printed: {"operator": ..., "alice": ...}."""
+    with open(log.name) as printed:
+        text = printed.read()
+    found = dict(re.findall(r"^  (operator|Alice's) key: +(settle_\S+)$", text, re.MULTILINE))
+    if len(found) < 2:
+        return {}
+    return {"operator": found["operator"], "alice": found["Alice's"]}
+
+
+def settle_one_transfer(log) -> None:
     wait_until("/readyz", lambda: request("GET", "/readyz")["data"]["status"] == "ready", 90)
+    keys = wait_until("the demo API keys in the output", lambda: demo_keys(log), 10)
+    assert isinstance(keys, dict)
+    try:
+        request("GET", "/accounts/2")
+        raise SystemExit("smoke: GET /accounts/2 without an API key was not refused")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401, exc.code
     body = {"from_account_id": 2, "to_account_id": 3, "amount": 1250}
-    transfer = request("POST", "/transfers", body, key="smoke-1")["data"]
-    print(f"smoke: transfer {transfer['id']} accepted ({transfer['status']})")
+    transfer = request("POST", "/transfers", body, key="smoke-1", api_key=keys["alice"])["data"]
+    print(f"smoke: transfer {transfer['id']} accepted with Alice's key ({transfer['status']})")
 
     def finished() -> dict | None:
-        current = request("GET", f"/transfers/{transfer['id']}")["data"]
+        current = request("GET", f"/transfers/{transfer['id']}", api_key=keys["alice"])["data"]
         return None if current["status"] == "pending" else current
 
     final = wait_until("the transfer to settle", finished, 30)
     assert isinstance(final, dict) and final["status"] == "settled", final
     print(f"smoke: transfer {final['id']} settled")
+    bob = request("GET", "/accounts/3", api_key=keys["operator"])["data"]
+    print(f"smoke: the operator key reads Bob's account (balance {bob['balance']})")
 
 
 def stop(proc: subprocess.Popen) -> int:

@@ -21,6 +21,7 @@ from bench.harness import (
     Processes,
     free_port,
     funded_accounts,
+    operator_headers,
     post_transfers,
     ready,
     scratch_database,
@@ -57,6 +58,7 @@ def main() -> None:
         plan = make_plan(settings, Capacity(args.budget, "DB_CONNECTION_BUDGET"))
         with psycopg.connect(url, autocommit=True) as conn:
             accounts = funded_accounts(conn, args.accounts, balance=1_000_000)
+            headers = operator_headers(conn)
         pairs = [
             (accounts[i % len(accounts)], accounts[(i + 1) % len(accounts)], 1 + i % 100)
             for i in range(args.transfers)
@@ -70,7 +72,9 @@ def main() -> None:
                 wait_until(lambda: ready(port), timeout=60, what="web is ready")
                 with Sampler(url, name) as sampler:
                     started = time.monotonic()
-                    ids = post_transfers(port, pairs, concurrency=args.concurrency, timeout=120)
+                    ids = post_transfers(
+                        port, pairs, concurrency=args.concurrency, timeout=120, headers=headers
+                    )
                     wait_terminal(url, ids, timeout=120)
                     elapsed = time.monotonic() - started
             finally:

@@ -22,7 +22,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from shared import ledger
+from shared import auth, ledger
+from shared.auth import SYSTEM
 from shared.embedded import start_embedded
 from shared.migrate import migrate
 from shared.requests import NewAccount, NewTransfer, NewUser
@@ -65,17 +66,31 @@ def scratch_database() -> Iterator[tuple[str, str, str]]:
         embedded.stop()
 
 
+def operator_headers(conn: psycopg.Connection) -> dict[str, str]:
+    """An Authorization header with a new operator API key (the API needs one)."""
+    return {"Authorization": f"Bearer {auth.create_key(conn, user_id=None, label='bench').key}"}
+
+
 def funded_accounts(conn: psycopg.Connection, count: int, *, balance: int) -> list[int]:
     """`count` EUR accounts, each funded with `balance` from a new treasury account."""
     suffix = uuid.uuid4().hex[:8]
-    treasury_owner = ledger.create_user(conn, NewUser(f"treasury-{suffix}@bench.example", "T"))
-    treasury = ledger.create_account(conn, NewAccount(treasury_owner["id"], "EUR", True))["id"]
+    treasury_owner = ledger.create_user(
+        conn, NewUser(f"treasury-{suffix}@bench.example", "T"), by=SYSTEM
+    )
+    treasury = ledger.create_account(
+        conn, NewAccount(treasury_owner["id"], "EUR", True), by=SYSTEM
+    )["id"]
     accounts = []
     for i in range(count):
-        owner = ledger.create_user(conn, NewUser(f"user{i}-{suffix}@bench.example", f"U{i}"))
-        account = ledger.create_account(conn, NewAccount(owner["id"], "EUR", False))["id"]
+        owner = ledger.create_user(
+            conn, NewUser(f"user{i}-{suffix}@bench.example", f"U{i}"), by=SYSTEM
+        )
+        account = ledger.create_account(conn, NewAccount(owner["id"], "EUR", False), by=SYSTEM)[
+            "id"
+        ]
         funding = NewTransfer(treasury, account, balance, "EUR", f"bench-fund-{account}")
-        ledger.settle_transfer(conn, ledger.submit_transfer(conn, funding).transfer["id"])
+        submitted = ledger.submit_transfer(conn, funding, by=SYSTEM)
+        ledger.settle_transfer(conn, submitted.transfer["id"])
         accounts.append(account)
     return accounts
 

@@ -68,6 +68,30 @@ class IdempotencyKeyReused(SettleError):
     code = "idempotency_key_reused"
 
 
+class Unauthenticated(SettleError):
+    """Raised when a request needs an API key and carries none, or one that is not valid."""
+
+    code = "unauthenticated"
+
+
+class ApiKeyMissing(Unauthenticated):
+    """Raised when a request that needs an API key has no `Authorization: Bearer` header."""
+
+    code = "api_key_missing"
+
+
+class ApiKeyInvalid(Unauthenticated):
+    """Raised when the API key sent is malformed, unknown or revoked (the three look alike)."""
+
+    code = "api_key_invalid"
+
+
+class OperatorOnly(SettleError):
+    """Raised when a user's API key asks for what only an operator key may do."""
+
+    code = "operator_only"
+
+
 class NotFound(SettleError):
     """Raised when a resource addressed by the URL does not exist."""
 
@@ -90,6 +114,12 @@ class TransferNotFound(NotFound):
     """Raised when no transfer has the given id."""
 
     code = "transfer_not_found"
+
+
+class ApiKeyNotFound(NotFound):
+    """Raised when no API key has the given id."""
+
+    code = "api_key_not_found"
 
 
 class EmailTaken(SettleError):

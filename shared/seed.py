@@ -1,6 +1,8 @@
-"""The demo data `make run` seeds: a treasury, two users with funded EUR accounts.
+"""The demo data `make run` seeds: a treasury, two users with funded EUR accounts, and a
+fresh pair of demo API keys (an operator's and Alice's) each time it runs.
 
 Idempotent: seeding twice finds the same rows (users by email, funding by idempotency key).
+Driver errors propagate.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from dataclasses import dataclass
 
 import psycopg
 
-from shared import ledger
+from shared import auth, ledger
+from shared.auth import SYSTEM
 from shared.requests import NewAccount, NewTransfer, NewUser
 
 CURRENCY = "EUR"
 OPENING_BALANCE = 100_000  # 1,000.00 EUR in cents
+#: Label of the keys `issue_demo_keys` makes; each run revokes the previous run's.
+DEMO_KEY_LABEL = "demo"
 
 
 @dataclass(frozen=True)
@@ -35,9 +40,11 @@ def _user_with_account(
     ).fetchone()
     if row is not None:
         return row[0], row[1]
-    user = ledger.create_user(conn, NewUser(email=email, name=name))
+    user = ledger.create_user(conn, NewUser(email=email, name=name), by=SYSTEM)
     account = ledger.create_account(
-        conn, NewAccount(user_id=user["id"], currency=CURRENCY, allow_negative_balance=treasury)
+        conn,
+        NewAccount(user_id=user["id"], currency=CURRENCY, allow_negative_balance=treasury),
+        by=SYSTEM,
     )
     return user["id"], account["id"]
 
@@ -56,6 +63,24 @@ def seed_demo(conn: psycopg.Connection) -> Demo:
             currency=CURRENCY,
             idempotency_key=f"demo-opening-balance-{account_id}",
         )
-        submitted = ledger.submit_transfer(conn, funding)
+        submitted = ledger.submit_transfer(conn, funding, by=SYSTEM)
         ledger.settle_transfer(conn, submitted.transfer["id"])
     return Demo(treasury, alice_user, alice, bob_user, bob)
+
+
+@dataclass(frozen=True)
+class DemoKeys:
+    """The secrets of this run's demo API keys."""
+
+    operator: str
+    alice: str
+
+
+def issue_demo_keys(conn: psycopg.Connection, demo: Demo) -> DemoKeys:
+    """Revoke the demo keys of earlier runs and make new ones: an operator key and a key of
+    Alice's. Keys are stored hashed, so a key is shown only by the run that made it."""
+    with conn.transaction():
+        auth.revoke_labelled(conn, DEMO_KEY_LABEL)
+        operator = auth.create_key(conn, user_id=None, label=DEMO_KEY_LABEL)
+        alice = auth.create_key(conn, user_id=demo.alice_user_id, label=DEMO_KEY_LABEL)
+    return DemoKeys(operator=operator.key, alice=alice.key)

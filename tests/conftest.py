@@ -121,10 +121,24 @@ def sent() -> list[int]:
     return []
 
 
+@pytest.fixture(scope="session")
+def operator_key(settings: Settings) -> str:
+    """An operator API key in the test database, shared by the session."""
+    from shared import auth
+
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        return auth.create_key(conn, user_id=None, label="tests").key
+
+
 @pytest.fixture
-def client(settings: Settings, pool: ConnectionPool, sent: list[int]) -> falcon.testing.TestClient:
-    """The real app on the real database; `enqueue` sends to the real Redis broker and
-    records the id in `sent`."""
+def client(
+    settings: Settings, pool: ConnectionPool, sent: list[int], operator_key: str
+) -> Iterator[falcon.testing.TestClient]:
+    """The real app on the real database, called with an operator key unless a request sets
+    its own Authorization header; `enqueue` sends to the real Redis broker and records the id
+    in `sent`. Every answer is held to the OpenAPI document: one that breaks it fails the
+    test at teardown (see tests/contract.py)."""
+    from tests.contract import Recorder
     from web.app import create_app
     from worker.actors import settle_transfer
     from worker.broker import broker
@@ -134,4 +148,8 @@ def client(settings: Settings, pool: ConnectionPool, sent: list[int]) -> falcon.
         sent.append(transfer_id)
 
     app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.client.ping)
-    return falcon.testing.TestClient(app)
+    recorder = Recorder(app)
+    yield falcon.testing.TestClient(recorder, headers={"Authorization": f"Bearer {operator_key}"})
+    assert recorder.violations == [], "answers that break the OpenAPI document:\n" + "\n".join(
+        recorder.violations
+    )

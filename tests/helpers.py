@@ -8,6 +8,7 @@ import psycopg
 from psycopg import sql
 
 from shared import ledger
+from shared.auth import SYSTEM
 from shared.requests import NewAccount, NewTransfer, NewUser
 
 
@@ -16,7 +17,8 @@ def unique_email(prefix: str = "user") -> str:
 
 
 def make_user(conn: psycopg.Connection, name: str = "Test User") -> int:
-    return int(ledger.create_user(conn, NewUser(email=unique_email(), name=name))["id"])
+    new = NewUser(email=unique_email(), name=name)
+    return int(ledger.create_user(conn, new, by=SYSTEM)["id"])
 
 
 def make_account(
@@ -28,7 +30,7 @@ def make_account(
 ) -> int:
     owner = user_id if user_id is not None else make_user(conn)
     new = NewAccount(user_id=owner, currency=currency, allow_negative_balance=treasury)
-    return int(ledger.create_account(conn, new)["id"])
+    return int(ledger.create_account(conn, new, by=SYSTEM)["id"])
 
 
 def fund(conn: psycopg.Connection, treasury: int, account: int, amount: int) -> int:
@@ -48,7 +50,7 @@ def submit(conn: psycopg.Connection, source: int, target: int, amount: int) -> i
         currency=None,
         idempotency_key=uuid.uuid4().hex,
     )
-    return int(ledger.submit_transfer(conn, new).transfer["id"])
+    return int(ledger.submit_transfer(conn, new, by=SYSTEM).transfer["id"])
 
 
 def balance(conn: psycopg.Connection, account: int) -> int:
@@ -161,3 +163,45 @@ def entry_ids(conn: psycopg.Connection, account: int) -> list[int]:
         "SELECT id FROM entries WHERE account_id = %s ORDER BY id", (account,)
     ).fetchall()
     return [int(row[0]) for row in rows]
+
+
+class CountingInput:
+    """A WSGI input stream over `data` that counts the bytes the app has read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        import io
+
+        self._stream = io.BytesIO(data)
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._stream.read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self._stream.readline(size)
+        self.bytes_read += len(line)
+        return line
+
+
+def raw_post(
+    client, path: str, stream: object, length: int | None, headers: dict[str, str]
+) -> tuple[str, dict[str, object]]:
+    """POST straight to the WSGI app with `stream` as its input: with Content-Length `length`,
+    or (None) with none and an input that ends at EOF, as a server passes a chunked body.
+    Returns the status line and the decoded JSON answer."""
+    import json
+
+    import falcon.testing
+
+    environ = falcon.testing.create_environ(method="POST", path=path, headers=headers)
+    environ["wsgi.input"] = stream
+    if length is None:
+        environ.pop("CONTENT_LENGTH", None)
+        environ["wsgi.input_terminated"] = True
+    else:
+        environ["CONTENT_LENGTH"] = str(length)
+    start_response = falcon.testing.StartResponseMock()
+    body = b"".join(client.app(environ, start_response))
+    return start_response.status, json.loads(body)

@@ -19,7 +19,8 @@ from psycopg_pool import ConnectionPool
 
 from shared.errors import SettleError
 from shared.settings import Settings
-from web import errors, resources
+from web import errors, openapi, resources
+from web.auth import RequireApiKey
 
 
 def _json_default(value: object) -> object:
@@ -35,9 +36,10 @@ def create_app(
     enqueue: resources.Enqueue,
     ping_broker: Callable[[], Any],
 ) -> falcon.App:
-    """A WSGI app serving the HTTP contract with `pool` for reads and writes, `enqueue` to
-    hand a transfer id to the workers and `ping_broker` for readiness."""
-    app = falcon.App()
+    """A WSGI app serving the HTTP contract with `pool` for reads and writes (and API key
+    lookups), `enqueue` to hand a transfer id to the workers and `ping_broker` for readiness.
+    Every route but /healthz, /readyz and /openapi.json needs an API key."""
+    app = falcon.App(middleware=[RequireApiKey(pool)])
     json_handler = falcon.media.JSONHandler(
         dumps=functools.partial(json.dumps, default=_json_default, separators=(",", ":")),
     )
@@ -53,6 +55,7 @@ def create_app(
     app.add_route("/transfers/{transfer_id}", resources.Transfer(pool, **body))
     app.add_route("/healthz", resources.Health())
     app.add_route("/readyz", resources.Ready(pool, ping_broker))
+    app.add_route("/openapi.json", resources.OpenAPIDocument(openapi.DOCUMENT))
 
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(psycopg.Error, errors.handle_database_error)

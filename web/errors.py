@@ -19,6 +19,8 @@ STATUS: list[tuple[type[errors.SettleError], str]] = [
     (errors.TransferRejected, falcon.HTTP_422),
     (errors.IdempotencyKeyReused, falcon.HTTP_422),
     (errors.InvalidRequest, falcon.HTTP_400),
+    (errors.Unauthenticated, falcon.HTTP_401),
+    (errors.OperatorOnly, falcon.HTTP_403),
     (errors.UnsupportedMediaType, falcon.HTTP_415),
     (errors.BodyTooLarge, falcon.HTTP_413),
     (errors.NotFound, falcon.HTTP_404),
@@ -43,10 +45,19 @@ def handle_settle_error(
     req: falcon.Request, resp: falcon.Response, ex: errors.SettleError, params: Any
 ) -> None:
     status = status_of(ex)
+    if isinstance(ex, errors.Unauthenticated):
+        resp.set_header("WWW-Authenticate", www_authenticate(ex))
     if isinstance(ex, errors.Unavailable):
         resp.set_header("Retry-After", str(ex.retry_after))
         log.warning("%s %s -> %s %s", req.method, req.path, ex.code, ex.message)
     _write(resp, status, ex.code, ex.message)
+
+
+def www_authenticate(ex: errors.Unauthenticated) -> str:
+    """The challenge of a 401 (RFC 6750): a bad key is an `invalid_token`, no key is not."""
+    if isinstance(ex, errors.ApiKeyMissing):
+        return 'Bearer realm="settle"'
+    return 'Bearer realm="settle", error="invalid_token"'
 
 
 def handle_database_error(

@@ -1,11 +1,13 @@
 """Falcon resources: parse the request, call one use case in `shared/`, shape the answer.
 
 Resources hold only collaborators (the pool, the enqueue function); one instance serves every
-waitress thread.
+waitress thread. Each use case gets the principal `web.auth.RequireApiKey` found; resources
+marked `public` need no key.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import falcon
 from psycopg_pool import ConnectionPool
 
-from shared import ledger, requests
+from shared import auth, ledger, requests
 from shared.db import connection
 from shared.errors import (
     AccountNotFound,
@@ -22,6 +24,7 @@ from shared.errors import (
     UnsupportedMediaType,
     UserNotFound,
 )
+from web.auth import principal
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,11 @@ class _Resource:
 
 class Users(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        by = principal(req)
+        auth.require_operator(by)  # before the body: a user's key gets 403 whatever it sends
         new = requests.user_request(read_json(req, self._max_body_bytes))
         with connection(self._pool) as conn:
-            user = ledger.create_user(conn, new)
+            user = ledger.create_user(conn, new, by=by)
         resp.status = falcon.HTTP_201
         resp.location = f"/users/{user['id']}"
         resp.media = {"data": user}
@@ -82,14 +87,16 @@ class User(_Resource):
         if uid is None:
             raise UserNotFound(f"user {user_id} does not exist")
         with connection(self._pool) as conn:
-            resp.media = {"data": ledger.get_user(conn, uid)}
+            resp.media = {"data": ledger.get_user(conn, uid, by=principal(req))}
 
 
 class Accounts(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        by = principal(req)
+        auth.require_operator(by)  # before the body: a user's key gets 403 whatever it sends
         new = requests.account_request(read_json(req, self._max_body_bytes))
         with connection(self._pool) as conn:
-            account = ledger.create_account(conn, new)
+            account = ledger.create_account(conn, new, by=by)
         resp.status = falcon.HTTP_201
         resp.location = f"/accounts/{account['id']}"
         resp.media = {"data": account}
@@ -106,7 +113,7 @@ class Account(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, account_id: str) -> None:
         aid = _account_id(account_id)
         with connection(self._pool) as conn:
-            resp.media = {"data": ledger.get_account(conn, aid)}
+            resp.media = {"data": ledger.get_account(conn, aid, by=principal(req))}
 
 
 class AccountEntries(_Resource):
@@ -115,7 +122,7 @@ class AccountEntries(_Resource):
         limit = requests.limit(req.get_param("limit"))
         cursor = req.get_param("cursor")
         with connection(self._pool) as conn:
-            page = ledger.list_entries(conn, aid, limit=limit, cursor=cursor)
+            page = ledger.list_entries(conn, aid, limit=limit, cursor=cursor, by=principal(req))
         resp.media = {"data": page.items, "next_cursor": page.next_cursor}
 
 
@@ -128,7 +135,7 @@ class Transfers(_Resource):
         body = read_json(req, self._max_body_bytes)
         new = requests.transfer_request(body, req.get_header("Idempotency-Key"))
         with connection(self._pool) as conn:
-            submitted = ledger.submit_transfer(conn, new)
+            submitted = ledger.submit_transfer(conn, new, by=principal(req))
         transfer = submitted.transfer
         if transfer["status"] == "pending":
             self._send(transfer["id"])
@@ -155,16 +162,20 @@ class Transfer(_Resource):
         if tid is None:
             raise TransferNotFound(f"transfer {transfer_id} does not exist")
         with connection(self._pool) as conn:
-            resp.media = {"data": ledger.get_transfer(conn, tid)}
+            resp.media = {"data": ledger.get_transfer(conn, tid, by=principal(req))}
 
 
 class Health:
+    public = True
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"data": {"status": "ok"}}
 
 
 class Ready:
     """Readiness: Postgres answers through this process's pool and Redis answers PING."""
+
+    public = True
 
     def __init__(self, pool: ConnectionPool, ping_broker: Callable[[], Any]) -> None:
         self._pool = pool
@@ -190,3 +201,16 @@ class Ready:
             resp.media = {"error": {"code": "not_ready", "message": str(checks)}}
             return
         resp.media = {"data": {"status": "ready", **checks}}
+
+
+class OpenAPIDocument:
+    """The OpenAPI 3.1 document of this API, serialized once."""
+
+    public = True
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self._body = json.dumps(document, separators=(",", ":")).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self._body

@@ -1,10 +1,11 @@
 """A small HTTP client for the end-to-end tests: one keep-alive connection per thread, JSON
-in and out, and the retry policy the API asks of its clients."""
+in and out, an API key on every request, and the retry policy the API asks of its clients."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -21,13 +22,33 @@ class Answer:
     tries: int = 1
 
 
+_operator_key: list[str] = []
+_operator_key_lock = threading.Lock()
+
+
+def operator_key() -> str:
+    """An operator API key in the test database (DATABASE_URL, which the suite's conftest
+    exported), made on first use and shared by every client of the session."""
+    with _operator_key_lock:
+        if not _operator_key:
+            import psycopg
+
+            from shared import auth
+
+            with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+                _operator_key.append(auth.create_key(conn, user_id=None, label="e2e").key)
+        return _operator_key[0]
+
+
 class Client:
     """HTTP/1.1 to 127.0.0.1:`port`, safe to share between threads; a context manager that
-    closes every thread's connection on exit."""
+    closes every thread's connection on exit. Requests carry `key` as their bearer token
+    (default: the session's operator key)."""
 
-    def __init__(self, port: int, *, timeout: float = 10.0) -> None:
+    def __init__(self, port: int, *, timeout: float = 10.0, key: str | None = None) -> None:
         self._port = port
         self._timeout = timeout
+        self._authorization = f"Bearer {key or operator_key()}"
         self._local = threading.local()
         self._lock = threading.Lock()
         self._opened: list[http.client.HTTPConnection] = []
@@ -65,7 +86,11 @@ class Client:
         """One attempt: (status, headers, decoded JSON body), or (None, {}, error) when the
         connection failed."""
         payload = None if body is None else json.dumps(body).encode()
-        sent = {"Content-Type": "application/json", **(headers or {})}
+        sent = {
+            "Content-Type": "application/json",
+            "Authorization": self._authorization,
+            **(headers or {}),
+        }
         conn = self._connection()
         try:
             conn.request(method, path, body=payload, headers=sent)

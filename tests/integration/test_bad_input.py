@@ -18,7 +18,16 @@ from falcon.testing import TestClient
 from shared.money import BIGINT_MAX, MAX_AMOUNT
 from shared.requests import MAX_DEPTH
 from shared.settings import Settings
-from tests.helpers import fund, make_account, make_user, new_key, row_counts, unique_email
+from tests.helpers import (
+    CountingInput,
+    fund,
+    make_account,
+    make_user,
+    new_key,
+    raw_post,
+    row_counts,
+    unique_email,
+)
 
 
 @dataclass(frozen=True)
@@ -386,7 +395,7 @@ def test_a_path_id_that_cannot_name_a_row_answers_404_never_500(
 
 @pytest.mark.parametrize("content_length", ["abc", "-1", "1e3"])
 def test_a_content_length_that_is_not_a_count_answers_400_invalid_request(
-    client: TestClient, db: psycopg.Connection, world: World, content_length: str
+    client: TestClient, db: psycopg.Connection, world: World, content_length: str, operator_key: str
 ) -> None:
     # TestClient validates the environ with wsgiref's linter, which refuses such a header
     # before the app sees it; a WSGI server may pass it through, so call the app directly.
@@ -394,7 +403,7 @@ def test_a_content_length_that_is_not_a_count_answers_400_invalid_request(
         method="POST",
         path="/users",
         body=user()(world),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {operator_key}"},
     )
     environ["CONTENT_LENGTH"] = content_length
     start_response = falcon.testing.StartResponseMock()
@@ -402,4 +411,29 @@ def test_a_content_length_that_is_not_a_count_answers_400_invalid_request(
     body = b"".join(client.app(environ, start_response))
     assert start_response.status == "400 Bad Request"
     assert json.loads(body)["error"]["code"] == "invalid_request"
+    assert row_counts(db) == before
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("path", [T, U, A])
+def test_a_body_over_the_limit_is_refused_413_before_it_is_read_whole(
+    client: TestClient,
+    db: psycopg.Connection,
+    world: World,
+    operator_key: str,
+    path: str,
+    declared: bool,
+) -> None:
+    size = world.max_body_bytes * 64
+    stream = CountingInput(b"[" + b" " * (size - 2) + b"]")
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {operator_key}",
+        "Idempotency-Key": new_key(),
+    }
+    before = row_counts(db)
+    status, answer = raw_post(client, path, stream, size if declared else None, headers)
+    assert (status, answer["error"]["code"]) == ("413 Content Too Large", "body_too_large")
+    # Declared too large: not a byte read. Undeclared: read only one byte past the limit.
+    assert stream.bytes_read == (0 if declared else world.max_body_bytes + 1)
     assert row_counts(db) == before

@@ -24,6 +24,7 @@ TRANSFER_FIELDS = {
     "attempts",
     "created_at",
     "settled_at",
+    "dead_lettered_at",
 }
 
 

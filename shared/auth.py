@@ -1,0 +1,155 @@
+"""API keys and the principal a request acts for.
+
+A key is `settle_` followed by 43 URL-safe characters (256 random bits). Only its SHA-256 is
+stored, so finding a key is one indexed lookup by hash, and a copy of the table holds nothing
+that authenticates. A user's key acts for that user alone; an operator key acts for no user
+and may do everything. Functions here raise `ApiKeyInvalid`, `OperatorOnly`, `UserNotFound`
+or `ApiKeyNotFound`; driver errors propagate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+
+from shared.errors import ApiKeyInvalid, ApiKeyNotFound, OperatorOnly, UserNotFound
+
+KEY_PREFIX = "settle_"
+_KEY = re.compile(r"settle_[A-Za-z0-9_-]{43}")
+#: Characters of a key kept in clear, so that `settle keys list` can tell keys apart.
+SHOWN_CHARS = 12
+
+OPERATOR_SCOPE = "operator"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts for: one user (`user_id`), or an operator (`user_id` None)."""
+
+    user_id: int | None
+    key_id: int | None = None
+
+    @property
+    def is_operator(self) -> bool:
+        return self.user_id is None
+
+    def owns(self, user_id: int) -> bool:
+        """Whether resources of `user_id` are this principal's to see and spend."""
+        return self.user_id is None or self.user_id == user_id
+
+    @property
+    def idempotency_scope(self) -> str:
+        """The namespace of this principal's Idempotency-Keys: its user, or all operators."""
+        return OPERATOR_SCOPE if self.user_id is None else f"user:{self.user_id}"
+
+
+#: The service acting on its own behalf (the demo seed, the command line, test fixtures):
+#: an operator that no API key stands for.
+SYSTEM = Principal(user_id=None)
+
+
+def require_operator(by: Principal) -> None:
+    """Raises `OperatorOnly` unless `by` is an operator."""
+    if not by.is_operator:
+        raise OperatorOnly("this needs an operator API key")
+
+
+def generate_key() -> str:
+    """A new random API key."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> bytes:
+    """The stored form of `key`: its SHA-256 digest."""
+    return hashlib.sha256(key.encode()).digest()
+
+
+def check_well_formed(key: str) -> None:
+    """Raises `ApiKeyInvalid` when `key` cannot be a key this service made (no database
+    needed, so garbage costs no connection)."""
+    if not _KEY.fullmatch(key):
+        raise ApiKeyInvalid("the API key is not valid")
+
+
+def authenticate(conn: psycopg.Connection, key: str) -> Principal:
+    """The principal `key` stands for. Raises `ApiKeyInvalid` for a malformed, unknown or
+    revoked key."""
+    check_well_formed(key)
+    row = conn.execute(
+        "SELECT id, user_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+        (hash_key(key),),
+    ).fetchone()
+    if row is None:
+        raise ApiKeyInvalid("the API key is unknown or revoked")
+    return Principal(user_id=row[1], key_id=row[0])
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A key just made: its id, the secret (to show once, never stored) and its user."""
+
+    id: int
+    key: str
+    user_id: int | None
+
+
+def create_key(conn: psycopg.Connection, *, user_id: int | None, label: str = "") -> CreatedKey:
+    """Store a new key for `user_id` (None: an operator key) and return it with its secret.
+
+    Raises `UserNotFound` when the user does not exist.
+    """
+    key = generate_key()
+    try:
+        row = conn.execute(
+            "INSERT INTO api_keys (user_id, is_operator, key_hash, key_prefix, label)"
+            " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+            (user_id, user_id is None, hash_key(key), key[:SHOWN_CHARS], label),
+        ).fetchone()
+    except pg_errors.ForeignKeyViolation:
+        raise UserNotFound(f"user {user_id} does not exist") from None
+    assert row is not None
+    return CreatedKey(id=row[0], key=key, user_id=user_id)
+
+
+def revoke_key(conn: psycopg.Connection, key_id: int) -> bool:
+    """Revoke key `key_id` from now on; False when it was already revoked.
+
+    Raises `ApiKeyNotFound` when no key has that id.
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT revoked_at IS NOT NULL FROM api_keys WHERE id = %s FOR UPDATE", (key_id,)
+        ).fetchone()
+        if row is None:
+            raise ApiKeyNotFound(f"API key {key_id} does not exist")
+        if row[0]:
+            return False
+        conn.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s", (key_id,))
+    return True
+
+
+def revoke_labelled(conn: psycopg.Connection, label: str) -> int:
+    """Revoke every live key labelled `label`; returns how many were."""
+    cur = conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE label = %s AND revoked_at IS NULL",
+        (label,),
+    )
+    return cur.rowcount
+
+
+def list_keys(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every key, oldest first, without secrets: id, user_id (None: operator), label, the
+    first characters of the key, created_at and revoked_at."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT id, user_id, label, key_prefix, created_at, revoked_at FROM api_keys"
+            " ORDER BY id"
+        )
+        return cur.fetchall()

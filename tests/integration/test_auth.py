@@ -1,0 +1,431 @@
+"""API keys and who may do what: every route against every kind of caller, and the rules
+behind the matrix (hashing, revocation, ownership, 404 rather than 403, idempotency scopes)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import falcon.testing
+import psycopg
+import pytest
+from falcon.testing import TestClient
+
+from shared import auth
+from tests.contract import documented
+from tests.helpers import (
+    CountingInput,
+    fund,
+    make_account,
+    make_user,
+    raw_post,
+    row_counts,
+    submit,
+    unique_email,
+)
+
+
+@dataclass(frozen=True)
+class World:
+    """Two users with accounts and keys; `owner` is the one whose resources are asked for."""
+
+    owner: int
+    owner_account: int  # funded
+    owner_second_account: int
+    funding: int  # the transfer from the treasury to owner_account
+    other: int
+    other_account: int
+    keys: dict[str, str | None]  # caller kind -> the key it sends (None: no header)
+
+
+CALLERS = ["no key", "wrong key", "revoked key", "other user's key", "own key", "operator key"]
+
+
+@pytest.fixture
+def world(db: psycopg.Connection, operator_key: str) -> World:
+    treasury = make_account(db, treasury=True)
+    owner, other = make_user(db, "Owner"), make_user(db, "Other")
+    owner_account = make_account(db, user_id=owner)
+    owner_second = make_account(db, user_id=owner)
+    other_account = make_account(db, user_id=other)
+    funding = fund(db, treasury, owner_account, 10_000)
+    fund(db, treasury, other_account, 10_000)
+    revoked = auth.create_key(db, user_id=owner)
+    assert auth.revoke_key(db, revoked.id)
+    keys = {
+        "no key": None,
+        "wrong key": auth.generate_key(),  # well formed, never stored
+        "revoked key": revoked.key,
+        "other user's key": auth.create_key(db, user_id=other).key,
+        "own key": auth.create_key(db, user_id=owner).key,
+        "operator key": operator_key,
+    }
+    return World(owner, owner_account, owner_second, funding, other, other_account, keys)
+
+
+def call(
+    client: TestClient,
+    method: str,
+    path: str,
+    key: str | None,
+    headers: dict[str, str] | None = None,
+    **kwargs: object,
+) -> falcon.testing.Result:
+    """A request with `key` as its bearer token, or with no usable Authorization header."""
+    # The client sends an operator key by default; an empty value stands for no header.
+    auth_header = {"Authorization": "" if key is None else f"Bearer {key}"}
+    return client.simulate_request(
+        method, path, headers={**(headers or {}), **auth_header}, **kwargs
+    )
+
+
+Request = Callable[[World], tuple[str, dict[str, object]]]
+
+
+def get(template: str, field: str) -> Request:
+    return lambda w: (template.format(getattr(w, field)), {})
+
+
+def post_transfer(w: World) -> tuple[str, dict[str, object]]:
+    body = {"from_account_id": w.owner_account, "to_account_id": w.other_account, "amount": 10}
+    return "/transfers", {"json": body, "headers": {"Idempotency-Key": uuid.uuid4().hex}}
+
+
+def post_user(w: World) -> tuple[str, dict[str, object]]:
+    return "/users", {"json": {"email": unique_email(), "name": "New"}}
+
+
+def post_account(w: World) -> tuple[str, dict[str, object]]:
+    return "/accounts", {"json": {"user_id": w.owner, "currency": "EUR"}}
+
+
+def public(path: str) -> Request:
+    return lambda w: (path, {})
+
+
+UNAUTHENTICATED = (401, 401, 401)
+#: (method, route, how to build the request, statuses for CALLERS in order)
+MATRIX: list[tuple[str, str, Request, tuple[int, ...]]] = [
+    ("GET", "/users/{user_id}", get("/users/{}", "owner"), (*UNAUTHENTICATED, 404, 200, 200)),
+    (
+        "GET",
+        "/accounts/{account_id}",
+        get("/accounts/{}", "owner_account"),
+        (*UNAUTHENTICATED, 404, 200, 200),
+    ),
+    (
+        "GET",
+        "/accounts/{account_id}/entries",
+        get("/accounts/{}/entries", "owner_account"),
+        (*UNAUTHENTICATED, 404, 200, 200),
+    ),
+    (
+        "GET",
+        "/transfers/{transfer_id}",
+        get("/transfers/{}", "funding"),
+        (*UNAUTHENTICATED, 404, 200, 200),
+    ),
+    ("POST", "/transfers", post_transfer, (*UNAUTHENTICATED, 422, 202, 202)),
+    ("POST", "/users", post_user, (*UNAUTHENTICATED, 403, 403, 201)),
+    ("POST", "/accounts", post_account, (*UNAUTHENTICATED, 403, 403, 201)),
+    ("GET", "/healthz", public("/healthz"), (200,) * 6),
+    ("GET", "/readyz", public("/readyz"), (200,) * 6),
+    ("GET", "/openapi.json", public("/openapi.json"), (200,) * 6),
+]
+CODES = {
+    401: {"api_key_missing", "api_key_invalid"},
+    403: {"operator_only"},
+    404: {"user_not_found", "account_not_found", "transfer_not_found"},
+    422: {"account_not_found"},
+}
+
+
+def test_the_matrix_covers_every_operation_of_the_api() -> None:
+    covered: dict[str, set[str]] = {}
+    for method, route, _, _ in MATRIX:
+        covered.setdefault(route, set()).add(method)
+    assert covered == documented()
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "request_for", "expected"),
+    MATRIX,
+    ids=[f"{method} {route}" for method, route, _, _ in MATRIX],
+)
+@pytest.mark.parametrize("caller", CALLERS)
+def test_each_route_answers_each_kind_of_caller_as_the_rules_say(
+    client: TestClient,
+    db: psycopg.Connection,
+    world: World,
+    caller: str,
+    method: str,
+    route: str,
+    request_for: Request,
+    expected: tuple[int, ...],
+) -> None:
+    path, kwargs = request_for(world)
+    before = row_counts(db)
+    resp = call(client, method, path, world.keys[caller], **kwargs)
+    status = expected[CALLERS.index(caller)]
+    assert resp.status_code == status, resp.text
+    if status >= 400:
+        assert resp.json["error"]["code"] in CODES[status]
+        assert row_counts(db) == before  # a refusal changes nothing
+    if status == 401:
+        assert resp.headers["www-authenticate"].startswith('Bearer realm="settle"')
+
+
+def test_a_request_without_a_key_gets_a_bearer_challenge_without_an_error(
+    client: TestClient, world: World
+) -> None:
+    resp = call(client, "GET", f"/users/{world.owner}", None)
+    assert resp.status_code == 401
+    assert resp.json["error"]["code"] == "api_key_missing"
+    assert resp.headers["www-authenticate"] == 'Bearer realm="settle"'
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer   ",
+        "Token settle_x",
+        "Bearer not-a-settle-key",
+        "Bearer settle_" + "x" * 42,
+        "Bearer settle_" + "é" * 43,
+    ],
+)
+def test_a_malformed_authorization_header_answers_401_invalid_token(
+    client: TestClient, world: World, header: str
+) -> None:
+    resp = client.simulate_get(f"/users/{world.owner}", headers={"Authorization": header})
+    assert resp.status_code == 401
+    assert resp.json["error"]["code"] == "api_key_invalid"
+    assert resp.headers["www-authenticate"] == 'Bearer realm="settle", error="invalid_token"'
+
+
+def test_the_bearer_scheme_is_case_insensitive(client: TestClient, world: World) -> None:
+    key = world.keys["own key"]
+    resp = client.simulate_get(f"/users/{world.owner}", headers={"Authorization": f"bearer {key}"})
+    assert resp.status_code == 200
+
+
+def test_a_key_works_until_it_is_revoked_and_not_a_request_longer(
+    client: TestClient, db: psycopg.Connection, world: World
+) -> None:
+    created = auth.create_key(db, user_id=world.owner)
+    path = f"/accounts/{world.owner_account}"
+    assert call(client, "GET", path, created.key).status_code == 200
+    assert auth.revoke_key(db, created.id) is True
+    resp = call(client, "GET", path, created.key)
+    assert resp.status_code == 401
+    assert resp.json["error"]["code"] == "api_key_invalid"
+    assert auth.revoke_key(db, created.id) is False  # revoking twice changes nothing
+
+
+def test_keys_are_stored_only_as_their_sha256(db: psycopg.Connection, world: World) -> None:
+    created = auth.create_key(db, user_id=world.owner, label="hash check")
+    assert re.fullmatch(r"settle_[A-Za-z0-9_-]{43}", created.key)
+    row = db.execute(
+        "SELECT key_hash, key_prefix FROM api_keys WHERE id = %s", (created.id,)
+    ).fetchone()
+    assert row is not None
+    assert bytes(row[0]) == hashlib.sha256(created.key.encode()).digest()
+    assert created.key.startswith(row[1]) and len(row[1]) < len(created.key) // 2
+    stored = db.execute("SELECT * FROM api_keys WHERE id = %s", (created.id,)).fetchone()
+    assert created.key not in repr(stored)
+
+
+def test_a_key_for_a_user_that_does_not_exist_is_refused(
+    db: psycopg.Connection, world: World
+) -> None:
+    from shared.errors import UserNotFound
+
+    with pytest.raises(UserNotFound):
+        auth.create_key(db, user_id=max(world.owner, world.other) + 1_000_000)
+
+
+# --- 404, not 403: another user's ids answer exactly as ids that name nothing ----------------
+
+
+def _without_ids(resp: falcon.testing.Result) -> tuple[int, object]:
+    return resp.status_code, re.sub(r"\d+", "N", str(resp.json))
+
+
+@pytest.mark.parametrize(
+    ("template", "field"),
+    [
+        ("/users/{}", "owner"),
+        ("/accounts/{}", "owner_account"),
+        ("/accounts/{}/entries", "owner_account"),
+        ("/transfers/{}", "funding"),
+    ],
+)
+def test_another_users_resource_answers_exactly_like_one_that_does_not_exist(
+    client: TestClient, world: World, template: str, field: str
+) -> None:
+    stranger = world.keys["other user's key"]
+    existing = call(client, "GET", template.format(getattr(world, field)), stranger)
+    missing = call(client, "GET", template.format(10**15), stranger)
+    assert existing.status_code == 404
+    assert _without_ids(existing) == _without_ids(missing)
+
+
+def test_a_transfer_out_of_another_users_account_answers_like_one_from_no_account(
+    client: TestClient, db: psycopg.Connection, world: World, sent: list[int]
+) -> None:
+    stranger = world.keys["other user's key"]
+    before, sends = row_counts(db), len(sent)
+
+    def attempt(source: int) -> falcon.testing.Result:
+        body = {"from_account_id": source, "to_account_id": world.other_account, "amount": 1}
+        return call(
+            client,
+            "POST",
+            "/transfers",
+            stranger,
+            json=body,
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+
+    theirs, nothing = attempt(world.owner_account), attempt(10**15)
+    assert theirs.status_code == 422
+    assert theirs.json["error"]["code"] == "account_not_found"
+    assert _without_ids(theirs) == _without_ids(nothing)
+    assert (row_counts(db), len(sent)) == (before, sends)
+
+
+# --- What a user's key may do -----------------------------------------------------------
+
+
+def test_a_users_key_may_pay_into_another_users_account(
+    client: TestClient, world: World, sent: list[int]
+) -> None:
+    body = {"from_account_id": world.owner_account, "to_account_id": world.other_account}
+    resp = call(
+        client,
+        "POST",
+        "/transfers",
+        world.keys["own key"],
+        json={**body, "amount": 700},
+        headers={"Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert resp.status_code == 202
+    assert resp.json["data"]["from_account_id"] == world.owner_account
+    assert sent[-1] == resp.json["data"]["id"]
+
+
+def test_a_user_sees_a_transfer_it_received_but_not_the_other_accounts_involved(
+    client: TestClient, db: psycopg.Connection, world: World
+) -> None:
+    incoming = submit(db, world.other_account, world.owner_account, 25)
+    owner = world.keys["own key"]
+    resp = call(client, "GET", f"/transfers/{incoming}", owner)
+    assert resp.status_code == 200
+    assert resp.json["data"]["from_account_id"] == world.other_account
+    assert call(client, "GET", f"/accounts/{world.other_account}", owner).status_code == 404
+
+
+def test_a_user_sees_only_its_own_transfers(
+    client: TestClient, db: psycopg.Connection, world: World
+) -> None:
+    between_others = submit(db, world.other_account, make_account(db), 5)
+    resp = call(client, "GET", f"/transfers/{between_others}", world.keys["own key"])
+    assert resp.status_code == 404
+    assert resp.json["error"]["code"] == "transfer_not_found"
+    assert call(client, "GET", f"/transfers/{between_others}", None).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/users", "/accounts"])
+def test_a_users_key_is_refused_403_before_a_byte_of_the_body_is_read(
+    client: TestClient, db: psycopg.Connection, world: World, path: str
+) -> None:
+    stream = CountingInput(b"not json at all")
+    headers = {"Content-Type": "text/plain", "Authorization": f"Bearer {world.keys['own key']}"}
+    before = row_counts(db)
+    status, answer = raw_post(client, path, stream, 15, headers)
+    assert (status, answer["error"]["code"]) == ("403 Forbidden", "operator_only")
+    assert stream.bytes_read == 0
+    assert row_counts(db) == before
+
+
+@pytest.mark.parametrize("caller", ["no key", "wrong key", "revoked key"])
+@pytest.mark.parametrize("path", ["/transfers", "/users", "/accounts"])
+def test_an_unauthenticated_request_is_refused_401_before_a_byte_of_the_body_is_read(
+    client: TestClient, db: psycopg.Connection, world: World, path: str, caller: str
+) -> None:
+    stream = CountingInput(b"{" * 100_000)
+    key = world.keys[caller]
+    headers = {"Content-Type": "application/json", "Idempotency-Key": uuid.uuid4().hex}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    before = row_counts(db)
+    status, answer = raw_post(client, path, stream, 100_000, headers)
+    assert status == "401 Unauthorized"
+    assert answer["error"]["code"] in CODES[401]
+    assert stream.bytes_read == 0
+    assert row_counts(db) == before
+
+
+def test_an_unknown_path_answers_404_whether_or_not_a_key_is_sent(client: TestClient) -> None:
+    for key in (None, auth.generate_key()):
+        resp = call(client, "GET", "/nope", key)
+        assert resp.status_code == 404
+        assert resp.json["error"]["code"] == "not_found"
+
+
+# --- Idempotency-Keys are scoped to the key holder ----------------------------------------
+
+
+def _submit(client: TestClient, key: str | None, body: dict[str, int], idem: str):
+    return call(client, "POST", "/transfers", key, json=body, headers={"Idempotency-Key": idem})
+
+
+def test_two_users_sending_the_same_idempotency_key_get_two_transfers(
+    client: TestClient, db: psycopg.Connection, world: World
+) -> None:
+    idem = uuid.uuid4().hex
+    mine = {"from_account_id": world.owner_account, "to_account_id": world.other_account}
+    theirs = {"from_account_id": world.other_account, "to_account_id": world.owner_account}
+    first = _submit(client, world.keys["own key"], {**mine, "amount": 3}, idem)
+    second = _submit(client, world.keys["other user's key"], {**theirs, "amount": 4}, idem)
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.json["data"]["id"] != second.json["data"]["id"]
+    scopes = db.execute(
+        "SELECT idempotency_scope FROM transfers WHERE idempotency_key = %s ORDER BY id",
+        (idem,),
+    ).fetchall()
+    assert scopes == [(f"user:{world.owner}",), (f"user:{world.other}",)]
+
+
+def test_another_key_of_the_same_user_replays_the_same_transfer(
+    client: TestClient, db: psycopg.Connection, world: World
+) -> None:
+    idem = uuid.uuid4().hex
+    body = {"from_account_id": world.owner_account, "to_account_id": world.other_account}
+    first = _submit(client, world.keys["own key"], {**body, "amount": 9}, idem)
+    rotated = auth.create_key(db, user_id=world.owner).key
+    replay = _submit(client, rotated, {**body, "amount": 9}, idem)
+    assert replay.status_code == 202
+    assert replay.json == first.json
+    reused = _submit(client, rotated, {**body, "amount": 10}, idem)
+    assert reused.status_code == 422
+    assert reused.json["error"]["code"] == "idempotency_key_reused"
+
+
+def test_operators_share_one_idempotency_scope_apart_from_every_users(
+    client: TestClient, db: psycopg.Connection, world: World
+) -> None:
+    idem = uuid.uuid4().hex
+    body = {"from_account_id": world.owner_account, "to_account_id": world.other_account}
+    by_user = _submit(client, world.keys["own key"], {**body, "amount": 5}, idem)
+    by_operator = _submit(client, world.keys["operator key"], {**body, "amount": 5}, idem)
+    assert (by_user.status_code, by_operator.status_code) == (202, 202)
+    assert by_user.json["data"]["id"] != by_operator.json["data"]["id"]
+    another_operator = auth.create_key(db, user_id=None).key
+    replay = _submit(client, another_operator, {**body, "amount": 5}, idem)
+    assert replay.json == by_operator.json

@@ -1,0 +1,110 @@
+"""`settle keys create|list|revoke`, run as the real command against the test database, and
+the keys it makes used on the real app."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from falcon.testing import TestClient
+
+from tests.helpers import make_user, unique_email
+
+SETTLE = Path(sys.executable).with_name("settle")
+
+
+def settle(*args: str) -> subprocess.CompletedProcess[str]:
+    """`settle ARGS` with the suite's environment (DATABASE_URL names the test database)."""
+    return subprocess.run(
+        [str(SETTLE), *args], env=dict(os.environ), capture_output=True, text=True, timeout=60
+    )
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_keys_create_for_a_user_prints_only_the_key_and_the_key_acts_for_that_user(
+    client: TestClient, db: psycopg.Connection
+) -> None:
+    user, other = make_user(db), make_user(db)
+    done = settle("keys", "create", "--user", str(user), "--label", "cli test")
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert re.fullmatch(r"settle_[A-Za-z0-9_-]{43}", key)
+    assert "not shown again" in done.stderr
+    assert client.simulate_get(f"/users/{user}", headers=bearer(key)).status_code == 200
+    assert client.simulate_get(f"/users/{other}", headers=bearer(key)).status_code == 404
+
+
+def test_keys_create_operator_makes_a_key_that_may_create_users(client: TestClient) -> None:
+    done = settle("keys", "create", "--operator")
+    assert done.returncode == 0, done.stderr
+    body = {"email": unique_email(), "name": "Made by a CLI key"}
+    resp = client.simulate_post("/users", json=body, headers=bearer(done.stdout.strip()))
+    assert resp.status_code == 201
+
+
+def test_keys_list_shows_every_key_without_its_secret(db: psycopg.Connection) -> None:
+    user = make_user(db)
+    key = settle("keys", "create", "--user", str(user), "--label", "listed").stdout.strip()
+    listed = settle("keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if f"user {user} " in line)
+    assert "listed" in line and key[:12] + "..." in line
+    assert key not in listed.stdout
+    assert listed.stdout.splitlines()[0].split() == [
+        "id",
+        "holder",
+        "label",
+        "key",
+        "created",
+        "revoked",
+    ]
+
+
+def test_keys_revoke_refuses_the_key_from_then_on_and_lists_it_revoked(
+    client: TestClient, db: psycopg.Connection
+) -> None:
+    user = make_user(db)
+    key = settle("keys", "create", "--user", str(user)).stdout.strip()
+    key_id = db.execute(
+        "SELECT id FROM api_keys WHERE user_id = %s ORDER BY id DESC LIMIT 1", (user,)
+    ).fetchone()
+    assert key_id is not None
+    assert client.simulate_get(f"/users/{user}", headers=bearer(key)).status_code == 200
+    done = settle("keys", "revoke", str(key_id[0]))
+    assert (done.returncode, done.stdout.strip()) == (0, f"settle keys: key {key_id[0]} revoked")
+    assert client.simulate_get(f"/users/{user}", headers=bearer(key)).status_code == 401
+    line = next(
+        line
+        for line in settle("keys", "list").stdout.splitlines()
+        if line.startswith(f"{key_id[0]} ")
+    )
+    assert len(line.split()) == 8  # id, holder (2 words), key, created (2), revoked (2)
+    again = settle("keys", "revoke", str(key_id[0]))
+    assert (again.returncode, again.stdout.strip()) == (
+        0,
+        f"settle keys: key {key_id[0]} was already revoked",
+    )
+
+
+def test_keys_commands_naming_an_unknown_user_or_key_exit_1_with_one_line(
+    db: psycopg.Connection,
+) -> None:
+    missing = make_user(db) + 1_000_000
+    for args in (("create", "--user", str(missing)), ("revoke", str(missing))):
+        done = settle("keys", *args)
+        assert done.returncode == 1
+        assert done.stdout == ""
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert "does not exist" in done.stderr
+
+
+def test_keys_create_needs_exactly_one_of_user_or_operator() -> None:
+    assert settle("keys", "create").returncode == 2
+    assert settle("keys", "create", "--operator", "--user", "1").returncode == 2

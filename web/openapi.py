@@ -1,0 +1,444 @@
+"""The OpenAPI 3.1 document of the HTTP API, written as data and served at GET /openapi.json.
+
+Tests keep it true (tests/integration/test_openapi.py): the app has exactly the routes and
+methods written here, every status and error code the app can answer is listed under each
+operation, every response the test suite provokes is one written here, and schemathesis
+fuzzes the app against it. Request schemas say exactly what `shared/requests.py` accepts, so
+that what the document calls valid is accepted and what it calls invalid is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.money import BIGINT_MAX, MAX_AMOUNT
+
+Schema = dict[str, Any]
+
+#: What Python's `str.isspace` (and so `str.strip` and the `\s` of `re`) counts as white
+#: space, spelled out: the `\s` of JSON Schema patterns (ECMA-262) is a different set.
+_SPACE = (
+    "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a"
+    "\\u2028\\u2029\\u202f\\u205f\\u3000"
+)
+#: Text the service stores: not blank, no NUL (Postgres text cannot hold one).
+_TEXT_PATTERN = f"^[^\\u0000]*[^\\u0000{_SPACE}][^\\u0000]*$"
+#: `shared.requests._EMAIL` after surrounding white space is stripped.
+_EMAIL_PATTERN = (
+    f"^[{_SPACE}]*[^@\\u0000{_SPACE}]+@[^@\\u0000{_SPACE}]+\\.[^@\\u0000{_SPACE}]+[{_SPACE}]*$"
+)
+
+ID: Schema = {"type": "integer", "format": "int64", "minimum": 1, "maximum": BIGINT_MAX}
+CURRENCY: Schema = {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["EUR"]}
+TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
+AMOUNT: Schema = {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_AMOUNT}
+
+
+def _object(properties: dict[str, Schema], *, optional: tuple[str, ...] = ()) -> Schema:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+    }
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+SCHEMAS: dict[str, Schema] = {
+    "User": _object(
+        {
+            "id": ID,
+            "email": {"type": "string"},
+            "name": {"type": "string"},
+            "created_at": TIMESTAMP,
+        }
+    ),
+    "Account": _object(
+        {
+            "id": ID,
+            "user_id": ID,
+            "currency": CURRENCY,
+            "balance": {"type": "integer", "format": "int64"},
+            "allow_negative_balance": {"type": "boolean"},
+            "created_at": TIMESTAMP,
+        }
+    ),
+    "Transfer": _object(
+        {
+            "id": ID,
+            "status": {"enum": ["pending", "settled", "failed"]},
+            "from_account_id": ID,
+            "to_account_id": ID,
+            "amount": AMOUNT,
+            "currency": CURRENCY,
+            "failure_code": {"enum": [None, "insufficient_funds", "balance_limit_exceeded"]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "created_at": TIMESTAMP,
+            "settled_at": {"oneOf": [TIMESTAMP, {"type": "null"}]},
+            "dead_lettered_at": {
+                "oneOf": [TIMESTAMP, {"type": "null"}],
+                "description": "when its retries ran out (it waits in the dead-letter queue"
+                " for an operator); null otherwise",
+            },
+        }
+    ),
+    "Entry": _object(
+        {
+            "id": ID,
+            "transfer_id": ID,
+            "account_id": ID,
+            "amount": {
+                "type": "integer",
+                "format": "int64",
+                "not": {"const": 0},
+                "description": "negative for a debit, positive for a credit",
+            },
+            "created_at": TIMESTAMP,
+        }
+    ),
+    "NewUser": _object(
+        {
+            "email": {"type": "string", "maxLength": 254, "pattern": _EMAIL_PATTERN},
+            "name": {"type": "string", "maxLength": 200, "pattern": _TEXT_PATTERN},
+        }
+    ),
+    "NewAccount": _object(
+        {
+            "user_id": ID,
+            "currency": CURRENCY,
+            "allow_negative_balance": {
+                "type": "boolean",
+                "default": False,
+                "description": "true makes a treasury account, which may go below zero",
+            },
+        },
+        optional=("allow_negative_balance",),
+    ),
+    "NewTransfer": _object(
+        {
+            "from_account_id": ID,
+            "to_account_id": ID,
+            "amount": AMOUNT,
+            "currency": {**CURRENCY, "description": "when given, both accounts must hold it"},
+        },
+        optional=("currency",),
+    ),
+}
+
+
+def _data(schema: Schema) -> Schema:
+    return _object({"data": schema})
+
+
+def _json(schema: Schema) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _header(description: str, schema: Schema | None = None) -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": schema or {"type": "string"}}
+
+
+LOCATION = _header("where the new resource can be read")
+RETRY_AFTER = _header("seconds to wait before retrying", {"type": "string", "pattern": "^[0-9]+$"})
+CHALLENGE = _header('`Bearer realm="settle"`, with `error="invalid_token"` for a bad key')
+
+
+def ok(description: str, schema: Schema, **headers: dict[str, Any]) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description, "content": _json(schema)}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def error(description: str, *codes: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    """A response in the error shape whose `code` is one of `codes`."""
+    body = _object(
+        {
+            "error": _object(
+                {"code": {"enum": sorted(codes)}, "message": {"type": "string", "minLength": 1}}
+            )
+        }
+    )
+    return ok(description, body, **headers)
+
+
+# Answers that several operations share.
+UNAUTHENTICATED = error(
+    "no API key, or one that is malformed, unknown or revoked",
+    "api_key_missing",
+    "api_key_invalid",
+    **{"WWW-Authenticate": CHALLENGE},
+)
+OPERATOR_ONLY = error("the API key is a user's; only an operator key may do this", "operator_only")
+UNAVAILABLE = error(
+    "the database or the web process is saturated or unreachable; retry after Retry-After",
+    "database_busy",
+    "database_unavailable",
+    "overloaded",
+    **{"Retry-After": RETRY_AFTER},
+)
+OVERLOADED = error(
+    "the web process has too many requests queued; retry after Retry-After",
+    "overloaded",
+    **{"Retry-After": RETRY_AFTER},
+)
+BODY_TOO_LARGE = error("the body is larger than MAX_BODY_BYTES", "body_too_large")
+NOT_JSON = error("the body is not sent as application/json", "unsupported_media_type")
+BAD_BODY = ("invalid_request", "invalid_json")
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": _json(_ref(name))}
+
+
+def _path_id(name: str, what: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": f"the {what}'s id; anything that is not one answers 404",
+        "schema": ID,
+    }
+
+
+PUBLIC: list[dict[str, list[str]]] = []  # an operation's `security` when it needs no key
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/users": {
+        "post": {
+            "operationId": "createUser",
+            "summary": "Create a user (operator keys only)",
+            "requestBody": _body("NewUser"),
+            "responses": {
+                "201": ok("the user", _data(_ref("User")), Location=LOCATION),
+                "400": error("the body is malformed", *BAD_BODY),
+                "401": UNAUTHENTICATED,
+                "403": OPERATOR_ONLY,
+                "409": error("another user has this email", "email_taken"),
+                "413": BODY_TOO_LARGE,
+                "415": NOT_JSON,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/users/{user_id}": {
+        "get": {
+            "operationId": "getUser",
+            "summary": "Read a user (a user's key: only its own)",
+            "parameters": [_path_id("user_id", "user")],
+            "responses": {
+                "200": ok("the user", _data(_ref("User"))),
+                "401": UNAUTHENTICATED,
+                "404": error("no such user, or not the key's user", "user_not_found"),
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/accounts": {
+        "post": {
+            "operationId": "createAccount",
+            "summary": "Open an account with a zero balance (operator keys only)",
+            "requestBody": _body("NewAccount"),
+            "responses": {
+                "201": ok("the account", _data(_ref("Account")), Location=LOCATION),
+                "400": error("the body is malformed", *BAD_BODY),
+                "401": UNAUTHENTICATED,
+                "403": OPERATOR_ONLY,
+                "404": error("user_id names no user", "user_not_found"),
+                "413": BODY_TOO_LARGE,
+                "415": NOT_JSON,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/accounts/{account_id}": {
+        "get": {
+            "operationId": "getAccount",
+            "summary": "Read an account and its balance (a user's key: only its own)",
+            "parameters": [_path_id("account_id", "account")],
+            "responses": {
+                "200": ok("the account", _data(_ref("Account"))),
+                "401": UNAUTHENTICATED,
+                "404": error("no such account, or not the key's user's", "account_not_found"),
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/accounts/{account_id}/entries": {
+        "get": {
+            "operationId": "listEntries",
+            "summary": "List an account's ledger entries, oldest first, a page at a time",
+            "parameters": [
+                _path_id("account_id", "account"),
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "description": "entries per page",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "description": "the `next_cursor` of the previous page (opaque)",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {
+                "200": ok(
+                    "a page of entries; `next_cursor` is null on the last page",
+                    _object(
+                        {
+                            "data": {"type": "array", "items": _ref("Entry")},
+                            "next_cursor": {"type": ["string", "null"]},
+                        }
+                    ),
+                ),
+                "400": error(
+                    "limit is out of range, or cursor was not issued by this service",
+                    "invalid_request",
+                    "invalid_cursor",
+                ),
+                "401": UNAUTHENTICATED,
+                "404": error("no such account, or not the key's user's", "account_not_found"),
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/transfers": {
+        "post": {
+            "operationId": "submitTransfer",
+            "summary": "Submit a transfer (a user's key: only out of its own accounts)",
+            "description": "Answers at once with the transfer pending; workers settle it. "
+            "Replaying an Idempotency-Key with the same body returns the same transfer; keys "
+            "are scoped to the key holder (a user, or all operators).",
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                }
+            ],
+            "requestBody": _body("NewTransfer"),
+            "responses": {
+                "202": ok("the pending transfer", _data(_ref("Transfer")), Location=LOCATION),
+                "400": error(
+                    "the body or the Idempotency-Key is malformed or missing",
+                    *BAD_BODY,
+                    "idempotency_key_missing",
+                ),
+                "401": UNAUTHENTICATED,
+                "413": BODY_TOO_LARGE,
+                "415": NOT_JSON,
+                "422": error(
+                    "the transfer cannot be accepted as asked (an account that does not exist"
+                    " or, for a user's key, a source account that is not its own; accounts in"
+                    " different currencies; the same account twice; an Idempotency-Key used"
+                    " with another body)",
+                    "account_not_found",
+                    "currency_mismatch",
+                    "same_account",
+                    "idempotency_key_reused",
+                ),
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/transfers/{transfer_id}": {
+        "get": {
+            "operationId": "getTransfer",
+            "summary": "Read a transfer (a user's key: one from or to its own accounts)",
+            "parameters": [_path_id("transfer_id", "transfer")],
+            "responses": {
+                "200": ok("the transfer", _data(_ref("Transfer"))),
+                "401": UNAUTHENTICATED,
+                "404": error(
+                    "no such transfer, or none of its accounts is the key's user's",
+                    "transfer_not_found",
+                ),
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/healthz": {
+        "get": {
+            "operationId": "health",
+            "summary": "Liveness: the process serves requests",
+            "security": PUBLIC,
+            "responses": {
+                "200": ok("alive", _data(_object({"status": {"const": "ok"}}))),
+                "503": OVERLOADED,
+            },
+        }
+    },
+    "/readyz": {
+        "get": {
+            "operationId": "ready",
+            "summary": "Readiness: Postgres (through the pool) and Redis answer",
+            "security": PUBLIC,
+            "responses": {
+                "200": ok(
+                    "ready",
+                    _data(
+                        _object(
+                            {
+                                "status": {"const": "ready"},
+                                "postgres": {"const": "ok"},
+                                "redis": {"const": "ok"},
+                            }
+                        )
+                    ),
+                ),
+                "503": error(
+                    "Postgres or Redis does not answer (the message says which)",
+                    "not_ready",
+                    "overloaded",
+                    **{"Retry-After": RETRY_AFTER},
+                ),
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "security": PUBLIC,
+            "responses": {
+                "200": ok("the OpenAPI document", {"type": "object"}),
+                "503": OVERLOADED,
+            },
+        }
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Settle",
+        "version": "1",
+        "description": 'A money-transfer service. JSON in and out: `{"data": ...}` on '
+        'success, `{"error": {"code", "message"}}` on failure. Amounts are integers in minor '
+        "units. Every operation but /healthz, /readyz and /openapi.json needs "
+        "`Authorization: Bearer <API key>`. A user's key sees only its own user, accounts, "
+        "their entries and the transfers touching them, and moves money only out of its own "
+        "accounts; anything else answers as if it did not exist. An operator key may do "
+        "everything. Methods not listed for a path answer 405 with `Allow`; OPTIONS is "
+        "answered by the framework with `Allow`.",
+    },
+    "security": [{"apiKey": []}],
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "an API key from `settle keys create --user ID` or "
+                "`settle keys create --operator`",
+            }
+        },
+    },
+}
