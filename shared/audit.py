@@ -1,12 +1,19 @@
 """Ledger invariants, checked over the whole database.
 
-`find_violations` returns one line per broken rule (empty when the ledger is sound); it
-raises only driver errors.
+`find_violations` returns one line per broken rule (empty when the ledger is sound); `audit`
+adds the counts `settle audit` prints. Both read one snapshot (a repeatable-read, read-only
+transaction, or the caller's transaction if one is open), so a ledger that is being written
+to is judged as of one instant. They raise only driver errors.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 import psycopg
+from psycopg.pq import TransactionStatus
 
 #: (rule, query returning one row per violation, formatted into the report line)
 _CHECKS: list[tuple[str, str]] = [
@@ -48,21 +55,106 @@ _CHECKS: list[tuple[str, str]] = [
     ),
 ]
 
+#: `settle audit`'s default: a transfer pending longer than this is reported. Retries with
+#: the default backoff give up after about a minute and a half, so a healthy transfer is
+#: never this old; a dead-lettered one soon is, and should be looked at.
+DEFAULT_PENDING_THRESHOLD = 300.0
 
-def find_violations(
-    conn: psycopg.Connection, *, pending_older_than_seconds: float | None = None
-) -> list[str]:
-    """Every broken ledger rule, one line each. With `pending_older_than_seconds`, a transfer
-    still pending after that long counts as a violation too."""
+
+@dataclass
+class Report:
+    """What `audit` found: counts for the summary, and one line per violation."""
+
+    accounts: int = 0
+    entries: int = 0
+    transfers: dict[str, int] = field(default_factory=dict)  # status -> count
+    dead_lettered: int = 0
+    currencies: list[tuple[str, int, int]] = field(default_factory=list)  # code, accounts, sum
+    violations: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        total = sum(self.transfers.values())
+        by_status = ", ".join(
+            f"{self.transfers.get(s, 0)} {s}" for s in ("settled", "failed", "pending")
+        )
+        out = [
+            f"{self.accounts} accounts, {self.entries} entries, {total} transfers ({by_status};"
+            f" {self.dead_lettered} of the pending dead-lettered)"
+        ]
+        out += [
+            f"{code}: {n} accounts, balances sum to {total}" for code, n, total in self.currencies
+        ]
+        out += [f"VIOLATION: {line}" for line in self.violations]
+        return out
+
+
+@contextlib.contextmanager
+def _snapshot(conn: psycopg.Connection) -> Iterator[None]:
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        yield  # the caller's transaction is the snapshot (and may hold uncommitted rows)
+        return
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield
+
+
+def _violations(conn: psycopg.Connection, pending_older_than_seconds: float | None) -> list[str]:
     found: list[str] = []
     for template, query in _CHECKS:
         for row in conn.execute(query).fetchall():
             found.append(template.format(*row))
     if pending_older_than_seconds is not None:
         rows = conn.execute(
-            "SELECT id, round(extract(epoch FROM now() - created_at)) FROM transfers"
-            " WHERE status = 'pending' AND created_at < now() - make_interval(secs => %s)",
+            "SELECT id, round(extract(epoch FROM now() - created_at)), dead_lettered_at,"
+            " last_error FROM transfers WHERE status = 'pending'"
+            " AND created_at < now() - make_interval(secs => %s) ORDER BY id",
             (pending_older_than_seconds,),
         ).fetchall()
-        found.extend(f"transfer {tid} has been pending for {age}s" for tid, age in rows)
+        for tid, age, parked_at, error in rows:
+            line = f"transfer {tid} has been pending for {age}s"
+            if parked_at is not None:
+                line += (
+                    f" (dead-lettered at {parked_at.isoformat()}: {error};"
+                    f" `settle dead-letters retry {tid}` sends it again)"
+                )
+            elif error:
+                line += f" (last error: {error})"
+            found.append(line)
     return found
+
+
+def find_violations(
+    conn: psycopg.Connection, *, pending_older_than_seconds: float | None = None
+) -> list[str]:
+    """Every broken ledger rule, one line each: per currency the balances sum to zero, every
+    balance equals its entries, no forbidden negative balance, every settled transfer has one
+    debit and one credit matching it, failed and pending transfers have no entries. With
+    `pending_older_than_seconds`, a transfer still pending after that long counts too."""
+    with _snapshot(conn):
+        return _violations(conn, pending_older_than_seconds)
+
+
+def audit(conn: psycopg.Connection, *, pending_older_than_seconds: float | None) -> Report:
+    """`find_violations` plus the counts of accounts, entries and transfers, from one
+    snapshot."""
+    with _snapshot(conn):
+        report = Report()
+        report.accounts, report.entries = conn.execute(
+            "SELECT (SELECT count(*) FROM accounts), (SELECT count(*) FROM entries)"
+        ).fetchone() or (0, 0)
+        report.transfers = dict(
+            conn.execute("SELECT status, count(*) FROM transfers GROUP BY status").fetchall()
+        )
+        row = conn.execute(
+            "SELECT count(*) FROM transfers WHERE dead_lettered_at IS NOT NULL"
+        ).fetchone()
+        report.dead_lettered = int(row[0]) if row else 0
+        report.currencies = [
+            (str(code), int(n), int(total))
+            for code, n, total in conn.execute(
+                "SELECT currency, count(*), sum(balance) FROM accounts GROUP BY currency"
+                " ORDER BY currency"
+            ).fetchall()
+        ]
+        report.violations = _violations(conn, pending_older_than_seconds)
+    return report

@@ -21,7 +21,7 @@ import psycopg
 from shared.budget import BudgetExceeded, capacity, make_plan
 from shared.lifecycle import boot_check, configure_logging, load_settings
 from shared.migrate import migrate
-from shared.seed import seed_demo
+from shared.seed import Demo, DemoKeys, issue_demo_keys, seed_demo
 
 log = logging.getLogger("settle")
 
@@ -75,17 +75,27 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _curl_lines(port: int, demo_alice: int, alice_account: int, bob_account: int) -> str:
+def _curl_lines(port: int, demo: Demo, keys: DemoKeys) -> str:
     base = f"http://127.0.0.1:{port}"
-    body = f'{{"from_account_id": {alice_account}, "to_account_id": {bob_account}, "amount": 1250}}'
+    alice = f"-H 'Authorization: Bearer {keys.alice}'"
+    operator = f"-H 'Authorization: Bearer {keys.operator}'"
+    body = (
+        f'{{"from_account_id": {demo.alice_account_id},'
+        f' "to_account_id": {demo.bob_account_id}, "amount": 1250}}'
+    )
     return "\n".join(
         [
             f"Settle is running at {base}  (Ctrl-C stops everything)",
+            "Demo API keys (new on every run; the previous run's demo keys are revoked):",
+            f"  operator key: {keys.operator}",
+            f"  Alice's key:  {keys.alice}",
             "Try:",
-            f"  curl -s {base}/users/{demo_alice}",
-            f"  curl -s -X POST {base}/transfers -H 'Content-Type: application/json'"
+            f"  curl -s {alice} {base}/users/{demo.alice_user_id}",
+            f"  curl -s {alice} -X POST {base}/transfers -H 'Content-Type: application/json'"
             f" -H 'Idempotency-Key: demo-1' -d '{body}'",
-            f"  curl -s {base}/transfers/<id from the answer above>",
+            f"  curl -s {alice} {base}/transfers/<id from the answer above>",
+            f"  curl -s {operator} {base}/accounts/{demo.bob_account_id}",
+            f"  curl -s {base}/openapi.json",
         ]
     )
 
@@ -121,12 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             migrate(conn)
             demo = seed_demo(conn)
-        print(
-            _curl_lines(
-                settings.port, demo.alice_user_id, demo.alice_account_id, demo.bob_account_id
-            ),
-            flush=True,
-        )
+            keys = issue_demo_keys(conn, demo)
+        print(_curl_lines(settings.port, demo, keys), flush=True)
         procfile = Path(args.procfile).resolve()
         honcho = subprocess.Popen(
             [
@@ -172,6 +178,140 @@ def cmd_run(args: argparse.Namespace) -> int:
         embedded.stop()
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Check the ledger invariants over the whole database and print a report; exit 1 on
+    any violation, or when Postgres cannot be read."""
+    from shared.audit import audit
+    from shared.db import application_name
+
+    settings = load_settings("audit")
+    try:
+        with psycopg.connect(
+            settings.database_url,
+            autocommit=True,
+            connect_timeout=5,
+            application_name=application_name(settings, "audit"),
+        ) as conn:
+            report = audit(conn, pending_older_than_seconds=args.pending_threshold)
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"settle audit: cannot read the ledger: {reason}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines()))
+    if report.violations:
+        print(f"settle audit: {len(report.violations)} violation(s)")
+        return 1
+    print(f"settle audit: ok (no violation; pending threshold {args.pending_threshold:g}s)")
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    """Hand over to `worker.dead_letters`, which owns the broker (shared/ never imports it)."""
+    if args.action == "retry" and bool(args.ids) == bool(args.all):
+        print("settle dead-letters retry: give transfer ids or --all (not both)", file=sys.stderr)
+        return 2
+    argv = [args.action, *(["--all"] if getattr(args, "all", False) else [])]
+    argv += [str(i) for i in getattr(args, "ids", [])]
+    os.execv(sys.executable, [sys.executable, "-m", "worker.dead_letters", *argv])
+    return 1  # not reached: execv replaces this process
+
+
+def _add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from shared.audit import DEFAULT_PENDING_THRESHOLD
+
+    audit = sub.add_parser("audit", help="check the ledger invariants; exit 1 on any violation")
+    audit.add_argument(
+        "--pending-threshold",
+        type=float,
+        default=DEFAULT_PENDING_THRESHOLD,
+        metavar="SECONDS",
+        help="report transfers pending longer than this (default %(default)g)",
+    )
+    audit.set_defaults(func=cmd_audit)
+    dead = sub.add_parser("dead-letters", help="list or retry transfers whose retries ran out")
+    actions = dead.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="list dead-lettered transfers")
+    retry = actions.add_parser("retry", help="clear the mark and send them again")
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="transfer ids")
+    retry.add_argument("--all", action="store_true", help="every dead-lettered transfer")
+    dead.set_defaults(func=cmd_dead_letters)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """`settle keys create|list|revoke`. A new key goes alone to stdout (it is shown only this
+    once); exit 1 for an unknown user or key id, or when Postgres cannot be reached."""
+    from shared import auth
+    from shared.db import application_name
+    from shared.errors import NotFound
+
+    settings = load_settings("keys")
+    try:
+        with psycopg.connect(
+            settings.database_url,
+            autocommit=True,
+            connect_timeout=5,
+            application_name=application_name(settings, "keys"),
+        ) as conn:
+            if args.action == "create":
+                created = auth.create_key(conn, user_id=args.user, label=args.label)
+                holder = "operator" if created.user_id is None else f"user {created.user_id}"
+                print(
+                    f"settle keys: created key {created.id} ({holder}); store it now,"
+                    " it is not shown again",
+                    file=sys.stderr,
+                )
+                print(created.key)
+            elif args.action == "revoke":
+                done = auth.revoke_key(conn, args.key_id)
+                state = "revoked" if done else "was already revoked"
+                print(f"settle keys: key {args.key_id} {state}")
+            else:
+                print(_key_table(auth.list_keys(conn)))
+    except NotFound as exc:
+        print(f"settle keys: {exc.message}", file=sys.stderr)
+        return 1
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"settle keys: cannot reach Postgres: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _key_table(keys: list[dict[str, object]]) -> str:
+    rows = [("id", "holder", "label", "key", "created", "revoked")]
+    for key in keys:
+        rows.append(
+            (
+                str(key["id"]),
+                "operator" if key["user_id"] is None else f"user {key['user_id']}",
+                str(key["label"]),
+                f"{key['key_prefix']}...",
+                f"{key['created_at']:%Y-%m-%d %H:%M:%S%z}",
+                "" if key["revoked_at"] is None else f"{key['revoked_at']:%Y-%m-%d %H:%M:%S%z}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def _add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="create, list or revoke API keys")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="make a key and print it (once)")
+    holder = create.add_mutually_exclusive_group(required=True)
+    holder.add_argument("--user", type=int, metavar="ID", help="a key acting for this user")
+    holder.add_argument(
+        "--operator", action="store_true", help="an operator key: it may do everything"
+    )
+    create.add_argument("--label", default="", help="a note shown by `settle keys list`")
+    actions.add_parser("list", help="list keys (never their secrets)")
+    revoke = actions.add_parser("revoke", help="revoke a key; it is refused from now on")
+    revoke.add_argument("key_id", type=int, metavar="KEY_ID")
+    keys.set_defaults(func=cmd_keys)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="settle", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("migrate", help="apply pending schema migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("budget", help="print the connection budget plan").set_defaults(func=cmd_budget)
     sub.add_parser("seed", help="create the demo users and accounts").set_defaults(func=cmd_seed)
+    _add_key_commands(sub)
+    _add_ledger_commands(sub)
     run = sub.add_parser(
         "run",
         help="migrate, seed and run everything (embedded servers "

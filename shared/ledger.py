@@ -3,6 +3,11 @@
 Connections are autocommit, so a single statement is its own transaction (one round trip);
 use cases with several writes open `conn.transaction()`. Domain conditions raise the classes
 of `shared.errors`; driver errors propagate for the caller's retry policy.
+
+Use cases a caller can reach take `by`, the principal the request acts for. A user sees only
+its own user, accounts, their entries, and transfers touching its accounts, and spends only
+from its own accounts; anything else is reported as not existing (`*NotFound`), so that ids
+cannot be probed. Creating users and accounts is for operators (`OperatorOnly`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
+from shared.auth import Principal, require_operator
 from shared.errors import (
     AccountNotFound,
     CurrencyMismatch,
@@ -47,8 +53,10 @@ def _one(conn: psycopg.Connection, query: str, params: tuple[object, ...]) -> Ro
         return cur.fetchone()
 
 
-def create_user(conn: psycopg.Connection, new: NewUser) -> Row:
-    """Insert a user. Raises `EmailTaken` when the email is in use."""
+def create_user(conn: psycopg.Connection, new: NewUser, *, by: Principal) -> Row:
+    """Insert a user. Raises `OperatorOnly` unless `by` is an operator, `EmailTaken` when the
+    email is in use."""
+    require_operator(by)
     try:
         row = _one(
             conn,
@@ -61,16 +69,20 @@ def create_user(conn: psycopg.Connection, new: NewUser) -> Row:
     return row
 
 
-def get_user(conn: psycopg.Connection, user_id: int) -> Row:
-    """The user with `user_id`. Raises `UserNotFound`."""
+def get_user(conn: psycopg.Connection, user_id: int, *, by: Principal) -> Row:
+    """The user with `user_id`. Raises `UserNotFound`, also when it is not `by`'s."""
+    if not by.owns(user_id):
+        raise UserNotFound(f"user {user_id} does not exist")
     row = _one(conn, "SELECT id, email, name, created_at FROM users WHERE id = %s", (user_id,))
     if row is None:
         raise UserNotFound(f"user {user_id} does not exist")
     return row
 
 
-def create_account(conn: psycopg.Connection, new: NewAccount) -> Row:
-    """Insert an account with a zero balance. Raises `UserNotFound` for an unknown owner."""
+def create_account(conn: psycopg.Connection, new: NewAccount, *, by: Principal) -> Row:
+    """Insert an account with a zero balance. Raises `OperatorOnly` unless `by` is an
+    operator, `UserNotFound` for an unknown owner."""
+    require_operator(by)
     try:
         row = _one(
             conn,
@@ -85,15 +97,16 @@ def create_account(conn: psycopg.Connection, new: NewAccount) -> Row:
     return row
 
 
-def get_account(conn: psycopg.Connection, account_id: int) -> Row:
-    """The account with `account_id`, with its balance. Raises `AccountNotFound`."""
+def get_account(conn: psycopg.Connection, account_id: int, *, by: Principal) -> Row:
+    """The account with `account_id`, with its balance. Raises `AccountNotFound`, also when
+    it is not `by`'s."""
     row = _one(
         conn,
         "SELECT id, user_id, currency, balance, allow_negative_balance, created_at FROM accounts"
         " WHERE id = %s",
         (account_id,),
     )
-    if row is None:
+    if row is None or not by.owns(row["user_id"]):
         raise AccountNotFound(f"account {account_id} does not exist")
     return row
 
@@ -121,14 +134,14 @@ class Page:
 
 
 def list_entries(
-    conn: psycopg.Connection, account_id: int, *, limit: int, cursor: str | None
+    conn: psycopg.Connection, account_id: int, *, limit: int, cursor: str | None, by: Principal
 ) -> Page:
     """Ledger entries of one account, oldest first, `limit` at a time.
 
-    Raises `AccountNotFound` and `InvalidCursor`.
+    Raises `AccountNotFound` (also when the account is not `by`'s) and `InvalidCursor`.
     """
     after = decode_cursor(cursor) if cursor else 0
-    get_account(conn, account_id)
+    get_account(conn, account_id, by=by)
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT id, transfer_id, account_id, amount, created_at FROM entries"
@@ -148,41 +161,46 @@ class Submitted:
     created: bool  # False: a replay of an earlier request with the same key
 
 
-def submit_transfer(conn: psycopg.Connection, new: NewTransfer) -> Submitted:
-    """Record a pending transfer, or return the one recorded earlier under the same key.
+def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal) -> Submitted:
+    """Record a pending transfer, or return the one `by` recorded earlier under the same
+    Idempotency-Key (keys are scoped to `by.idempotency_scope`).
 
-    Raises `SameAccount`, `UnknownTransferAccount`, `CurrencyMismatch` (nothing written), and
+    Raises `SameAccount`, `UnknownTransferAccount` (also when a user's key names a source
+    account that is not its own), `CurrencyMismatch` (nothing written), and
     `IdempotencyKeyReused` when the key was used for a different request.
     """
     if new.from_account_id == new.to_account_id:
         raise SameAccount("from_account_id and to_account_id must differ")
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id, currency FROM accounts WHERE id = ANY(%s)",
+            "SELECT id, currency, user_id FROM accounts WHERE id = ANY(%s)",
             ([new.from_account_id, new.to_account_id],),
         )
-        currencies: dict[int, str] = dict(cur.fetchall())
-    for field, account_id in (
-        ("from_account_id", new.from_account_id),
-        ("to_account_id", new.to_account_id),
-    ):
-        if account_id not in currencies:
-            raise UnknownTransferAccount(f"{field} {account_id} does not exist")
-    currency = currencies[new.from_account_id]
-    if currencies[new.to_account_id] != currency:
+        found = {row[0]: row for row in cur.fetchall()}
+    source = found.get(new.from_account_id)
+    # Money leaves only an account of the key's user: someone else's looks like no account.
+    if source is None or not by.owns(source[2]):
+        raise UnknownTransferAccount(f"from_account_id {new.from_account_id} does not exist")
+    target = found.get(new.to_account_id)
+    if target is None:
+        raise UnknownTransferAccount(f"to_account_id {new.to_account_id} does not exist")
+    currency = source[1]
+    if target[1] != currency:
         raise CurrencyMismatch(
             f"account {new.from_account_id} holds {currency},"
-            f" account {new.to_account_id} holds {currencies[new.to_account_id]}"
+            f" account {new.to_account_id} holds {target[1]}"
         )
     if new.currency is not None and new.currency != currency:
         raise CurrencyMismatch(f"the accounts hold {currency}, not {new.currency}")
     row = _one(
         conn,
-        "INSERT INTO transfers (idempotency_key, request_hash, from_account_id,"
-        " to_account_id, amount, currency) VALUES (%s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, status, from_account_id, "
-        "to_account_id, amount, currency, failure_code, attempts, created_at, settled_at",
+        "INSERT INTO transfers (idempotency_scope, idempotency_key, request_hash,"
+        " from_account_id, to_account_id, amount, currency) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING RETURNING id, status,"
+        " from_account_id, to_account_id, amount, currency, failure_code, attempts, created_at,"
+        " settled_at, dead_lettered_at",
         (
+            by.idempotency_scope,
             new.idempotency_key,
             new.fingerprint(),
             new.from_account_id,
@@ -194,17 +212,18 @@ def submit_transfer(conn: psycopg.Connection, new: NewTransfer) -> Submitted:
     if row is not None:
         return Submitted(row, created=True)
     # The key was used before (a replay, or a concurrent request that won the insert).
-    existing = _by_key(conn, new)
+    existing = _by_key(conn, new, by.idempotency_scope)
     assert existing is not None
     return Submitted(existing, created=False)
 
 
-def _by_key(conn: psycopg.Connection, new: NewTransfer) -> Row | None:
+def _by_key(conn: psycopg.Connection, new: NewTransfer, scope: str) -> Row | None:
     row = _one(
         conn,
         "SELECT request_hash, id, status, from_account_id, to_account_id, amount, currency, "
-        "failure_code, attempts, created_at, settled_at FROM transfers WHERE idempotency_key = %s",
-        (new.idempotency_key,),
+        "failure_code, attempts, created_at, settled_at, dead_lettered_at FROM transfers"
+        " WHERE idempotency_scope = %s AND idempotency_key = %s",
+        (scope, new.idempotency_key),
     )
     if row is None:
         return None
@@ -215,14 +234,26 @@ def _by_key(conn: psycopg.Connection, new: NewTransfer) -> Row | None:
     return row
 
 
-def get_transfer(conn: psycopg.Connection, transfer_id: int) -> Row:
-    """The transfer with `transfer_id`. Raises `TransferNotFound`."""
-    row = _one(
-        conn,
-        "SELECT id, status, from_account_id, to_account_id, amount, currency, failure_code, "
-        "attempts, created_at, settled_at FROM transfers WHERE id = %s",
-        (transfer_id,),
-    )
+_TRANSFER = (
+    "SELECT id, status, from_account_id, to_account_id, amount, currency, failure_code,"
+    " attempts, created_at, settled_at, dead_lettered_at FROM transfers WHERE id = %s"
+)
+_USERS_TRANSFER = (
+    "SELECT id, status, from_account_id, to_account_id, amount, currency, failure_code,"
+    " attempts, created_at, settled_at, dead_lettered_at FROM transfers t WHERE id = %s"
+    " AND EXISTS ("
+    "SELECT 1 FROM accounts a WHERE a.id IN (t.from_account_id, t.to_account_id)"
+    " AND a.user_id = %s)"
+)
+
+
+def get_transfer(conn: psycopg.Connection, transfer_id: int, *, by: Principal) -> Row:
+    """The transfer with `transfer_id`. Raises `TransferNotFound`, also when neither of its
+    accounts is `by`'s (a user sees the transfers it sent and those it received)."""
+    if by.user_id is None:
+        row = _one(conn, _TRANSFER, (transfer_id,))
+    else:
+        row = _one(conn, _USERS_TRANSFER, (transfer_id, by.user_id))
     if row is None:
         raise TransferNotFound(f"transfer {transfer_id} does not exist")
     return row
@@ -253,11 +284,12 @@ def record_failed_attempt(conn: psycopg.Connection, transfer_id: int, error: str
 
 def claim_stale_pending(conn: psycopg.Connection, *, grace_seconds: float, batch: int) -> list[int]:
     """Ids of transfers pending for longer than `grace_seconds` since they were last sent,
-    oldest first, marked as sent now so the next sweep skips them for another grace period."""
+    oldest first, marked as sent now so the next sweep skips them for another grace period.
+    Dead-lettered transfers are left out: only an operator sends them again."""
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE transfers SET enqueued_at = now() WHERE id IN ("
-            " SELECT id FROM transfers WHERE status = 'pending'"
+            " SELECT id FROM transfers WHERE status = 'pending' AND dead_lettered_at IS NULL"
             " AND enqueued_at < now() - make_interval(secs => %s)"
             " ORDER BY enqueued_at LIMIT %s FOR UPDATE SKIP LOCKED)"
             " RETURNING id",

@@ -8,7 +8,7 @@ import dramatiq
 
 from shared import ledger
 from shared.db import connection
-from worker.broker import is_transient
+from worker.broker import SETTLE_ACTOR, is_transient
 from worker.pool import current_pool
 
 log = logging.getLogger(__name__)
@@ -16,17 +16,22 @@ log = logging.getLogger(__name__)
 QUEUE = "transfers"
 
 
-@dramatiq.actor(queue_name=QUEUE, actor_name="settle_transfer")
+@dramatiq.actor(queue_name=QUEUE, actor_name=SETTLE_ACTOR)
 def settle_transfer(transfer_id: int) -> None:
     """Settle one transfer. Idempotent: a transfer no longer pending is left alone.
-    Transient database failures are counted on the transfer and raised for a retry."""
+    Transient database failures are counted on the transfer and raised for a retry; when
+    the retries run out, `DeadLetterMarks` parks the transfer (see worker.middleware)."""
     try:
         with connection(current_pool()) as conn:
             status, failure_code = ledger.settle_transfer(conn, transfer_id)
     except Exception as exc:
-        if is_transient(exc):
-            _record_attempt(transfer_id, exc)
-        raise
+        if not is_transient(exc):
+            raise
+        error = f"{type(exc).__name__}: {exc}".strip()
+        _record_attempt(transfer_id, error)
+        # Expected, and retried: dramatiq logs a Retry at no level, so an outage costs one
+        # warning line per attempt (above) rather than a traceback at ERROR.
+        raise dramatiq.Retry(error) from exc
     if status == "missing":
         log.warning("transfer %s: no such transfer; message dropped", transfer_id)
     elif failure_code:
@@ -35,8 +40,7 @@ def settle_transfer(transfer_id: int) -> None:
         log.debug("transfer %s: %s", transfer_id, status)
 
 
-def _record_attempt(transfer_id: int, exc: BaseException) -> None:
-    error = f"{type(exc).__name__}: {exc}".strip()
+def _record_attempt(transfer_id: int, error: str) -> None:
     log.warning("transfer %s: transient failure, will retry: %s", transfer_id, error)
     try:
         with connection(current_pool()) as conn:

@@ -282,7 +282,8 @@ def test_a_transfer_that_keeps_failing_is_given_up_after_the_configured_retries(
     finally:
         limited.close()
 
-    # The first attempt and exactly two retries; the transfer stays pending for the sweeper.
+    # The first attempt and exactly two retries; the transfer stays pending, parked as a dead
+    # letter (see test_dead_letters.py).
     row = transfer_row(db, transfer)
     assert (row["status"], row["attempts"]) == ("pending", 3)
     assert "lock timeout" in str(row["last_error"])

@@ -1,0 +1,83 @@
+"""A message delivered twice, or again after its transfer settled or failed, through the
+real `settle worker` processes: no effect. (tests/integration/test_settle_actor.py shows the
+same for one message on an in-process worker; here it is hundreds at once, racing.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from shared.settings import Settings
+from tests.faults.conftest import Faults, FaultsFactory
+from tests.faults.load import accounts_with_money, random_plan
+from tests.helpers import submit
+from worker.actors import settle_transfer
+from worker.broker import SettleRedisBroker, create_broker
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture
+def faults(fault_database: str, settings: Settings, make_faults: FaultsFactory) -> Faults:
+    return make_faults(fault_database, settings.redis_url)
+
+
+@pytest.fixture
+def sender(faults: Faults, settings: Settings) -> Iterator[SettleRedisBroker]:
+    """A broker on the service's namespace, to send messages from the test."""
+    built, _ = create_broker(
+        settings.with_(
+            broker_namespace=faults.env["BROKER_NAMESPACE"], database_url=faults.database_url
+        )
+    )
+    built.declare_actor(settle_transfer)
+    yield built
+    built.close()
+
+
+def ledger_state(conn: psycopg.Connection) -> tuple[list[tuple[object, ...]], ...]:
+    """Every row that settling could change."""
+    return (
+        conn.execute("SELECT id, balance FROM accounts ORDER BY id").fetchall(),
+        conn.execute(
+            "SELECT id, transfer_id, account_id, amount FROM entries ORDER BY id"
+        ).fetchall(),
+        conn.execute(
+            "SELECT id, status, failure_code, attempts, settled_at FROM transfers ORDER BY id"
+        ).fetchall(),
+    )
+
+
+def test_messages_sent_twice_and_again_after_the_outcome_change_nothing(
+    faults: Faults, sender: SettleRedisBroker
+) -> None:
+    with faults.connect() as conn:
+        _, accounts = accounts_with_money(conn, 20, 20_000)
+        transfers = [submit(conn, *t) for t in random_plan(accounts, 400, seed=11)]
+    faults.start_worker()
+
+    for transfer in transfers * 2:  # every message twice, the copies racing each other
+        sender.enqueue(settle_transfer.message(transfer))
+    faults.wait_until_finished(transfers, timeout=60)
+    sender.join("transfers", timeout=60_000)
+    with faults.connect() as conn:
+        before = ledger_state(conn)
+
+    for transfer in transfers * 2:  # and twice more once each has its outcome
+        sender.enqueue(settle_transfer.message(transfer))
+    sender.join("transfers", timeout=60_000)
+
+    with faults.connect() as conn:
+        assert ledger_state(conn) == before
+    outcomes = faults.outcomes(transfers)
+    assert sum(outcomes.values()) == 400
+    assert outcomes["settled"] > 200
+    with faults.connect() as conn:
+        attempts = conn.execute(
+            "SELECT DISTINCT attempts FROM transfers WHERE id = ANY(%s)", (transfers,)
+        ).fetchall()
+    assert attempts == [(1,)]  # each settled or failed by exactly one delivery
+    faults.audit()
+    assert [p.stop(group=False) for p in faults.processes] == [0]

@@ -1,0 +1,312 @@
+"""Dead letters on the real database and the real Redis: a transfer whose retries run out is
+parked (marked in Postgres, its message in dramatiq's dead-letter queue), the sweeper leaves
+it alone, and `settle dead-letters` lists it and sends it again.
+
+Each test runs the actor on a broker of its own namespace with a short lock timeout, two
+retries and a short backoff, and makes settlement fail by holding a lock on the payer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import dramatiq
+import falcon.testing
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from shared import dead_letters, ledger
+from shared.audit import find_violations
+from shared.db import create_pool
+from shared.settings import Settings
+from tests.helpers import (
+    balance,
+    entry_amounts,
+    fund,
+    join_queue,
+    make_account,
+    queued_transfer_ids,
+    running_worker,
+    submit,
+    transfer_row,
+)
+from tests.scratch import scratch_database, settle
+from worker.actors import settle_transfer
+from worker.broker import SettleRedisBroker, create_broker
+from worker.dead_letters import dead_messages
+from worker.sweeper import sweep_once
+
+
+@pytest.fixture
+def scratch(settings: Settings) -> Iterator[str]:
+    """A database of its own: `retry --all` and `list` see every parked transfer."""
+    with scratch_database(settings.database_url) as url:
+        yield url
+
+
+@pytest.fixture
+def db(scratch: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the scratch database, whose ledger must balance at the end."""
+    with psycopg.connect(scratch, autocommit=True) as conn:
+        yield conn
+        assert find_violations(conn) == []
+
+
+@pytest.fixture
+def short_settings(settings: Settings, scratch: str) -> Settings:
+    return settings.with_(
+        database_url=scratch,
+        broker_namespace=f"{settings.broker_namespace}-dl-{uuid.uuid4().hex[:6]}",
+        lock_timeout_ms=100,
+        transfer_max_retries=2,
+        transfer_min_backoff_ms=20,
+        transfer_max_backoff_ms=100,
+        sweeper_grace_seconds=60,
+    )
+
+
+@pytest.fixture
+def short_broker(short_settings: Settings) -> Iterator[SettleRedisBroker]:
+    """The settle actor on a broker of its own namespace (dropped afterwards)."""
+    built, _ = create_broker(short_settings)
+    built.declare_actor(settle_transfer)
+    yield built
+    keys = list(built.client.scan_iter(match=f"{built.namespace}*", count=1000))
+    if keys:
+        built.client.delete(*keys)
+    built.close()
+
+
+@pytest.fixture
+def accounts(db: psycopg.Connection) -> tuple[int, int]:
+    treasury, payer, payee = make_account(db, treasury=True), make_account(db), make_account(db)
+    fund(db, treasury, payer, 1_000)
+    return payer, payee
+
+
+def park(
+    db: psycopg.Connection, settings: Settings, broker: dramatiq.Broker, payer: int, payee: int
+) -> int:
+    """A transfer that ran out of retries while another transaction held its payer."""
+    transfer = submit(db, payer, payee, 250)
+    with psycopg.connect(settings.database_url) as holder, running_worker(broker):
+        holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
+        broker.enqueue(settle_transfer.message(transfer))
+        join_queue(broker)  # returns once the message is dead-lettered
+        holder.rollback()
+    return transfer
+
+
+def settle_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "BROKER_NAMESPACE": settings.broker_namespace,
+    }
+
+
+def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_lettered(
+    db: psycopg.Connection,
+    short_settings: Settings,
+    short_broker: SettleRedisBroker,
+    accounts: tuple[int, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        transfer = park(db, short_settings, short_broker, *accounts)
+
+    row = transfer_row(db, transfer)
+    assert (row["status"], row["attempts"]) == ("pending", 3)  # the first try and two retries
+    assert row["dead_lettered_at"] is not None
+    assert "LockNotAvailable" in str(row["last_error"])
+    assert list(dead_messages(short_broker)) == [transfer]
+    assert entry_amounts(db, transfer) == []
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert (
+        "ERROR",
+        f"transfer {transfer}: dead-lettered after 3 attempt(s): {row['last_error']}",
+    ) in logged
+    # Transient failures are expected: a warning each, no traceback from dramatiq.
+    assert not [r for r in caplog.records if r.exc_info and r.name.startswith("dramatiq")]
+
+
+def test_an_error_not_worth_retrying_parks_the_transfer_at_once(
+    db: psycopg.Connection, short_broker: SettleRedisBroker, accounts: tuple[int, int]
+) -> None:
+    payer, payee = accounts
+    transfer = submit(db, payer, payee, 100)
+    # A constraint the settlement's credit entry breaks: an integrity error, not transient.
+    name = f"refuse_{uuid.uuid4().hex[:8]}"
+    db.execute(
+        sql.SQL("ALTER TABLE entries ADD CONSTRAINT {} CHECK (account_id <> {}) NOT VALID").format(
+            sql.Identifier(name), sql.Literal(payee)
+        )
+    )
+    try:
+        with running_worker(short_broker):
+            short_broker.enqueue(settle_transfer.message(transfer))
+            join_queue(short_broker)
+    finally:
+        db.execute(sql.SQL("ALTER TABLE entries DROP CONSTRAINT {}").format(sql.Identifier(name)))
+
+    row = transfer_row(db, transfer)
+    assert (row["status"], row["dead_lettered_at"] is not None) == ("pending", True)
+    assert str(row["last_error"]).startswith("CheckViolation:")
+    assert row["attempts"] == 0  # not counted as a transient failure, and never retried
+    assert list(dead_messages(short_broker)) == [transfer]
+
+
+def test_insufficient_funds_is_a_final_outcome_and_never_a_dead_letter(
+    db: psycopg.Connection, short_broker: SettleRedisBroker, accounts: tuple[int, int]
+) -> None:
+    payer, payee = accounts
+    transfer = submit(db, payer, payee, 5_000)
+
+    with running_worker(short_broker):
+        short_broker.enqueue(settle_transfer.message(transfer))
+        join_queue(short_broker)
+
+    row = transfer_row(db, transfer)
+    assert (row["status"], row["failure_code"], row["attempts"]) == (
+        "failed",
+        "insufficient_funds",
+        1,
+    )
+    assert row["dead_lettered_at"] is None
+    assert dead_messages(short_broker) == {}
+
+
+@pytest.fixture
+def sweeper_pool(short_settings: Settings) -> Iterator[ConnectionPool]:
+    pool = create_pool(short_settings, "sweeper", size=1)
+    pool.open(wait=True, timeout=10)
+    yield pool
+    pool.close()
+
+
+def test_the_sweeper_leaves_a_dead_lettered_transfer_alone_until_it_is_released(
+    db: psycopg.Connection,
+    short_settings: Settings,
+    sweeper_pool: ConnectionPool,
+    accounts: tuple[int, int],
+) -> None:
+    from worker.broker import broker
+
+    broker.flush_all()
+    payer, payee = accounts
+    transfer = submit(db, payer, payee, 300)
+    assert dead_letters.mark(db, transfer, "OperationalError: the server closed the connection")
+    stale = "UPDATE transfers SET enqueued_at = now() - interval '1 hour' WHERE id = %s"
+    db.execute(stale, (transfer,))
+
+    sweep_once(sweeper_pool, short_settings)
+    assert transfer not in queued_transfer_ids(broker)
+
+    assert dead_letters.release(db, [transfer]) == [transfer]
+    db.execute(stale, (transfer,))
+    sweep_once(sweeper_pool, short_settings)
+    assert queued_transfer_ids(broker).count(transfer) == 1
+    broker.flush_all()
+    assert transfer_row(db, transfer)["dead_lettered_at"] is None
+
+
+def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_it_settles(
+    db: psycopg.Connection,
+    short_settings: Settings,
+    short_broker: SettleRedisBroker,
+    accounts: tuple[int, int],
+) -> None:
+    payer, payee = accounts
+    transfer = park(db, short_settings, short_broker, payer, payee)
+    env = settle_env(short_settings)
+
+    listed = settle("dead-letters", "list", env=env)
+    assert listed.returncode == 0, listed.stdout
+    line = next(x for x in listed.stdout.splitlines() if x.startswith(f"transfer {transfer}:"))
+    assert f"250 EUR from account {payer} to {payee}, 3 attempt(s)" in line
+    assert "message in the dead-letter queue; last error: LockNotAvailable" in line
+
+    retried = settle("dead-letters", "retry", str(transfer), env=env)
+    assert retried.returncode == 0, retried.stdout
+    assert f"transfer {transfer}: sent again" in retried.stdout.splitlines()
+
+    assert transfer_row(db, transfer)["dead_lettered_at"] is None
+    assert dead_messages(short_broker) == {}  # the old message is dropped...
+    assert queued_transfer_ids(short_broker) == [transfer]  # ...and a fresh one sent
+    with running_worker(short_broker):
+        join_queue(short_broker)
+    row = transfer_row(db, transfer)
+    assert (row["status"], row["attempts"]) == ("settled", 4)
+    assert (balance(db, payer), balance(db, payee)) == (750, 250)
+
+    again = settle("dead-letters", "retry", str(transfer), env=env)
+    assert again.returncode == 1
+    assert f"transfer {transfer}: not dead-lettered (settled); skipped" in again.stdout
+
+
+def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_queue(
+    db: psycopg.Connection,
+    short_settings: Settings,
+    short_broker: SettleRedisBroker,
+    accounts: tuple[int, int],
+) -> None:
+    payer, payee = accounts
+    first = park(db, short_settings, short_broker, payer, payee)
+    second = park(db, short_settings, short_broker, payer, payee)
+    # The first one settles meanwhile (a client's replay re-sent it): its dead letter is stale.
+    with running_worker(short_broker):
+        short_broker.enqueue(settle_transfer.message(first))
+        join_queue(short_broker)
+    assert transfer_row(db, first)["dead_lettered_at"] is None  # settling clears the mark
+    env = settle_env(short_settings)
+    listed = settle("dead-letters", "list", env=env)
+    assert "1 dead-lettered transfer(s); 2 message(s) in the dead-letter queue" in listed.stdout
+    assert "1 transfer(s) with messages in the dead-letter queue are no longer" in listed.stdout
+
+    retried = settle("dead-letters", "retry", "--all", env=env)
+
+    assert retried.returncode == 0, retried.stdout
+    assert retried.stdout.splitlines() == [
+        f"transfer {second}: sent again",
+        "1 transfer(s) sent again",
+    ]
+    assert dead_messages(short_broker) == {}
+    assert queued_transfer_ids(short_broker) == [second]
+    with running_worker(short_broker):
+        join_queue(short_broker)
+    assert [transfer_row(db, t)["status"] for t in (first, second)] == ["settled", "settled"]
+    assert dead_letters.parked(db) == []
+
+
+def test_retrying_needs_ids_or_all() -> None:
+    done = settle("dead-letters", "retry", env=os.environ)
+    both = settle("dead-letters", "retry", "--all", "7", env=os.environ)
+
+    assert (done.returncode, both.returncode) == (2, 2)
+    assert "give transfer ids or --all (not both)" in done.stdout
+    assert "give transfer ids or --all (not both)" in both.stdout
+
+
+def test_get_transfer_shows_when_a_transfer_was_dead_lettered_until_it_settles(
+    settings: Settings, client: falcon.testing.TestClient
+) -> None:
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        treasury, payee = make_account(conn, treasury=True), make_account(conn)
+        transfer = submit(conn, treasury, payee, 100)
+        assert dead_letters.mark(
+            conn, transfer, "OperationalError: the server closed the connection"
+        )
+        parked = client.simulate_get(f"/transfers/{transfer}").json["data"]
+        assert dead_letters.release(conn, [transfer]) == [transfer]
+        assert ledger.settle_transfer(conn, transfer) == ("settled", None)
+        settled = client.simulate_get(f"/transfers/{transfer}").json["data"]
+
+    assert parked["status"] == "pending"
+    assert datetime.fromisoformat(parked["dead_lettered_at"]) <= datetime.now(UTC)
+    assert "last_error" not in parked  # driver errors name hosts: for operators only
+    assert (settled["status"], settled["dead_lettered_at"]) == ("settled", None)

@@ -1,0 +1,153 @@
+"""`settle dead-letters list|retry`: the operator's view of transfers whose retries ran out.
+
+Postgres is the record (`transfers.dead_lettered_at`, see `shared.dead_letters`); the
+broker's dead-letter queue holds the failed messages (kept by Redis for seven days, and lost
+with Redis's data). `retry` clears the mark, sends each transfer a fresh message (with a
+fresh retry budget) and drops its old messages from the dead-letter queue. Exit codes: 0
+done, 1 something asked for was not retried (or Postgres/Redis failed), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Iterable
+
+import psycopg
+import redis
+from dramatiq import Message
+
+from shared import dead_letters
+from shared.db import application_name
+from shared.lifecycle import load_settings
+from shared.settings import Settings
+from worker.actors import QUEUE, settle_transfer
+from worker.broker import SettleRedisBroker, broker
+
+log = logging.getLogger("settle.dead_letters")
+
+
+def dead_messages(broker: SettleRedisBroker, queue: str = QUEUE) -> dict[int, list[str]]:
+    """Transfer id -> the broker ids of its messages in `queue`'s dead-letter queue.
+    Raises redis errors."""
+    found: dict[int, list[str]] = {}
+    stored = broker.client.hgetall(f"{broker.namespace}:{queue}.XQ.msgs")
+    for redis_id, data in stored.items():
+        # The broker's client does not decode responses: keys and values are bytes.
+        assert isinstance(redis_id, bytes) and isinstance(data, bytes)
+        message = Message.decode(data)
+        found.setdefault(int(message.args[0]), []).append(redis_id.decode())
+    return found
+
+
+def discard(broker: SettleRedisBroker, redis_ids: Iterable[str], queue: str = QUEUE) -> None:
+    """Drop messages from `queue`'s dead-letter queue (the layout of dramatiq's dispatch.lua:
+    a sorted set of ids and a hash of their bodies). Raises redis errors."""
+    ids = list(redis_ids)
+    if not ids:
+        return
+    key = f"{broker.namespace}:{queue}.XQ"
+    with broker.client.pipeline(transaction=True) as pipe:
+        pipe.zrem(key, *ids)
+        pipe.hdel(f"{key}.msgs", *ids)
+        pipe.execute()
+
+
+def _connect(settings: Settings) -> psycopg.Connection:
+    return psycopg.connect(
+        settings.database_url,
+        autocommit=True,
+        connect_timeout=5,
+        application_name=application_name(settings, "dead-letters"),
+    )
+
+
+def list_command(settings: Settings) -> int:
+    with _connect(settings) as conn:
+        rows = dead_letters.parked(conn)
+    queued = dead_messages(broker)
+    for row in rows:
+        where = "in" if row["id"] in queued else "not in"
+        print(
+            f"transfer {row['id']}: {row['amount']} {row['currency']} from account"
+            f" {row['from_account_id']} to {row['to_account_id']}, {row['attempts']} attempt(s),"
+            f" dead-lettered at {row['dead_lettered_at'].isoformat()}, message {where} the"
+            f" dead-letter queue; last error: {row['last_error']}"
+        )
+    stale = set(queued) - {row["id"] for row in rows}
+    print(
+        f"{len(rows)} dead-lettered transfer(s);"
+        f" {sum(len(v) for v in queued.values())} message(s) in the dead-letter queue"
+    )
+    if stale:
+        print(
+            f"{len(stale)} transfer(s) with messages in the dead-letter queue are no longer"
+            " dead-lettered (settled, failed, or sent again); `retry --all` drops those messages"
+        )
+    return 0
+
+
+def retry_command(settings: Settings, ids: list[int] | None) -> int:
+    """Release and re-send `ids` (every dead-lettered transfer when None)."""
+    with _connect(settings) as conn:
+        released = dead_letters.release(conn, ids)
+        skipped = dead_letters.statuses(conn, sorted(set(ids or []) - set(released)))
+        unknown = sorted(set(ids or []) - set(released) - set(skipped))
+    for tid, state in sorted(skipped.items()):
+        print(f"transfer {tid}: not dead-lettered ({state}); skipped")
+    for tid in unknown:
+        print(f"transfer {tid}: no such transfer; skipped")
+    try:
+        for tid in released:
+            settle_transfer.send(tid)
+            print(f"transfer {tid}: sent again")
+        queued = dead_messages(broker)
+        if ids is None:
+            with _connect(settings) as conn:
+                still = dead_letters.statuses(conn, list(queued))
+            # Parked again since we released (a new failure) keeps its message.
+            drop = [tid for tid in queued if still.get(tid) != "dead-lettered"]
+        else:
+            drop = [tid for tid in released if tid in queued]
+        discard(broker, [rid for tid in drop for rid in queued[tid]])
+    except (redis.RedisError, OSError) as exc:
+        print(
+            f"settle dead-letters: Redis failed ({exc}); the released transfers are no longer"
+            " dead-lettered, so the sweeper sends them after SWEEPER_GRACE_SECONDS",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{len(released)} transfer(s) sent again")
+    return 1 if skipped or unknown else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    parser = argparse.ArgumentParser(prog="settle dead-letters")
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("list")
+    retry = actions.add_parser("retry")
+    retry.add_argument("ids", nargs="*", type=int)
+    retry.add_argument("--all", action="store_true")
+    args = parser.parse_args(argv)
+    settings = load_settings("dead-letters")
+    try:
+        if args.action == "list":
+            code = list_command(settings)
+        elif bool(args.ids) == bool(args.all):
+            parser.error("give transfer ids or --all (not both)")
+        else:
+            code = retry_command(settings, None if args.all else args.ids)
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"settle dead-letters: Postgres failed: {reason}", file=sys.stderr)
+        code = 1
+    except (redis.RedisError, OSError) as exc:
+        print(f"settle dead-letters: Redis failed: {exc}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

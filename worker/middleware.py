@@ -1,0 +1,127 @@
+"""Worker middleware for faults: a heartbeat that hands a dead worker's messages back fast,
+an exit for worker processes whose dramatiq master died, and the dead-letter mark.
+
+Dramatiq's Redis broker only requeues the messages a dead worker had fetched once the
+worker's heartbeat is `heartbeat_timeout` old, and only on a maintenance pass, which by
+default runs at random on 0.1% of broker commands. A busy worker may also go quiet (no
+broker command while its threads work), so a short timeout alone would misjudge it. Here
+every worker process beats on a timer and runs maintenance itself on each beat, so a
+killed worker's messages are back on their queue about `heartbeat_timeout` after it died.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+import dramatiq
+import redis
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import Middleware
+
+from shared import dead_letters
+from shared.db import connection
+from worker.pool import DatabasePool
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(Middleware):
+    """Calls `beat()` every `interval` seconds while a worker runs in this process (the
+    broker's heartbeat and maintenance). In a dramatiq worker process whose master is gone
+    (killed with SIGKILL, its children live on as orphans) it asks the process to stop, as
+    a SIGTERM would: in-flight messages finish, prefetched ones go back to the queue."""
+
+    def __init__(self, beat: Callable[[], None], *, interval: float) -> None:
+        self._beat = beat
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="settle-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._interval + 10)
+            self._thread = None
+
+    def _run(self, stop: threading.Event) -> None:
+        # Set only in processes started by multiprocessing: the dramatiq CLI's workers.
+        master = multiprocessing.parent_process()
+        failing = False
+        while not stop.is_set():
+            if master is not None and not master.is_alive():
+                log.error("dramatiq master %s is gone; stopping this worker process", master.pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            try:
+                self._beat()
+                if failing:
+                    log.info("broker heartbeat restored")
+                failing = False
+            except (redis.RedisError, OSError) as exc:
+                if not failing:  # one line per outage, not one per beat
+                    log.warning("broker heartbeat failed, will keep trying: %s", exc)
+                failing = True
+            stop.wait(self._interval)
+
+
+class DeadLetterMarks(Middleware):
+    """When a settle message fails for good (retries exhausted, or an error not worth
+    retrying), parks its transfer in Postgres: `dead_lettered_at` and `last_error`. The
+    message itself goes to the dead-letter queue as dramatiq does it.
+
+    It must come before Retries in the middleware list: `after_*` hooks run in reverse
+    order, and Retries is what decides that the message failed.
+    """
+
+    def __init__(self, database: DatabasePool, actor_name: str) -> None:
+        self._database = database
+        self._actor_name = actor_name
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        *,
+        result: object = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if not message.failed or message.actor_name != self._actor_name:
+            return
+        transfer_id = int(message.args[0])
+        if isinstance(exception, dramatiq.Retry):
+            error = str(exception)  # the actor put the transient error's name and text there
+        elif exception is not None:
+            error = f"{type(exception).__name__}: {exception}".strip()
+        else:
+            error = "failed"
+        # Retries counts every failed attempt here, the first one included.
+        attempts = message.options.get("retries", 1)
+        try:
+            with connection(self._database.pool) as conn:
+                parked = dead_letters.mark(conn, transfer_id, error)
+        except Exception as exc:  # Postgres may be why it failed; the sweeper re-drives it
+            log.error(
+                "transfer %s: gave up after %s attempt(s) (%s) but could not mark it"
+                " dead-lettered (%s); the sweeper will send it again",
+                transfer_id,
+                attempts,
+                error,
+                exc,
+            )
+            return
+        if parked:
+            log.error(
+                "transfer %s: dead-lettered after %s attempt(s): %s", transfer_id, attempts, error
+            )
