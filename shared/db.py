@@ -108,10 +108,12 @@ def create_pool(
 
 
 @contextlib.contextmanager
-def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+def connection(
+    pool: ConnectionPool, *, timeout: float | None = None
+) -> Iterator[psycopg.Connection]:
     """Borrow a connection, translating failures into domain errors.
 
-    Raises `DatabaseBusy` when none frees up within the pool timeout, and
+    Raises `DatabaseBusy` when none frees up within `timeout` (default: the pool's), and
     `DatabaseUnavailable` when Postgres drops or refuses the connection; in the latter case
     the pool is asked to check its idle connections, since it does not probe them itself and
     after a Postgres restart every one of them is dead. A transaction the server cancelled on
@@ -119,7 +121,7 @@ def connection(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
     an outage: that error propagates as it is, for the caller's retry policy.
     """
     try:
-        with pool.connection() as conn:
+        with pool.connection(timeout=timeout) as conn:
             yield conn
     except PoolTimeout:
         raise DatabaseBusy("no database connection became free in time") from None

@@ -140,11 +140,13 @@ def client(
     test at teardown (see tests/contract.py)."""
     from tests.contract import Recorder
     from web.app import create_app
-    from worker.actors import settle_transfer
+    from worker.actors import sender
     from worker.broker import broker
 
+    send = sender(broker)
+
     def enqueue(transfer_id: int) -> None:
-        settle_transfer.send(transfer_id)
+        send(transfer_id)
         sent.append(transfer_id)
 
     app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.client.ping)

@@ -180,6 +180,16 @@ UNAVAILABLE = error(
     "overloaded",
     **{"Retry-After": RETRY_AFTER},
 )
+TRANSFER_UNAVAILABLE = error(
+    "the database or the web process is saturated or unreachable, or the transfer was recorded"
+    " but the message broker could not queue it (broker_unavailable: it is settled once the"
+    " broker is back); retry with the same Idempotency-Key after Retry-After",
+    "database_busy",
+    "database_unavailable",
+    "overloaded",
+    "broker_unavailable",
+    **{"Retry-After": RETRY_AFTER},
+)
 OVERLOADED = error(
     "the web process has too many requests queued; retry after Retry-After",
     "overloaded",
@@ -343,7 +353,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "same_account",
                     "idempotency_key_reused",
                 ),
-                "503": UNAVAILABLE,
+                "503": TRANSFER_UNAVAILABLE,
             },
         }
     },

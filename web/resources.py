@@ -20,6 +20,7 @@ from shared.db import connection
 from shared.errors import (
     AccountNotFound,
     BodyTooLarge,
+    BrokerUnavailable,
     TransferNotFound,
     UnsupportedMediaType,
     UserNotFound,
@@ -144,16 +145,17 @@ class Transfers(_Resource):
         resp.media = {"data": transfer}
 
     def _send(self, transfer_id: int) -> None:
-        # The transfer is committed: it is accepted whatever happens to the message. If the
-        # broker is down, the sweeper sends it once the grace period has passed.
+        # The transfer is committed and stays pending: the sweeper sends it once the broker
+        # is back. The caller still learns that it was not queued (503), and a retry with
+        # the same Idempotency-Key is safe: it answers this transfer and queues it again.
         try:
             self._enqueue(transfer_id)
-        except Exception:
-            log.warning(
-                "transfer %s: enqueue failed; the sweeper will re-send it",
-                transfer_id,
-                exc_info=True,
-            )
+        except BrokerUnavailable as exc:
+            log.warning("transfer %s: not queued: %s", transfer_id, exc.message)
+            raise BrokerUnavailable(
+                f"transfer {transfer_id} is recorded but could not be queued; retry with the"
+                " same Idempotency-Key (it will also be settled once the broker is back)"
+            ) from exc
 
 
 class Transfer(_Resource):
@@ -173,7 +175,11 @@ class Health:
 
 
 class Ready:
-    """Readiness: Postgres answers through this process's pool and Redis answers PING."""
+    """Readiness: Postgres answers through this process's pool and Redis answers PING.
+    It waits at most `READY_TIMEOUT` for a pooled connection, so that a probe with a short
+    timeout of its own gets a 503 rather than no answer while Postgres is down."""
+
+    READY_TIMEOUT = 0.5
 
     public = True
 
@@ -184,7 +190,7 @@ class Ready:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         checks: dict[str, str] = {}
         try:
-            with connection(self._pool) as conn:
+            with connection(self._pool, timeout=self.READY_TIMEOUT) as conn:
                 conn.execute("SELECT 1")
             checks["postgres"] = "ok"
         except Exception as exc:  # any failure means "not ready"; the reason is reported

@@ -100,7 +100,7 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
     """
     # Imported after the fork: the broker's Redis client must belong to this process.
     from web.app import create_app
-    from worker.actors import settle_transfer
+    from worker.actors import sender
     from worker.broker import broker
 
     if stop.is_set():  # asked to stop while booting: nothing was served, nothing to drain
@@ -119,10 +119,9 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
         return 1
     lease.keep(pool)
 
-    def enqueue(transfer_id: int) -> None:
-        settle_transfer.send(transfer_id)
-
-    falcon_app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.client.ping)
+    falcon_app = create_app(
+        settings, pool=pool, enqueue=sender(broker), ping_broker=broker.client.ping
+    )
     socket_map: dict[int, Any] = {}
     app = shed_load(falcon_app, lambda: len(server.task_dispatcher.queue), settings.web_queue_limit)
     server = waitress.create_server(

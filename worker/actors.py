@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import dramatiq
+import dramatiq.errors
+import redis
 
 from shared import ledger
 from shared.db import connection
+from shared.errors import BrokerUnavailable
 from worker.broker import SETTLE_ACTOR, is_transient
 from worker.pool import current_pool
 
@@ -38,6 +42,19 @@ def settle_transfer(transfer_id: int) -> None:
         log.info("transfer %s: %s (%s)", transfer_id, status, failure_code)
     else:
         log.debug("transfer %s: %s", transfer_id, status)
+
+
+def sender(broker: dramatiq.Broker) -> Callable[[int], None]:
+    """A function that queues a transfer id on `broker` for settlement. It raises
+    `BrokerUnavailable` when the broker cannot take the message (Redis down or too slow)."""
+
+    def send(transfer_id: int) -> None:
+        try:
+            broker.enqueue(settle_transfer.message(transfer_id))
+        except (redis.RedisError, dramatiq.errors.BrokerError) as exc:
+            raise BrokerUnavailable(f"the message broker is unavailable: {exc}") from exc
+
+    return send
 
 
 def _record_attempt(transfer_id: int, error: str) -> None:

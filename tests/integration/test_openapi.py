@@ -126,7 +126,6 @@ NEVER_ANSWERED = {
     errors.TransferRejected,
     errors.Unavailable,
     errors.Unauthenticated,
-    errors.BrokerUnavailable,  # web sends to the broker after the commit and never fails on it
     errors.ApiKeyNotFound,  # only `settle keys revoke` looks a key up by id
 }
 

@@ -9,8 +9,10 @@ import falcon.testing
 import psycopg
 import pytest
 from falcon.testing import TestClient
+from psycopg_pool import ConnectionPool
 
 from shared import ledger
+from shared.settings import Settings
 from tests.helpers import balance, fund, make_account, new_key, row_counts, submit
 
 TRANSFER_FIELDS = {
@@ -243,3 +245,42 @@ def test_reading_an_unknown_transfer_answers_404_transfer_not_found(
     resp = client.simulate_get(f"/transfers/{missing}")
     assert resp.status_code == 404
     assert resp.json["error"]["code"] == "transfer_not_found"
+
+
+def test_a_transfer_the_broker_cannot_queue_answers_503_and_a_retry_with_its_key_queues_it(
+    client: TestClient,
+    settings: Settings,
+    pool: ConnectionPool,
+    operator_key: str,
+    db: psycopg.Connection,
+    accounts: tuple[int, int],
+    sent: list[int],
+) -> None:
+    from dramatiq.brokers.redis import RedisBroker
+
+    from web.app import create_app
+    from worker.actors import sender
+
+    # A real Redis client aimed at a port where nothing listens: the broker is down.
+    down = RedisBroker(url="redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    app = create_app(settings, pool=pool, enqueue=sender(down), ping_broker=lambda: True)
+    source, target = accounts
+    body = {"from_account_id": source, "to_account_id": target, "amount": 700}
+    key = new_key()
+
+    refused = TestClient(app, headers={"Authorization": f"Bearer {operator_key}"}).simulate_post(
+        "/transfers", json=body, headers={"Idempotency-Key": key}
+    )
+    assert refused.status_code == 503
+    assert refused.json["error"]["code"] == "broker_unavailable"
+    assert refused.headers["retry-after"] == "1"
+    recorded = db.execute(
+        "SELECT id, status FROM transfers WHERE from_account_id = %s AND amount = 700", (source,)
+    ).fetchall()
+    assert [status for _, status in recorded] == ["pending"]  # kept, for the sweeper
+
+    # Retried with the same key once the broker is back: the same transfer, queued now.
+    retried = post_transfer(client, body, key)
+    assert retried.status_code == 202
+    assert retried.json["data"]["id"] == recorded[0][0]
+    assert sent[-1] == recorded[0][0]
