@@ -19,19 +19,32 @@ from types import FrameType
 import psycopg
 
 from shared.budget import BudgetExceeded, capacity, make_plan
+from shared.db import application_name
 from shared.lifecycle import boot_check, configure_logging, load_settings
 from shared.migrate import migrate
 from shared.seed import Demo, DemoKeys, issue_demo_keys, seed_demo
+from shared.settings import Settings
 
 log = logging.getLogger("settle")
 
 PROCESSES = {"web": "web", "worker": "worker", "sweeper": "worker.sweeper"}
 
 
+def _connect(settings: Settings, role: str) -> psycopg.Connection:
+    """A one-off autocommit connection for a command, named in pg_stat_activity. No statement
+    timeout: a migration or an audit of a large ledger may take a while."""
+    return psycopg.connect(
+        settings.database_url,
+        autocommit=True,
+        connect_timeout=5,
+        application_name=application_name(settings, role),
+    )
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings("migrate")
     boot_check(settings, "migrate")
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with _connect(settings, "migrate") as conn:
         applied = migrate(conn)
     print(
         f"settle migrate: applied {len(applied)} migration(s)"
@@ -65,7 +78,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     settings = load_settings("seed")
     boot_check(settings, "seed")
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with _connect(settings, "seed") as conn:
         migrate(conn)
         demo = seed_demo(conn)
     print(
@@ -128,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.update(env)
         settings = load_settings("run")
         boot_check(settings, "run")
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        with _connect(settings, "run") as conn:
             migrate(conn)
             demo = seed_demo(conn)
             keys = issue_demo_keys(conn, demo)
@@ -182,16 +195,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Check the ledger invariants over the whole database and print a report; exit 1 on
     any violation, or when Postgres cannot be read."""
     from shared.audit import audit
-    from shared.db import application_name
 
     settings = load_settings("audit")
     try:
-        with psycopg.connect(
-            settings.database_url,
-            autocommit=True,
-            connect_timeout=5,
-            application_name=application_name(settings, "audit"),
-        ) as conn:
+        with _connect(settings, "audit") as conn:
             report = audit(conn, pending_older_than_seconds=args.pending_threshold)
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -241,17 +248,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     """`settle keys create|list|revoke`. A new key goes alone to stdout (it is shown only this
     once); exit 1 for an unknown user or key id, or when Postgres cannot be reached."""
     from shared import auth
-    from shared.db import application_name
     from shared.errors import NotFound
 
     settings = load_settings("keys")
     try:
-        with psycopg.connect(
-            settings.database_url,
-            autocommit=True,
-            connect_timeout=5,
-            application_name=application_name(settings, "keys"),
-        ) as conn:
+        with _connect(settings, "keys") as conn:
             if args.action == "create":
                 created = auth.create_key(conn, user_id=args.user, label=args.label)
                 holder = "operator" if created.user_id is None else f"user {created.user_id}"

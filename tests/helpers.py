@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
@@ -10,6 +14,8 @@ from psycopg import sql
 from shared import ledger
 from shared.auth import SYSTEM
 from shared.requests import NewAccount, NewTransfer, NewUser
+
+T = TypeVar("T")
 
 
 def unique_email(prefix: str = "user") -> str:
@@ -63,12 +69,12 @@ def balance(conn: psycopg.Connection, account: int) -> int:
 # Imports are local to each helper so that this section stays an append to the module.
 
 
-def wait_until(condition, *, timeout: float, message: str, interval: float = 0.05):
-    """Poll `condition()` until it returns something truthy (returned), or fail after `timeout`
-    seconds with `message`. Tests wait on conditions, never for a fixed time."""
-    import threading
-    import time
-
+def wait_until(
+    condition: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Poll `condition()` until it returns something truthy (returned), or raise
+    AssertionError naming `what` after `timeout` seconds. Tests wait on conditions, never
+    for a fixed time."""
     deadline = time.monotonic() + timeout
     pause = threading.Event()
     while True:
@@ -76,7 +82,7 @@ def wait_until(condition, *, timeout: float, message: str, interval: float = 0.0
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting until {message}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting until {what}")
         pause.wait(interval)
 
 

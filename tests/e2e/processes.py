@@ -17,35 +17,17 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTLE = Path(sys.executable).with_name("settle")
 LOG_TAIL = 12_000
 
-T = TypeVar("T")
 _serial = itertools.count(1)
-
-
-def wait_until(
-    condition: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.05
-) -> T:
-    """Poll `condition()` until it returns something truthy (returned), or raise
-    AssertionError naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting until {what}")
-        pause.wait(interval)
 
 
 def free_port() -> int:

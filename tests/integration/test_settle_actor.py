@@ -176,7 +176,7 @@ def test_the_actor_locks_the_lower_account_id_first_whichever_way_money_moves(
                 ("settle:worker:%",),
             ).fetchone()[0],
             timeout=2.0,
-            message="the worker waits for the lock on the higher account",
+            what="the worker waits for the lock on the higher account",
         )
         # While it waits for the higher id, the worker already holds the lower one.
         with pytest.raises(psycopg.errors.LockNotAvailable), db.transaction():
@@ -248,7 +248,7 @@ def test_a_transient_database_error_is_retried_until_the_transfer_settles(
             failed_once = wait_until(
                 lambda: transfer_row(db, transfer)["last_error"],
                 timeout=10.0,
-                message="the first attempt fails on the lock",
+                what="the first attempt fails on the lock",
             )
             holder.rollback()
         join_queue(quick_broker)
