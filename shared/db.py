@@ -16,6 +16,7 @@ import psycopg
 import redis
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool.pool import AddConnection
 
 from shared.errors import DatabaseBusy, DatabaseUnavailable, DependencyDown
 from shared.settings import Settings
@@ -34,8 +35,12 @@ TRANSIENT = (
 
 
 def application_name(settings: Settings, role: str) -> str:
-    """`settle:<role>:<host>:<pid>`, so pg_stat_activity shows who holds each connection."""
-    return f"settle:{role}:{settings.hostname}:{os.getpid()}"[:63]
+    """`settle:<role>:<host>:<pid>`, so pg_stat_activity shows who holds each connection.
+    Postgres keeps 63 characters: a long host name is cut, never the pid, which tells
+    processes (and their connection leases) apart."""
+    pid = str(os.getpid())
+    room = 63 - len(f"settle:{role}::{pid}")
+    return f"settle:{role}:{settings.hostname[: max(room, 0)]}:{pid}"
 
 
 def connect_kwargs(settings: Settings, role: str) -> dict[str, object]:
@@ -61,14 +66,22 @@ class ElasticPool(ConnectionPool):
     surplus at once and busy surplus when it is returned."""
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
-        super().resize(min_size, max_size)
+        # Not super().resize(): it grows by the change of min_size, ignoring busy surplus
+        # connections still counted after a shrink, so shrinking 4 -> 2 and growing back to 4
+        # while all four are busy would open two more (six held). Grow from what is held.
+        min_size, max_size = self._check_size(min_size, max_size)
         surplus: list[Any] = []
         with self._lock:
+            self._min_size, self._max_size = min_size, max_size
+            ngrow = max(0, min_size - self._nconns)
+            self._nconns += ngrow
             while self._nconns > self._max_size and self._pool:
                 surplus.append(self._pool.popleft())
                 self._nconns -= 1
         for conn in surplus:
             self._close_connection(conn)
+        for _ in range(ngrow):
+            self.run_task(AddConnection(self))
 
     def _return_connection(self, conn: Any, from_getconn: bool) -> None:
         with self._lock:
@@ -141,10 +154,13 @@ def connection_lost(exc: psycopg.Error) -> bool:
     return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
-def check_postgres(url: str, *, timeout: float = 5.0) -> None:
-    """Boot check: `SELECT 1` on a fresh connection. Raises `DependencyDown` with one line."""
+def check_postgres(url: str, *, name: str = "settle:check", timeout: float = 5.0) -> None:
+    """Boot check: `SELECT 1` on a fresh connection named `name` in pg_stat_activity.
+    Raises `DependencyDown` with one line."""
     try:
-        with psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True) as conn:
+        with psycopg.connect(
+            url, connect_timeout=max(1, int(timeout)), autocommit=True, application_name=name
+        ) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -15,19 +15,24 @@ lock so that processes take turns:
 - `granted` only grows when the sum of all grants stays within the budget, and it only
   shrinks after the process's pool has closed its surplus connections. So the sum of the
   connections actually held never exceeds the budget, even while pools resize.
+- A live process whose heartbeats fail for half the TTL shrinks its pool to one connection
+  until it is heard again; a lease deleted meanwhile comes back counting only what is free.
+- The budget kept to is the smallest any live lease was configured with.
 
-A connection used to wait for a first grant is opened outside any pool; it comes out of
-DB_RESERVED_CONNECTIONS. Once a pool is open, heartbeats borrow from it.
+Polls while waiting for a first grant, heartbeats while the pool is saturated, and releases
+use short connections outside the pool; they come out of DB_RESERVED_CONNECTIONS.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
+from psycopg_pool import PoolTimeout
 
 from shared.db import ElasticPool, application_name, connect_kwargs
 from shared.settings import Settings
@@ -89,7 +94,8 @@ def take_turn(
     held: int,
 ) -> Turn:
     """Register or heartbeat `holder`'s lease, expire dead ones, and move its grant toward
-    its fair target as far as the budget allows now. `held` is what its pool holds."""
+    its fair target as far as the budget allows now. `held` is what its pool holds. The
+    budget kept to is the smallest any live lease was configured with."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
         conn.execute(
@@ -97,18 +103,27 @@ def take_turn(
             " AND heartbeat_at < now() - make_interval(secs => %s)",
             (holder, ttl_seconds),
         )
-        conn.execute(
-            # A lease that expired under a live process (heartbeats stalled) comes back
-            # holding what its pool holds, so the others' targets make room for it.
-            "INSERT INTO connection_leases (holder, role, wanted, granted)"
-            " VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (holder) DO UPDATE SET heartbeat_at = now(), wanted = EXCLUDED.wanted",
-            (holder, role, wanted, held),
+        updated = conn.execute(
+            "UPDATE connection_leases SET heartbeat_at = now(), wanted = %s, budget = %s"
+            " WHERE holder = %s",
+            (wanted, budget, holder),
         )
+        if updated.rowcount == 0:
+            # New, or expired while alive (its heartbeats stalled past the TTL and others may
+            # have grown into its share): it may count only what is free now; its pool
+            # shrinks to that before it holds more.
+            conn.execute(
+                "INSERT INTO connection_leases (holder, role, wanted, budget, granted)"
+                " SELECT %s, %s, %s, %s, GREATEST(0, LEAST(%s, least(min(budget), %s)"
+                " - coalesce(sum(granted), 0))) FROM connection_leases",
+                (holder, role, wanted, budget, held, budget),
+            )
         rows = conn.execute(
-            "SELECT holder, wanted, granted FROM connection_leases ORDER BY acquired_at, holder"
+            "SELECT holder, wanted, granted, budget FROM connection_leases"
+            " ORDER BY acquired_at, holder"
         ).fetchall()
-        leases = [Lease(*row) for row in rows]
+        leases = [Lease(*row[:3]) for row in rows]
+        budget = min(row[3] for row in rows)
         target = fair_targets(leases, budget)[holder]
         granted = next(lease.granted for lease in leases if lease.holder == holder)
         in_use = sum(lease.granted for lease in leases)
@@ -147,6 +162,7 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: ElasticPool | None = None
+        self._last_ok = 0.0
         self.granted = 0
 
     def _turn(self, conn: psycopg.Connection, held: int) -> Turn:
@@ -164,68 +180,87 @@ class LeaseKeeper:
     def interval(self) -> float:
         return max(0.2, self._settings.lease_ttl_seconds / 5)
 
-    def acquire(self, stopping: Callable[[], bool] = lambda: False) -> int:
-        """Wait for a first grant; return its size (0 if `stopping()` became true)."""
+    def _direct(self) -> psycopg.Connection:
+        """A short-lived connection outside the pool (it comes out of the reserve)."""
         kwargs = connect_kwargs(self._settings, f"{self._role}-lease")
-        with psycopg.connect(self._settings.database_url, **kwargs) as conn:  # type: ignore[arg-type]
-            logged = False
-            while True:
+        return psycopg.connect(self._settings.database_url, **kwargs)  # type: ignore[arg-type]
+
+    def acquire(self, stopping: Callable[[], bool] = lambda: False) -> int:
+        """Wait for a first grant; return its size (0 if `stopping()` became true). Each
+        poll opens its own short connection, so a waiting process holds none meanwhile."""
+        logged = False
+        while True:
+            with self._direct() as conn:
                 turn = self._turn(conn, held=0)
-                if turn.granted > 0:
-                    self.granted = turn.granted
-                    log.info(
-                        "connection lease %s: %d of %d wanted (%d of %d in use by %d holders)",
-                        self.holder,
-                        turn.granted,
-                        self._wanted,
-                        turn.in_use,
-                        self._budget,
-                        turn.holders,
-                    )
-                    return turn.granted
-                if not logged:
-                    log.warning(
-                        "waiting for the connection budget: %d of %d in use by %d other"
-                        " processes; %s will start when one frees up",
-                        turn.in_use,
-                        self._budget,
-                        turn.holders - 1,
-                        self.holder,
-                    )
-                    logged = True
-                if stopping() or self._stop.wait(self.interval):
+                if turn.granted == 0 and stopping():
                     release(conn, self.holder)
                     return 0
+            if turn.granted > 0:
+                self.granted = turn.granted
+                self._last_ok = time.monotonic()
+                log.info(
+                    "connection lease %s: %d of %d wanted (%d of %d in use by %d holders)",
+                    self.holder, turn.granted, self._wanted, turn.in_use, self._budget,
+                    turn.holders,
+                )  # fmt: skip
+                return turn.granted
+            if not logged:
+                log.warning(
+                    "waiting for the connection budget: %d of %d in use by %d other"
+                    " processes; %s will start when one frees up",
+                    turn.in_use, self._budget, turn.holders - 1, self.holder,
+                )  # fmt: skip
+                logged = True
+            if self._stop.wait(self.interval) or stopping():
+                with self._direct() as conn:
+                    release(conn, self.holder)
+                return 0
 
     def keep(self, pool: ElasticPool) -> None:
         """Heartbeat the lease from `pool` in a daemon thread, resizing `pool` as grants move."""
         self._pool = pool
+        self._last_ok = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         assert self._pool is not None
         pool = self._pool
+        fenced = False
         while not self._stop.wait(self.interval):
             try:
                 self.step(pool)
-            except Exception as exc:  # the next heartbeat tries again; expiry is the backstop
+                fenced = False
+            except Exception as exc:  # the next heartbeat tries again
                 log.warning("connection lease %s: heartbeat failed: %s", self.holder, exc)
+                # Past half the TTL without a heartbeat, others may soon take this lease for
+                # dead and grow into its share: keep to one connection until heard again.
+                silent = time.monotonic() - self._last_ok
+                if not fenced and silent > self._settings.lease_ttl_seconds / 2:
+                    log.warning(
+                        "connection lease %s: no heartbeat for %.1fs; pool down to 1",
+                        self.holder, silent,
+                    )  # fmt: skip
+                    pool.resize(1, 1)
+                    fenced = True
 
     def step(self, pool: ElasticPool) -> Turn:
-        """One heartbeat: move the grant, then make the pool follow it."""
-        with pool.connection() as conn:
-            turn = self._turn(conn, held=pool.held)
+        """One heartbeat: move the grant, then make the pool follow it. The heartbeat borrows
+        from the pool, or, when the pool is saturated for longer than a heartbeat interval,
+        takes a short connection of its own, so that a busy process never looks dead."""
+        try:
+            with pool.connection(timeout=self.interval) as conn:
+                turn = self._turn(conn, held=pool.held)
+        except PoolTimeout:
+            with self._direct() as conn:
+                turn = self._turn(conn, held=pool.held)
+        self._last_ok = time.monotonic()
         size = max(1, min(turn.target, turn.granted))
         if size != pool.max_size:
             log.info(
                 "connection lease %s: pool %d -> %d (target %d, %d holders)",
-                self.holder,
-                pool.max_size,
-                size,
-                turn.target,
-                turn.holders,
-            )
+                self.holder, pool.max_size, size, turn.target, turn.holders,
+            )  # fmt: skip
             pool.resize(size, size)
         self.granted = turn.granted
         return turn
@@ -235,9 +270,8 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        kwargs = connect_kwargs(self._settings, f"{self._role}-lease")
         try:
-            with psycopg.connect(self._settings.database_url, **kwargs) as conn:  # type: ignore[arg-type]
+            with self._direct() as conn:
                 release(conn, self.holder)
         except psycopg.Error as exc:  # it expires on its own after LEASE_TTL_SECONDS
             log.warning("connection lease %s: could not release: %s", self.holder, exc)

@@ -14,7 +14,7 @@ import sys
 import psycopg
 
 from shared.budget import BudgetExceeded, Plan, capacity, make_plan
-from shared.db import check_postgres, check_redis
+from shared.db import application_name, check_postgres, check_redis
 from shared.errors import DependencyDown, InvalidSetting
 from shared.settings import Settings
 
@@ -38,7 +38,7 @@ def load_settings(role: str) -> Settings:
 def boot_check(settings: Settings, role: str) -> None:
     """`SELECT 1` on Postgres and `PING` on Redis, or exit code 1 with one clear line."""
     try:
-        check_postgres(settings.database_url)
+        check_postgres(settings.database_url, name=application_name(settings, f"{role}-boot"))
         check_redis(settings.redis_url)
     except DependencyDown as exc:
         print(f"settle {role}: {exc.message}", file=sys.stderr)

@@ -59,6 +59,12 @@ class StopRequest:
         return self._event.is_set()
 
 
+#: Give up (stop everything, exit 1) when web processes die this often within `CRASH_WINDOW`
+#: seconds, rather than restart a process that cannot run, forever.
+MAX_CRASHES = 5
+CRASH_WINDOW = 60.0
+
+
 def shed_load(app: WSGIApp, queue_depth: Callable[[], int], limit: int) -> WSGIApp:
     """Answer 503 + Retry-After at once while more than `limit` requests wait for a thread.
 
@@ -98,11 +104,6 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
     The pool's size is this process's lease on the budget: the plan's web share, or less
     (possibly after a wait) when more processes run than the plan counted.
     """
-    # Imported after the fork: the broker's Redis client must belong to this process.
-    from web.app import create_app
-    from worker.actors import sender
-    from worker.broker import broker
-
     if stop.is_set():  # asked to stop while booting: nothing was served, nothing to drain
         return 0
     lease = LeaseKeeper(settings, "web", wanted=plan.web.pool_size, budget=plan.capacity.available)
@@ -118,6 +119,21 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
         lease.close()
         return 1
     lease.keep(pool)
+    try:
+        return _serve_app(settings, sock, stop, pool)
+    finally:
+        # Whatever ended serving: the pool first, then its lease (the reverse would let
+        # others grow into connections this process still holds).
+        pool.close()
+        lease.close()
+
+
+def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool: Any) -> int:
+    """Run waitress on `sock` until `stop` is set, then drain; 0 when nothing was cut off."""
+    # Imported after the fork: the broker's Redis client must belong to this process.
+    from web.app import create_app
+    from worker.actors import sender
+    from worker.broker import broker
 
     falcon_app = create_app(
         settings, pool=pool, enqueue=sender(broker), ping_broker=broker.client.ping
@@ -158,8 +174,6 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
         wasyncore.loop(timeout=0.05, map=socket_map, use_poll=True, count=1)
     idle = not _busy(dispatcher, socket_map)
     dispatcher.shutdown(cancel_pending=True, timeout=5)
-    pool.close()
-    lease.close()
     log.info("stopped %s", "cleanly" if idle else "with requests still in flight")
     return 0 if idle else 1
 
@@ -223,6 +237,7 @@ def main() -> None:
     )
 
     failed = False
+    crashes: list[float] = []
     while children:
         try:
             pid, status = os.wait()
@@ -232,6 +247,14 @@ def main() -> None:
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             failed = failed or code != 0
+            continue
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < CRASH_WINDOW] + [now]
+        if len(crashes) >= MAX_CRASHES:
+            log.error("web processes exited %d times within %.0fs (last code %s); giving up",
+                      len(crashes), CRASH_WINDOW, code)  # fmt: skip
+            on_signal(signal.SIGTERM, None)
+            failed = True
             continue
         if slot >= 0:
             log.warning("web process %d exited (code %s); starting another", pid, code)

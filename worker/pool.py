@@ -15,7 +15,6 @@ import threading
 from types import FrameType
 
 import dramatiq
-import psycopg
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, MiddlewareError
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -78,21 +77,30 @@ class DatabasePool(Middleware):
         return self._pool
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # A MiddlewareError is the one failure dramatiq does not swallow here: the process
-        # refuses to start instead of running threads that have no database.
-        settings = self._settings
+        # A MiddlewareError is the one failure dramatiq does not swallow here (any other is
+        # logged and the worker runs on without a pool): every failure becomes one, so the
+        # process refuses to start instead of running threads that have no database.
+        try:
+            self._open(self._settings)
+        except MiddlewareError:
+            raise
+        except Exception as exc:
+            raise MiddlewareError(f"worker pool could not be opened: {exc}") from exc
+
+    def _open(self, settings: Settings) -> None:
         try:
             plan = make_plan(settings, capacity(settings))
         except BudgetExceeded as exc:
             raise MiddlewareError(exc.message) from None
-        except psycopg.Error as exc:
-            raise MiddlewareError(f"cannot read the connection budget: {exc}") from None
         lease = LeaseKeeper(
             settings, "worker", wanted=plan.worker.pool_size, budget=plan.capacity.available
         )
         size = _acquire_unless_stopped(lease)
         if size == 0:
-            raise MiddlewareError("stopped while waiting for a share of the connection budget")
+            # Asked to stop before it ever ran: a clean exit, not a failure. SystemExit is
+            # not an Exception, so dramatiq's hook runner lets it end the process.
+            log.info("stopped while waiting for a share of the connection budget")
+            raise SystemExit(0)
         # Threads beyond the grant (more processes than planned) wait for a connection
         # rather than fail: a worker thread without one has nothing else to do.
         pool = create_pool(settings, "worker", size=size, timeout=WORKER_POOL_TIMEOUT)

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from types import FrameType
 
-from psycopg_pool import ConnectionPool
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared import ledger
 from shared.db import connection, create_pool
 from shared.leases import LeaseKeeper
 from shared.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
 from shared.settings import Settings
-from worker.actors import settle_transfer
 
 log = logging.getLogger("settle.sweeper")
 
 
 def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
     """Re-send every transfer pending past the grace period; return how many were sent."""
+    # Imported here, not at the top: the broker module builds the broker from the
+    # environment, which `main` first vets with one clear line for a bad setting.
+    from worker.actors import settle_transfer
+
     sent = 0
     while True:
         with connection(pool) as conn:
@@ -46,7 +51,12 @@ def run(settings: Settings, stop: threading.Event, budget: int) -> None:
     if lease.acquire(stopping=stop.is_set) == 0:
         return
     pool = create_pool(settings, "sweeper", size=1)
-    pool.open(wait=True, timeout=10.0)
+    try:
+        pool.open(wait=True, timeout=10.0)
+    except PoolTimeout:
+        pool.close()
+        lease.close()
+        raise
     lease.keep(pool)
     log.info(
         "sweeping every %ss for transfers pending longer than %ss",
@@ -81,7 +91,12 @@ def main() -> None:
     settings = load_settings("sweeper")
     boot_check(settings, "sweeper")
     plan = plan_or_exit(settings, "sweeper")
-    run(settings, stop, plan.capacity.available)
+    try:
+        run(settings, stop, plan.capacity.available)
+    except (psycopg.Error, PoolTimeout) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"settle sweeper: cannot reach Postgres: {reason}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

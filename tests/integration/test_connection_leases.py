@@ -117,3 +117,54 @@ def test_an_elastic_pool_closes_its_surplus_connections_when_resized_down(
         assert pool.held == 3
     finally:
         pool.close()
+
+
+def test_a_lease_that_expired_under_a_live_process_comes_back_with_only_what_is_free(
+    lease_table,
+) -> None:
+    conn = lease_table
+    turn(conn, "a", wanted=5, held=0, budget=10)
+    turn(conn, "b", wanted=5, held=0, budget=10)
+    # b's heartbeats stall past the TTL: a newcomer takes its share meanwhile.
+    conn.execute(
+        "UPDATE connection_leases SET heartbeat_at = now() - interval '1 minute' WHERE holder = 'b'"
+    )
+    assert turn(conn, "c", wanted=5, held=0, budget=10).granted == 5
+    # b is heard again, still holding its 5 connections: it may count none of them.
+    back = turn(conn, "b", wanted=5, held=5, budget=10)
+    assert back.granted == 0
+    assert granted_total(conn) == 10
+
+
+def test_the_smallest_budget_among_live_leases_is_the_one_kept(lease_table) -> None:
+    conn = lease_table
+    assert turn(conn, "old", wanted=6, held=0, budget=10).granted == 6
+    # A process configured with a smaller budget (a rolling deploy) joins: 4 in all.
+    newer = turn(conn, "new", wanted=6, held=0, budget=4)
+    assert newer.granted == 0
+    assert turn(conn, "old", wanted=6, held=6, budget=10).target <= 4
+
+
+def test_an_elastic_pool_grown_back_before_its_busy_surplus_returns_opens_no_extra(
+    settings: Settings, db: psycopg.Connection
+) -> None:
+    name = "settle:elastic-regrow"
+    pool = ElasticPool(
+        settings.database_url,
+        kwargs={"autocommit": True, "application_name": name},
+        min_size=4,
+        max_size=4,
+        open=False,
+    )
+    pool.open(wait=True, timeout=10)
+    try:
+        busy = [pool.getconn() for _ in range(4)]
+        pool.resize(2, 2)  # all four are out: nothing can close yet
+        pool.resize(4, 4)  # and back before any returned
+        assert pool.held == 4
+        for conn in busy:
+            pool.putconn(conn)
+        assert pool.held == 4
+        assert count_connections(db, name, 4) == 4
+    finally:
+        pool.close()
