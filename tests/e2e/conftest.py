@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.processes import Process, free_port, report, start, wait_until_ready
+from tests.e2e.processes import Process, process_env, report, start, wait_until_ready
 
 
 class Service:
@@ -51,20 +50,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
     """Processes get the test database, Redis and broker namespace (conftest exported them),
     a free port, small process counts and a short sweeper grace period. Whatever a test
     leaves running is killed afterwards."""
-    env = dict(os.environ)
-    env.update(
-        PORT=str(free_port()),
-        HOST="127.0.0.1",
-        WEB_PROCESSES="2",
-        WEB_THREADS="4",
-        WORKER_PROCESSES="2",
-        WORKER_THREADS="4",
-        SWEEPER_GRACE_SECONDS="2",
-        SWEEPER_INTERVAL_SECONDS="0.5",
-        WEB_SHUTDOWN_TIMEOUT="20",
-        PYTHONUNBUFFERED="1",
-    )
-    svc = Service(env, tmp_path)
+    svc = Service(process_env(SWEEPER_GRACE_SECONDS="2"), tmp_path)
     yield svc
     svc.kill_all()
 

@@ -30,6 +30,25 @@ LOG_TAIL = 12_000
 _serial = itertools.count(1)
 
 
+def process_env(**overrides: str) -> dict[str, str]:
+    """The environment of processes under test: this one's (conftest exported the test
+    servers), a free port, small process counts and quick sweeps, then `overrides`."""
+    env = dict(os.environ)
+    env.update(
+        PORT=str(free_port()),
+        HOST="127.0.0.1",
+        WEB_PROCESSES="2",
+        WEB_THREADS="4",
+        WORKER_PROCESSES="2",
+        WORKER_THREADS="4",
+        SWEEPER_INTERVAL_SECONDS="0.5",
+        WEB_SHUTDOWN_TIMEOUT="20",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

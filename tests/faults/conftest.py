@@ -21,7 +21,7 @@ import redis
 from shared import auth
 from shared.settings import Settings
 from tests.e2e.conftest import Service
-from tests.e2e.processes import free_port, report, wait_until
+from tests.e2e.processes import process_env, report, wait_until
 from tests.scratch import scratch_database, settle
 
 
@@ -114,22 +114,12 @@ class FaultsFactory:
         self.created: list[Faults] = []
 
     def __call__(self, database_url: str, redis_url: str, **overrides: str) -> Faults:
-        env = dict(os.environ)
-        env.update(
+        env = process_env(
             DATABASE_URL=database_url,
             REDIS_URL=redis_url,
             BROKER_NAMESPACE=f"settle-faults-{uuid.uuid4().hex[:8]}",
-            PORT=str(free_port()),
-            HOST="127.0.0.1",
-            WEB_PROCESSES="2",
-            WEB_THREADS="4",
-            WORKER_PROCESSES="2",
-            WORKER_THREADS="4",
-            SWEEPER_INTERVAL_SECONDS="0.5",
-            WEB_SHUTDOWN_TIMEOUT="20",
-            PYTHONUNBUFFERED="1",
+            **overrides,
         )
-        env.update(overrides)
         faults = Faults(env, self._log_dir)
         self.created.append(faults)
         return faults

@@ -91,18 +91,23 @@ def count_connections(conn: psycopg.Connection, name: str, expect: int) -> int:
         time.sleep(POLL_SECONDS)
 
 
+def open_elastic_pool(settings: Settings, name: str, size: int) -> ElasticPool:
+    pool = ElasticPool(
+        settings.database_url,
+        kwargs={"autocommit": True, "application_name": name},
+        min_size=size,
+        max_size=size,
+        open=False,
+    )
+    pool.open(wait=True, timeout=10)
+    return pool
+
+
 def test_an_elastic_pool_closes_its_surplus_connections_when_resized_down(
     settings: Settings, db: psycopg.Connection
 ) -> None:
     name = "settle:elastic-test"
-    pool = ElasticPool(
-        settings.database_url,
-        kwargs={"autocommit": True, "application_name": name},
-        min_size=4,
-        max_size=4,
-        open=False,
-    )
-    pool.open(wait=True, timeout=10)
+    pool = open_elastic_pool(settings, name, 4)
     try:
         assert count_connections(db, name, 4) == 4
         with pool.connection() as busy:
@@ -149,14 +154,7 @@ def test_an_elastic_pool_grown_back_before_its_busy_surplus_returns_opens_no_ext
     settings: Settings, db: psycopg.Connection
 ) -> None:
     name = "settle:elastic-regrow"
-    pool = ElasticPool(
-        settings.database_url,
-        kwargs={"autocommit": True, "application_name": name},
-        min_size=4,
-        max_size=4,
-        open=False,
-    )
-    pool.open(wait=True, timeout=10)
+    pool = open_elastic_pool(settings, name, 4)
     try:
         busy = [pool.getconn() for _ in range(4)]
         pool.resize(2, 2)  # all four are out: nothing can close yet
