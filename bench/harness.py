@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
+import redis
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -63,6 +64,11 @@ def scratch_database() -> Iterator[tuple[str, str, str]]:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+        client = redis.Redis.from_url(redis_url)
+        stale = list(client.scan_iter(match=f"*{name}*", count=1000))  # the run's broker keys
+        if stale:
+            client.delete(*stale)
+        client.close()
         embedded.stop()
 
 

@@ -137,8 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.recovery", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with scratch_database() as (url, _, redis_url), tempfile.TemporaryDirectory() as logs:
-        namespace = f"settle-bench-recovery-{uuid.uuid4().hex[:8]}"
+    with scratch_database() as (url, name, redis_url), tempfile.TemporaryDirectory() as logs:
+        namespace = f"bench-{name}"  # the scratch database's broker keys go with it
         env = {
             **os.environ,
             "DATABASE_URL": url,
