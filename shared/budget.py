@@ -78,10 +78,6 @@ class RolePlan:
     def total(self) -> int:
         return self.instances * self.processes * self.pool_size
 
-    @property
-    def process_count(self) -> int:
-        return self.instances * self.processes
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -101,13 +97,6 @@ class Plan:
     @property
     def headroom(self) -> int:
         return self.capacity.available - self.total
-
-    def pool_size(self, role: str) -> int:
-        """Connections one process of `role` may hold."""
-        for plan in self.roles:
-            if plan.role == role:
-                return plan.pool_size
-        return 1
 
     def table(self) -> str:
         """The plan as a table, one row per role, then the total and the headroom."""

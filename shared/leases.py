@@ -163,7 +163,6 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._pool: ElasticPool | None = None
         self._last_ok = 0.0
-        self.granted = 0
 
     def _turn(self, conn: psycopg.Connection, held: int) -> Turn:
         return take_turn(
@@ -196,7 +195,6 @@ class LeaseKeeper:
                     release(conn, self.holder)
                     return 0
             if turn.granted > 0:
-                self.granted = turn.granted
                 self._last_ok = time.monotonic()
                 log.info(
                     "connection lease %s: %d of %d wanted (%d of %d in use by %d holders)",
@@ -262,7 +260,6 @@ class LeaseKeeper:
                 self.holder, pool.max_size, size, turn.target, turn.holders,
             )  # fmt: skip
             pool.resize(size, size)
-        self.granted = turn.granted
         return turn
 
     def close(self) -> None:
