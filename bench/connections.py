@@ -28,9 +28,9 @@ from bench.harness import (
     wait_terminal,
     wait_until,
 )
-from shared.activity import Sampler
-from shared.budget import Capacity, make_plan
-from shared.settings import Settings
+from shared.db.activity import Sampler
+from shared.db.budget import Capacity, make_plan
+from shared.runtime.settings import Settings
 
 
 def main() -> None:

@@ -23,11 +23,12 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from shared import auth, ledger
-from shared.auth import SYSTEM
-from shared.embedded import start_embedded
-from shared.migrate import migrate
-from shared.requests import NewAccount, NewTransfer, NewUser
+from shared.db.migrate import migrate
+from shared.ledger import auth
+from shared.ledger import operations as ledger
+from shared.ledger.auth import SYSTEM
+from shared.ledger.commands import NewAccount, NewTransfer, NewUser
+from shared.runtime.embedded import start_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTLE = Path(sys.executable).with_name("settle")

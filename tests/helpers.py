@@ -11,9 +11,9 @@ from typing import TypeVar
 import psycopg
 from psycopg import sql
 
-from shared import ledger
-from shared.auth import SYSTEM
-from shared.requests import NewAccount, NewTransfer, NewUser
+from shared.ledger import operations as ledger
+from shared.ledger.auth import SYSTEM
+from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from shared.migrate import migrate
+from shared.db.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTLE = Path(sys.executable).with_name("settle")

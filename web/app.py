@@ -18,7 +18,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from shared.errors import SettleError
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 from web import errors, openapi, resources
 from web.auth import RequireApiKey
 

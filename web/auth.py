@@ -8,10 +8,10 @@ from typing import Any
 import falcon
 from psycopg_pool import ConnectionPool
 
-from shared import auth
-from shared.auth import Principal
-from shared.db import connection
+from shared.db.pool import connection
 from shared.errors import ApiKeyInvalid, ApiKeyMissing
+from shared.ledger import auth
+from shared.ledger.auth import Principal
 
 
 def bearer_key(header: str | None) -> str:

@@ -10,7 +10,7 @@ import falcon
 import psycopg
 
 from shared import errors
-from shared.db import TRANSIENT
+from shared.db.pool import TRANSIENT
 
 log = logging.getLogger(__name__)
 

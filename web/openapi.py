@@ -3,7 +3,7 @@
 Tests keep it true (tests/integration/test_openapi.py): the app has exactly the routes and
 methods written here, every status and error code the app can answer is listed under each
 operation, every response the test suite provokes is one written here, and schemathesis
-fuzzes the app against it. Request schemas say exactly what `shared/requests.py` accepts, so
+fuzzes the app against it. Request schemas say exactly what `shared/ledger/commands.py` accepts, so
 that what the document calls valid is accepted and what it calls invalid is refused.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.money import BIGINT_MAX, MAX_AMOUNT
+from shared.ledger.money import BIGINT_MAX, MAX_AMOUNT
 
 Schema = dict[str, Any]
 
@@ -23,7 +23,7 @@ _SPACE = (
 )
 #: Text the service stores: not blank, no NUL (Postgres text cannot hold one).
 _TEXT_PATTERN = f"^[^\\u0000]*[^\\u0000{_SPACE}][^\\u0000]*$"
-#: `shared.requests._EMAIL` after surrounding white space is stripped.
+#: `shared.ledger.commands._EMAIL` after surrounding white space is stripped.
 _EMAIL_PATTERN = (
     f"^[{_SPACE}]*[^@\\u0000{_SPACE}]+@[^@\\u0000{_SPACE}]+\\.[^@\\u0000{_SPACE}]+[{_SPACE}]*$"
 )

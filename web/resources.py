@@ -15,8 +15,7 @@ from typing import Any
 import falcon
 from psycopg_pool import ConnectionPool
 
-from shared import auth, ledger, requests
-from shared.db import connection
+from shared.db.pool import connection
 from shared.errors import (
     AccountNotFound,
     BodyTooLarge,
@@ -25,6 +24,8 @@ from shared.errors import (
     UnsupportedMediaType,
     UserNotFound,
 )
+from shared.ledger import auth, commands
+from shared.ledger import operations as ledger
 from web.auth import principal
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def read_json(req: falcon.Request, max_bytes: int) -> object:
     raw = _read_at_most(req.stream if terminated else req.bounded_stream, max_bytes + 1)
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"the body is larger than {max_bytes} bytes")
-    return requests.parse_json(raw)
+    return commands.parse_json(raw)
 
 
 def _read_at_most(stream: Any, size: int) -> bytes:
@@ -74,7 +75,7 @@ class Users(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         by = principal(req)
         auth.require_operator(by)  # before the body: a user's key gets 403 whatever it sends
-        new = requests.user_request(read_json(req, self._max_body_bytes))
+        new = commands.user_request(read_json(req, self._max_body_bytes))
         with connection(self._pool) as conn:
             user = ledger.create_user(conn, new, by=by)
         resp.status = falcon.HTTP_201
@@ -95,7 +96,7 @@ class Accounts(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         by = principal(req)
         auth.require_operator(by)  # before the body: a user's key gets 403 whatever it sends
-        new = requests.account_request(read_json(req, self._max_body_bytes))
+        new = commands.account_request(read_json(req, self._max_body_bytes))
         with connection(self._pool) as conn:
             account = ledger.create_account(conn, new, by=by)
         resp.status = falcon.HTTP_201
@@ -120,7 +121,7 @@ class Account(_Resource):
 class AccountEntries(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, account_id: str) -> None:
         aid = _account_id(account_id)
-        limit = requests.limit(req.get_param("limit"))
+        limit = commands.limit(req.get_param("limit"))
         cursor = req.get_param("cursor")
         with connection(self._pool) as conn:
             page = ledger.list_entries(conn, aid, limit=limit, cursor=cursor, by=principal(req))
@@ -134,7 +135,7 @@ class Transfers(_Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json(req, self._max_body_bytes)
-        new = requests.transfer_request(body, req.get_header("Idempotency-Key"))
+        new = commands.transfer_request(body, req.get_header("Idempotency-Key"))
         with connection(self._pool) as conn:
             submitted = ledger.submit_transfer(conn, new, by=principal(req))
         transfer = submitted.transfer

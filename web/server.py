@@ -26,12 +26,12 @@ from psycopg_pool import PoolTimeout
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 
-from shared.budget import Plan
-from shared.db import create_pool
+from shared.db.budget import Plan
+from shared.db.leases import LeaseKeeper
+from shared.db.pool import create_pool
 from shared.errors import Overloaded
-from shared.leases import LeaseKeeper
-from shared.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
-from shared.settings import Settings
+from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
+from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.web")
 

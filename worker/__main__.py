@@ -15,8 +15,8 @@ import sys
 import time
 from types import FrameType
 
-from shared.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
-from shared.settings import Settings
+from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
+from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.worker")
 

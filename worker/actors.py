@@ -9,9 +9,9 @@ import dramatiq
 import dramatiq.errors
 import redis
 
-from shared import ledger
-from shared.db import connection
+from shared.db.pool import connection
 from shared.errors import BrokerUnavailable
+from shared.ledger import operations as ledger
 from worker.broker import SETTLE_ACTOR, is_transient
 from worker.pool import current_pool
 

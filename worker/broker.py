@@ -18,9 +18,9 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AgeLimit, Retries
 
-from shared.db import TRANSIENT
+from shared.db.pool import TRANSIENT
 from shared.errors import Unavailable
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 from worker.middleware import DeadLetterMarks, Heartbeat
 from worker.pool import DatabasePool
 

@@ -1,6 +1,6 @@
 """`settle dead-letters list|retry`: the operator's view of transfers whose retries ran out.
 
-Postgres is the record (`transfers.dead_lettered_at`, see `shared.dead_letters`); the
+Postgres is the record (`transfers.dead_lettered_at`, see `shared.ledger.dead_letters`); the
 broker's dead-letter queue holds the failed messages (kept by Redis for seven days, and lost
 with Redis's data). `retry` clears the mark, sends each transfer a fresh message (with a
 fresh retry budget) and drops its old messages from the dead-letter queue. Exit codes: 0
@@ -18,10 +18,10 @@ import psycopg
 import redis
 from dramatiq import Message
 
-from shared import dead_letters
-from shared.db import application_name
-from shared.lifecycle import load_settings
-from shared.settings import Settings
+from shared.db.pool import application_name
+from shared.ledger import dead_letters
+from shared.runtime.lifecycle import load_settings
+from shared.runtime.settings import Settings
 from worker.actors import QUEUE, settle_transfer
 from worker.broker import SettleRedisBroker, broker
 

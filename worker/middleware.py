@@ -23,8 +23,8 @@ import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
-from shared import dead_letters
-from shared.db import connection
+from shared.db.pool import connection
+from shared.ledger import dead_letters
 from worker.pool import DatabasePool
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware, MiddlewareError
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shared.budget import BudgetExceeded, capacity, make_plan
-from shared.db import create_pool
-from shared.leases import LeaseKeeper
-from shared.settings import Settings
+from shared.db.budget import BudgetExceeded, capacity, make_plan
+from shared.db.leases import LeaseKeeper
+from shared.db.pool import create_pool
+from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from types import FrameType
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shared import ledger
-from shared.db import connection, create_pool
-from shared.leases import LeaseKeeper
-from shared.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
-from shared.settings import Settings
+from shared.db.leases import LeaseKeeper
+from shared.db.pool import connection, create_pool
+from shared.ledger import operations as ledger
+from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
+from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.sweeper")
 

@@ -33,7 +33,7 @@ def operator_key() -> str:
         if not _operator_key:
             import psycopg
 
-            from shared import auth
+            from shared.ledger import auth
 
             with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
                 _operator_key.append(auth.create_key(conn, user_id=None, label="e2e").key)

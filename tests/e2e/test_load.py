@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from shared.audit import find_violations
+from shared.ledger.audit import find_violations
 from tests.e2e.api import Client
 from tests.e2e.conftest import Service
 from tests.e2e.processes import wait_until

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import redis
 
-from shared import auth
-from shared.settings import Settings
+from shared.ledger import auth
+from shared.runtime.settings import Settings
 from tests.e2e.conftest import Service
 from tests.e2e.processes import process_env, report, wait_until
 from tests.scratch import scratch_database, settle

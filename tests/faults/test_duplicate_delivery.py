@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 from tests.faults.conftest import Faults, FaultsFactory
 from tests.faults.load import accounts_with_money, random_plan
 from tests.helpers import submit

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 from tests.e2e.processes import http_status, wait_until
 from tests.faults.conftest import FaultsFactory
 from tests.faults.load import Load, accounts_with_money, random_plan

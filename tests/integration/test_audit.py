@@ -13,9 +13,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from shared import dead_letters, ledger
-from shared.audit import audit, find_violations
-from shared.settings import Settings
+from shared.ledger import dead_letters
+from shared.ledger import operations as ledger
+from shared.ledger.audit import audit, find_violations
+from shared.runtime.settings import Settings
 from tests.helpers import fund, make_account, submit
 from tests.scratch import scratch_database, settle
 

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from falcon.testing import TestClient
 
-from shared import auth
+from shared.ledger import auth
 from tests.contract import documented
 from tests.helpers import (
     CountingInput,

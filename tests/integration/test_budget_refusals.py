@@ -12,7 +12,7 @@ import dramatiq
 import pytest
 from dramatiq.middleware import MiddlewareError
 
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 from worker.pool import DatabasePool
 
 SETTLE = Path(sys.executable).with_name("settle")

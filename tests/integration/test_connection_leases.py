@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from shared.leases import ElasticPool, take_turn
-from shared.settings import Settings
+from shared.db.leases import ElasticPool, take_turn
+from shared.runtime.settings import Settings
 
 
 @pytest.fixture

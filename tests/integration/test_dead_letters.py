@@ -20,10 +20,11 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from shared import dead_letters, ledger
-from shared.audit import find_violations
-from shared.db import create_pool
-from shared.settings import Settings
+from shared.db.pool import create_pool
+from shared.ledger import dead_letters
+from shared.ledger import operations as ledger
+from shared.ledger.audit import find_violations
+from shared.runtime.settings import Settings
 from tests.helpers import (
     balance,
     entry_amounts,

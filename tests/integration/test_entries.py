@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from falcon.testing import TestClient
 
-from shared import ledger
+from shared.ledger import operations as ledger
 from tests.helpers import entry_ids, fund, make_account, submit
 
 ENTRY_FIELDS = {"id", "transfer_id", "account_id", "amount", "created_at"}

@@ -24,13 +24,14 @@ import schemathesis
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from shared import auth, ledger
-from shared.audit import find_violations
-from shared.auth import SYSTEM
-from shared.db import create_pool
-from shared.migrate import migrate
-from shared.requests import NewAccount, NewTransfer, NewUser
-from shared.settings import Settings
+from shared.db.migrate import migrate
+from shared.db.pool import create_pool
+from shared.ledger import auth
+from shared.ledger import operations as ledger
+from shared.ledger.audit import find_violations
+from shared.ledger.auth import SYSTEM
+from shared.ledger.commands import NewAccount, NewTransfer, NewUser
+from shared.runtime.settings import Settings
 from web.app import create_app
 from web.openapi import DOCUMENT
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from dramatiq.middleware import Middleware, TimeLimit
 
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 from tests.helpers import (
     balance,
     entry_amounts,

@@ -9,8 +9,8 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.db import create_pool
-from shared.settings import Settings
+from shared.db.pool import create_pool
+from shared.runtime.settings import Settings
 from tests.helpers import (
     entry_amounts,
     fund,

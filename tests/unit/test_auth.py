@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from shared import auth
-from shared.auth import SYSTEM, Principal
 from shared.errors import ApiKeyInvalid, ApiKeyMissing, OperatorOnly
+from shared.ledger import auth
+from shared.ledger.auth import SYSTEM, Principal
 from web.auth import bearer_key
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.budget import BudgetExceeded, Capacity, capacity_from_server, make_plan
-from shared.settings import Settings
+from shared.db.budget import BudgetExceeded, Capacity, capacity_from_server, make_plan
+from shared.runtime.settings import Settings
 
 
 def plan_for(available: int, **env: str):

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from shared.leases import Lease, fair_targets
+from shared.db.leases import Lease, fair_targets
 
 
 def leases(*wanted: int) -> list[Lease]:

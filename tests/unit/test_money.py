@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared import money
 from shared.errors import InvalidRequest
-from shared.money import BIGINT_MAX, MAX_AMOUNT
+from shared.ledger import money
+from shared.ledger.money import BIGINT_MAX, MAX_AMOUNT
 
 
 @pytest.mark.parametrize("value", [1, 250, MAX_AMOUNT])

@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.pool import AddConnection
 
 from shared.errors import DatabaseBusy, DatabaseUnavailable, DependencyDown
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared import money
 from shared.errors import IdempotencyKeyMissing, InvalidJSON, InvalidRequest
+from shared.ledger import money
 
 #: Deeper documents are refused before they reach the parser's recursion.
 MAX_DEPTH = 32

@@ -1,6 +1,6 @@
 """Live enforcement of the connection budget: every process holds a lease on its share.
 
-The static plan (`shared.budget`) assumes the process counts it was given. Operators start
+The static plan (`shared.db.budget`) assumes the process counts it was given. Operators start
 more (another host, `honcho start -c worker=3`, a rolling deploy), so each process also
 registers a lease row in Postgres and heartbeats it. The protocol, run under one advisory
 lock so that processes take turns:
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from shared.db import ElasticPool, application_name, connect_kwargs
-from shared.settings import Settings
+from shared.db.pool import ElasticPool, application_name, connect_kwargs
+from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

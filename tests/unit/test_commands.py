@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from shared import requests
 from shared.errors import IdempotencyKeyMissing, InvalidJSON, InvalidRequest
-from shared.money import BIGINT_MAX, MAX_AMOUNT
-from shared.requests import MAX_DEPTH, MAX_INT_DIGITS, NewTransfer
+from shared.ledger import commands
+from shared.ledger.commands import MAX_DEPTH, MAX_INT_DIGITS, NewTransfer
+from shared.ledger.money import BIGINT_MAX, MAX_AMOUNT
 
 TRANSFER = {"from_account_id": 1, "to_account_id": 2, "amount": 500}
 
@@ -25,7 +25,7 @@ def transfer(**changes: object) -> dict[str, object]:
 
 def test_a_json_document_is_parsed_into_python_values() -> None:
     raw = b'{"a": [1, -2, 2.5, "x", null, true, false], "b": {"c": "\\u00e9"}}'
-    assert requests.parse_json(raw) == {
+    assert commands.parse_json(raw) == {
         "a": [1, -2, 2.5, "x", None, True, False],
         "b": {"c": "é"},
     }
@@ -50,14 +50,14 @@ def test_a_json_document_is_parsed_into_python_values() -> None:
 )
 def test_malformed_json_is_rejected_as_invalid_json(raw: bytes) -> None:
     with pytest.raises(InvalidJSON) as caught:
-        requests.parse_json(raw)
+        commands.parse_json(raw)
     assert caught.value.code == "invalid_json"
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_not_json_numbers(constant: str) -> None:
     with pytest.raises(InvalidJSON, match=constant):
-        requests.parse_json(f'{{"amount": {constant}}}'.encode())
+        commands.parse_json(f'{{"amount": {constant}}}'.encode())
 
 
 def test_json_errors_are_invalid_requests_too() -> None:
@@ -66,32 +66,32 @@ def test_json_errors_are_invalid_requests_too() -> None:
 
 def test_nesting_up_to_the_maximum_depth_is_accepted() -> None:
     raw = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
-    assert requests.parse_json(raw) is not None
+    assert commands.parse_json(raw) is not None
 
 
 @pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 100_000])
 def test_nesting_deeper_than_the_maximum_is_rejected(depth: int) -> None:
     with pytest.raises(InvalidJSON, match="nested deeper"):
-        requests.parse_json(b'{"a": ' + b"[" * depth + b"]" * depth + b"}")
+        commands.parse_json(b'{"a": ' + b"[" * depth + b"]" * depth + b"}")
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     text = "[" * (MAX_DEPTH * 4) + '\\"{'
     raw = f'{{"name": "{text}"}}'.encode()
-    assert requests.parse_json(raw) == {"name": "[" * (MAX_DEPTH * 4) + '"{'}
+    assert commands.parse_json(raw) == {"name": "[" * (MAX_DEPTH * 4) + '"{'}
 
 
 @pytest.mark.parametrize("sign", ["", "-"])
 def test_an_integer_literal_of_5000_digits_is_rejected_before_conversion(sign: str) -> None:
     raw = f'{{"amount": {sign}{"9" * 5000}}}'.encode()
     with pytest.raises(InvalidJSON, match="digits"):
-        requests.parse_json(raw)
+        commands.parse_json(raw)
 
 
 def test_integer_literals_up_to_the_digit_limit_are_parsed_exactly() -> None:
-    assert requests.parse_json(b"-" + b"9" * MAX_INT_DIGITS) == -int("9" * MAX_INT_DIGITS)
+    assert commands.parse_json(b"-" + b"9" * MAX_INT_DIGITS) == -int("9" * MAX_INT_DIGITS)
     with pytest.raises(InvalidJSON):
-        requests.parse_json(b"9" * (MAX_INT_DIGITS + 1))
+        commands.parse_json(b"9" * (MAX_INT_DIGITS + 1))
 
 
 @pytest.mark.parametrize(
@@ -101,20 +101,20 @@ def test_integer_literals_up_to_the_digit_limit_are_parsed_exactly() -> None:
 )
 def test_a_body_that_is_not_utf8_is_rejected(raw: bytes) -> None:
     with pytest.raises(InvalidJSON, match="UTF-8"):
-        requests.parse_json(raw)
+        commands.parse_json(raw)
 
 
 def test_a_member_named_twice_in_one_object_is_rejected() -> None:
     with pytest.raises(InvalidJSON, match="amount"):
-        requests.parse_json(b'{"amount": 1, "to_account_id": 2, "amount": 1000000}')
+        commands.parse_json(b'{"amount": 1, "to_account_id": 2, "amount": 1000000}')
 
 
 # users
 
 
 def test_a_user_request_yields_a_new_user_with_a_lower_case_email() -> None:
-    new = requests.user_request({"email": " Ada@Example.COM ", "name": "  Ada Lovelace "})
-    assert new == requests.NewUser(email="ada@example.com", name="Ada Lovelace")
+    new = commands.user_request({"email": " Ada@Example.COM ", "name": "  Ada Lovelace "})
+    assert new == commands.NewUser(email="ada@example.com", name="Ada Lovelace")
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_a_user_request_yields_a_new_user_with_a_lower_case_email() -> None:
 )
 def test_a_bad_user_request_is_rejected_naming_the_defect(body: object, complaint: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        requests.user_request(body)
+        commands.user_request(body)
     assert complaint in caught.value.message
 
 
@@ -151,13 +151,13 @@ def test_a_bad_user_request_is_rejected_naming_the_defect(body: object, complain
 
 
 def test_an_account_request_defaults_to_no_negative_balance() -> None:
-    new = requests.account_request({"user_id": 7, "currency": "EUR"})
-    assert new == requests.NewAccount(user_id=7, currency="EUR", allow_negative_balance=False)
+    new = commands.account_request({"user_id": 7, "currency": "EUR"})
+    assert new == commands.NewAccount(user_id=7, currency="EUR", allow_negative_balance=False)
 
 
 def test_an_account_request_may_ask_for_a_treasury_account() -> None:
     body = {"user_id": 7, "currency": "USD", "allow_negative_balance": True}
-    assert requests.account_request(body).allow_negative_balance is True
+    assert commands.account_request(body).allow_negative_balance is True
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_an_account_request_may_ask_for_a_treasury_account() -> None:
 )
 def test_a_bad_account_request_is_rejected_naming_the_defect(body: object, complaint: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        requests.account_request(body)
+        commands.account_request(body)
     assert complaint in caught.value.message
 
 
@@ -187,14 +187,14 @@ def test_a_bad_account_request_is_rejected_naming_the_defect(body: object, compl
 
 
 def test_a_transfer_request_carries_its_idempotency_key() -> None:
-    new = requests.transfer_request(transfer(currency="EUR"), "key-1")
+    new = commands.transfer_request(transfer(currency="EUR"), "key-1")
     assert new == NewTransfer(
         from_account_id=1, to_account_id=2, amount=500, currency="EUR", idempotency_key="key-1"
     )
 
 
 def test_a_transfer_request_may_leave_the_currency_out() -> None:
-    assert requests.transfer_request(transfer(), "key-1").currency is None
+    assert commands.transfer_request(transfer(), "key-1").currency is None
 
 
 @pytest.mark.parametrize(
@@ -222,14 +222,14 @@ def test_a_transfer_request_may_leave_the_currency_out() -> None:
 )
 def test_a_bad_transfer_request_is_rejected_naming_the_defect(body: object, complaint: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        requests.transfer_request(body, "key-1")
+        commands.transfer_request(body, "key-1")
     assert complaint in caught.value.message
 
 
 @pytest.mark.parametrize("key", [None, "", "   "], ids=repr)
 def test_a_transfer_without_an_idempotency_key_is_refused_first(key: str | None) -> None:
     with pytest.raises(IdempotencyKeyMissing) as caught:
-        requests.transfer_request({"not": "even a transfer"}, key)
+        commands.transfer_request({"not": "even a transfer"}, key)
     assert caught.value.code == "idempotency_key_missing"
 
 
@@ -237,7 +237,7 @@ def test_a_transfer_without_an_idempotency_key_is_refused_first(key: str | None)
 def test_an_idempotency_key_of_up_to_255_visible_ascii_characters_is_accepted(
     key: str,
 ) -> None:
-    assert requests.transfer_request(transfer(), key).idempotency_key == key
+    assert commands.transfer_request(transfer(), key).idempotency_key == key
 
 
 @pytest.mark.parametrize(
@@ -245,14 +245,14 @@ def test_an_idempotency_key_of_up_to_255_visible_ascii_characters_is_accepted(
 )
 def test_an_idempotency_key_that_is_too_long_or_not_visible_ascii_is_rejected(key: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        requests.transfer_request(transfer(), key)
+        commands.transfer_request(transfer(), key)
     assert caught.value.code == "invalid_request"
     assert "Idempotency-Key" in caught.value.message
 
 
 def test_equal_transfer_requests_have_equal_fingerprints_whatever_their_keys() -> None:
-    first = requests.transfer_request(transfer(), "key-1")
-    second = requests.transfer_request(dict(reversed(transfer().items())), "key-2")
+    first = commands.transfer_request(transfer(), "key-1")
+    second = commands.transfer_request(dict(reversed(transfer().items())), "key-2")
     assert first.fingerprint() == second.fingerprint()
 
 
@@ -269,7 +269,7 @@ def test_equal_transfer_requests_have_equal_fingerprints_whatever_their_keys() -
 def test_transfer_requests_that_differ_in_any_field_have_different_fingerprints(
     change: dict[str, object],
 ) -> None:
-    original = requests.transfer_request(transfer(), "key-1")
+    original = commands.transfer_request(transfer(), "key-1")
     other = dataclasses.replace(original, **change)
     assert original.fingerprint() != other.fingerprint()
 
@@ -281,7 +281,7 @@ def test_transfer_requests_that_differ_in_any_field_have_different_fingerprints(
 def test_a_limit_from_1_to_1000_is_accepted_and_defaults_to_100(
     raw: str | None, expected: int
 ) -> None:
-    assert requests.limit(raw) == expected
+    assert commands.limit(raw) == expected
 
 
 @pytest.mark.parametrize(
@@ -289,4 +289,4 @@ def test_a_limit_from_1_to_1000_is_accepted_and_defaults_to_100(
 )
 def test_a_limit_outside_1_to_1000_or_not_a_number_is_rejected(raw: str) -> None:
     with pytest.raises(InvalidRequest, match="limit"):
-        requests.limit(raw)
+        commands.limit(raw)

@@ -21,7 +21,6 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
-from shared.auth import Principal, require_operator
 from shared.errors import (
     AccountNotFound,
     CurrencyMismatch,
@@ -33,8 +32,9 @@ from shared.errors import (
     UnknownTransferAccount,
     UserNotFound,
 )
-from shared.money import BIGINT_MAX
-from shared.requests import NewAccount, NewTransfer, NewUser
+from shared.ledger.auth import Principal, require_operator
+from shared.ledger.commands import NewAccount, NewTransfer, NewUser
+from shared.ledger.money import BIGINT_MAX
 
 Row = dict[str, Any]
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from shared import auth, ledger
-from shared.auth import SYSTEM
-from shared.requests import NewAccount, NewTransfer, NewUser
+from shared.ledger import auth
+from shared.ledger import operations as ledger
+from shared.ledger.auth import SYSTEM
+from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 
 CURRENCY = "EUR"
 OPENING_BALANCE = 100_000  # 1,000.00 EUR in cents

@@ -1,4 +1,4 @@
-"""Schema migrations: numbered SQL files in `shared/migrations`, applied once each, in order.
+"""Schema migrations: numbered SQL files in `shared/db/migrations`, applied once each, in order.
 
 `migrate` takes a transaction-level advisory lock, so concurrent releases wait for each
 other instead of applying a file twice; a failing file rolls back whole and raises.
@@ -19,7 +19,7 @@ _LOCK_ID = 0x5E771E
 
 def available() -> list[tuple[str, str]]:
     """(name, sql) of every migration file shipped with the package, in order."""
-    folder = resources.files("shared") / "migrations"
+    folder = resources.files("shared.db") / "migrations"
     names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
     return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import psycopg
 
-from shared.db import application_name
+from shared.db.pool import application_name
 from shared.errors import SettleError
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 
 
 class BudgetExceeded(SettleError):

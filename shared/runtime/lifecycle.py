@@ -13,10 +13,10 @@ import sys
 
 import psycopg
 
-from shared.budget import BudgetExceeded, Plan, capacity, make_plan
-from shared.db import application_name, check_postgres, check_redis
+from shared.db.budget import BudgetExceeded, Plan, capacity, make_plan
+from shared.db.pool import application_name, check_postgres, check_redis
 from shared.errors import DependencyDown, InvalidSetting
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 
 
 def configure_logging(role: str) -> None:

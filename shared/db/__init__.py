@@ -1,0 +1,1 @@
+"""Database infrastructure: pools, the connection budget and its leases, migrations."""

@@ -1,0 +1,1 @@
+"""The process runtime: settings, boot, embedded servers, signals and supervision."""
