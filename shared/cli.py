@@ -20,31 +20,20 @@ import psycopg
 
 from shared.db.budget import BudgetExceeded, capacity, make_plan
 from shared.db.migrate import migrate
-from shared.db.pool import application_name
+from shared.db.pool import connect_once
+from shared.errors import first_line
 from shared.ledger.seed import Demo, DemoKeys, issue_demo_keys, seed_demo
 from shared.runtime.lifecycle import boot_check, configure_logging, load_settings
-from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle")
 
 PROCESSES = {"web": "web", "worker": "worker", "sweeper": "worker.sweeper"}
 
 
-def _connect(settings: Settings, role: str) -> psycopg.Connection:
-    """A one-off autocommit connection for a command, named in pg_stat_activity. No statement
-    timeout: a migration or an audit of a large ledger may take a while."""
-    return psycopg.connect(
-        settings.database_url,
-        autocommit=True,
-        connect_timeout=5,
-        application_name=application_name(settings, role),
-    )
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings("migrate")
     boot_check(settings, "migrate")
-    with _connect(settings, "migrate") as conn:
+    with connect_once(settings, "migrate") as conn:
         applied = migrate(conn)
     print(
         f"settle migrate: applied {len(applied)} migration(s)"
@@ -78,7 +67,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     settings = load_settings("seed")
     boot_check(settings, "seed")
-    with _connect(settings, "seed") as conn:
+    with connect_once(settings, "seed") as conn:
         migrate(conn)
         demo = seed_demo(conn)
     print(
@@ -141,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.update(env)
         settings = load_settings("run")
         boot_check(settings, "run")
-        with _connect(settings, "run") as conn:
+        with connect_once(settings, "run") as conn:
             migrate(conn)
             demo = seed_demo(conn)
             keys = issue_demo_keys(conn, demo)
@@ -198,11 +187,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     settings = load_settings("audit")
     try:
-        with _connect(settings, "audit") as conn:
+        with connect_once(settings, "audit") as conn:
             report = audit(conn, pending_older_than_seconds=args.pending_threshold)
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"settle audit: cannot read the ledger: {reason}", file=sys.stderr)
+        print(f"settle audit: cannot read the ledger: {first_line(exc)}", file=sys.stderr)
         return 1
     print("\n".join(report.lines()))
     if report.violations:
@@ -252,7 +240,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     settings = load_settings("keys")
     try:
-        with _connect(settings, "keys") as conn:
+        with connect_once(settings, "keys") as conn:
             if args.action == "create":
                 created = auth.create_key(conn, user_id=args.user, label=args.label)
                 holder = "operator" if created.user_id is None else f"user {created.user_id}"
@@ -272,8 +260,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"settle keys: {exc.message}", file=sys.stderr)
         return 1
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"settle keys: cannot reach Postgres: {reason}", file=sys.stderr)
+        print(f"settle keys: cannot reach Postgres: {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -7,6 +7,13 @@ The web front maps each class to an HTTP status in one place (`web/errors.py`); 
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message, or its class name when it has none: driver errors
+    span several lines (a hint, a context), and a one-line report needs only the first."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
 class SettleError(Exception):
     """Raised for any condition this service reports by a stable code."""
 

@@ -18,7 +18,8 @@ import psycopg
 import redis
 from dramatiq import Message
 
-from shared.db.pool import application_name
+from shared.db.pool import connect_once
+from shared.errors import first_line
 from shared.ledger import dead_letters
 from shared.runtime.lifecycle import load_settings
 from shared.runtime.settings import Settings
@@ -54,17 +55,8 @@ def discard(broker: SettleRedisBroker, redis_ids: Iterable[str], queue: str = QU
         pipe.execute()
 
 
-def _connect(settings: Settings) -> psycopg.Connection:
-    return psycopg.connect(
-        settings.database_url,
-        autocommit=True,
-        connect_timeout=5,
-        application_name=application_name(settings, "dead-letters"),
-    )
-
-
 def list_command(settings: Settings) -> int:
-    with _connect(settings) as conn:
+    with connect_once(settings, "dead-letters") as conn:
         rows = dead_letters.parked(conn)
     queued = dead_messages(broker)
     for row in rows:
@@ -90,7 +82,7 @@ def list_command(settings: Settings) -> int:
 
 def retry_command(settings: Settings, ids: list[int] | None) -> int:
     """Release and re-send `ids` (every dead-lettered transfer when None)."""
-    with _connect(settings) as conn:
+    with connect_once(settings, "dead-letters") as conn:
         released = dead_letters.release(conn, ids)
         skipped = dead_letters.statuses(conn, sorted(set(ids or []) - set(released)))
         unknown = sorted(set(ids or []) - set(released) - set(skipped))
@@ -104,7 +96,7 @@ def retry_command(settings: Settings, ids: list[int] | None) -> int:
             print(f"transfer {tid}: sent again")
         queued = dead_messages(broker)
         if ids is None:
-            with _connect(settings) as conn:
+            with connect_once(settings, "dead-letters") as conn:
                 still = dead_letters.statuses(conn, list(queued))
             # Parked again since we released (a new failure) keeps its message.
             drop = [tid for tid in queued if still.get(tid) != "dead-lettered"]
@@ -140,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             code = retry_command(settings, None if args.all else args.ids)
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"settle dead-letters: Postgres failed: {reason}", file=sys.stderr)
+        print(f"settle dead-letters: Postgres failed: {first_line(exc)}", file=sys.stderr)
         code = 1
     except (redis.RedisError, OSError) as exc:
         print(f"settle dead-letters: Redis failed: {exc}", file=sys.stderr)

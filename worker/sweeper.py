@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.db.leases import LeaseKeeper
 from shared.db.pool import connection, create_pool
+from shared.errors import first_line
 from shared.ledger import operations as ledger
 from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
 from shared.runtime.settings import Settings
@@ -94,7 +95,7 @@ def main() -> None:
     try:
         run(settings, stop, plan.capacity.available)
     except (psycopg.Error, PoolTimeout) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         print(f"settle sweeper: cannot reach Postgres: {reason}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from shared.db.pool import application_name
+from shared.db.pool import connect_once
 from shared.errors import SettleError
 from shared.runtime.settings import Settings
 
@@ -57,12 +57,7 @@ def capacity(settings: Settings) -> Capacity:
     `psycopg.OperationalError` when it cannot be reached)."""
     if settings.db_connection_budget is not None:
         return Capacity(settings.db_connection_budget, "DB_CONNECTION_BUDGET")
-    with psycopg.connect(
-        settings.database_url,
-        autocommit=True,
-        connect_timeout=5,
-        application_name=application_name(settings, "budget"),
-    ) as conn:
+    with connect_once(settings, "budget") as conn:
         return capacity_from_server(conn, settings.db_reserved_connections)
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from shared.db.pool import ElasticPool, application_name, connect_kwargs
+from shared.db.pool import ElasticPool, application_name, connect_once
 from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -181,8 +181,7 @@ class LeaseKeeper:
 
     def _direct(self) -> psycopg.Connection:
         """A short-lived connection outside the pool (it comes out of the reserve)."""
-        kwargs = connect_kwargs(self._settings, f"{self._role}-lease")
-        return psycopg.connect(self._settings.database_url, **kwargs)  # type: ignore[arg-type]
+        return connect_once(self._settings, f"{self._role}-lease", timeouts=True)
 
     def acquire(self, stopping: Callable[[], bool] = lambda: False) -> int:
         """Wait for a first grant; return its size (0 if `stopping()` became true). Each

@@ -18,7 +18,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.pool import AddConnection
 
-from shared.errors import DatabaseBusy, DatabaseUnavailable, DependencyDown
+from shared.errors import DatabaseBusy, DatabaseUnavailable, DependencyDown, first_line
 from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,23 @@ def connect_kwargs(settings: Settings, role: str) -> dict[str, object]:
         "options": options,
         "connect_timeout": 5,
     }
+
+
+def connect_once(settings: Settings, role: str, *, timeouts: bool = False) -> psycopg.Connection:
+    """A one-off autocommit connection outside any pool, named `settle:<role>:...`, for a
+    command or a short protocol step; it comes out of DB_RESERVED_CONNECTIONS. Without
+    `timeouts` it has no statement timeout (a migration or an audit of a large ledger may take
+    a while); with them, the pools' Postgres-side timeouts. Raises `psycopg.OperationalError`
+    when Postgres cannot be reached within 5 s."""
+    if timeouts:
+        kwargs = connect_kwargs(settings, role)
+    else:
+        kwargs = {
+            "autocommit": True,
+            "connect_timeout": 5,
+            "application_name": application_name(settings, role),
+        }
+    return psycopg.connect(settings.database_url, **kwargs)  # type: ignore[arg-type]
 
 
 class ElasticPool(ConnectionPool):
@@ -163,8 +180,7 @@ def check_postgres(url: str, *, name: str = "settle:check", timeout: float = 5.0
         ) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DependencyDown(f"Postgres unreachable at {redact(url)}: {first}") from None
+        raise DependencyDown(f"Postgres unreachable at {redact(url)}: {first_line(exc)}") from None
 
 
 def check_redis(url: str, *, timeout: float = 5.0) -> None:

@@ -15,7 +15,7 @@ import psycopg
 
 from shared.db.budget import BudgetExceeded, Plan, capacity, make_plan
 from shared.db.pool import application_name, check_postgres, check_redis
-from shared.errors import DependencyDown, InvalidSetting
+from shared.errors import DependencyDown, InvalidSetting, first_line
 from shared.runtime.settings import Settings
 
 
@@ -54,7 +54,7 @@ def plan_or_exit(settings: Settings, role: str) -> Plan:
         print(f"settle {role}: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         print(
             f"settle {role}: cannot read the connection budget from Postgres: {reason}",
             file=sys.stderr,
