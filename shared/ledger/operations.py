@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from shared.errors import (
@@ -38,6 +39,14 @@ from shared.ledger.money import BIGINT_MAX
 
 Row = dict[str, Any]
 
+#: The fields of a transfer as clients see it (the HTTP contract's order).
+TRANSFER_FIELDS = (
+    "id", "status", "from_account_id", "to_account_id", "amount", "currency", "failure_code",
+    "attempts", "created_at", "settled_at", "dead_lettered_at",
+)  # fmt: skip
+#: Those fields as a column list, for every query that answers a transfer.
+TRANSFER_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, TRANSFER_FIELDS))
+
 
 def parse_id(raw: str) -> int | None:
     """A path segment as a bigint id, or None when it cannot name any row."""
@@ -47,7 +56,9 @@ def parse_id(raw: str) -> int | None:
     return value if 1 <= value <= BIGINT_MAX else None
 
 
-def _one(conn: psycopg.Connection, query: str, params: tuple[object, ...]) -> Row | None:
+def _one(
+    conn: psycopg.Connection, query: str | sql.Composed, params: tuple[object, ...]
+) -> Row | None:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
         return cur.fetchone()
@@ -171,34 +182,35 @@ def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal
     """
     if new.from_account_id == new.to_account_id:
         raise SameAccount("from_account_id and to_account_id must differ")
-    with conn.cursor() as cur:
+    with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT id, currency, user_id FROM accounts WHERE id = ANY(%s)",
             ([new.from_account_id, new.to_account_id],),
         )
-        found = {row[0]: row for row in cur.fetchall()}
+        found = {row["id"]: row for row in cur.fetchall()}
     source = found.get(new.from_account_id)
     # Money leaves only an account of the key's user: someone else's looks like no account.
-    if source is None or not by.owns(source[2]):
+    if source is None or not by.owns(source["user_id"]):
         raise UnknownTransferAccount(f"from_account_id {new.from_account_id} does not exist")
     target = found.get(new.to_account_id)
     if target is None:
         raise UnknownTransferAccount(f"to_account_id {new.to_account_id} does not exist")
-    currency = source[1]
-    if target[1] != currency:
+    currency = source["currency"]
+    if target["currency"] != currency:
         raise CurrencyMismatch(
             f"account {new.from_account_id} holds {currency},"
-            f" account {new.to_account_id} holds {target[1]}"
+            f" account {new.to_account_id} holds {target['currency']}"
         )
     if new.currency is not None and new.currency != currency:
         raise CurrencyMismatch(f"the accounts hold {currency}, not {new.currency}")
     row = _one(
         conn,
-        "INSERT INTO transfers (idempotency_scope, idempotency_key, request_hash,"
-        " from_account_id, to_account_id, amount, currency) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING RETURNING id, status,"
-        " from_account_id, to_account_id, amount, currency, failure_code, attempts, created_at,"
-        " settled_at, dead_lettered_at",
+        sql.SQL(
+            "INSERT INTO transfers (idempotency_scope, idempotency_key, request_hash,"
+            " from_account_id, to_account_id, amount, currency)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING RETURNING {}"
+        ).format(TRANSFER_COLUMNS),
         (
             by.idempotency_scope,
             new.idempotency_key,
@@ -220,9 +232,10 @@ def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal
 def _by_key(conn: psycopg.Connection, new: NewTransfer, scope: str) -> Row | None:
     row = _one(
         conn,
-        "SELECT request_hash, id, status, from_account_id, to_account_id, amount, currency, "
-        "failure_code, attempts, created_at, settled_at, dead_lettered_at FROM transfers"
-        " WHERE idempotency_scope = %s AND idempotency_key = %s",
+        sql.SQL(
+            "SELECT request_hash, {} FROM transfers"
+            " WHERE idempotency_scope = %s AND idempotency_key = %s"
+        ).format(TRANSFER_COLUMNS),
         (scope, new.idempotency_key),
     )
     if row is None:
@@ -234,17 +247,12 @@ def _by_key(conn: psycopg.Connection, new: NewTransfer, scope: str) -> Row | Non
     return row
 
 
-_TRANSFER = (
-    "SELECT id, status, from_account_id, to_account_id, amount, currency, failure_code,"
-    " attempts, created_at, settled_at, dead_lettered_at FROM transfers WHERE id = %s"
-)
-_USERS_TRANSFER = (
-    "SELECT id, status, from_account_id, to_account_id, amount, currency, failure_code,"
-    " attempts, created_at, settled_at, dead_lettered_at FROM transfers t WHERE id = %s"
-    " AND EXISTS ("
+_TRANSFER = sql.SQL("SELECT {} FROM transfers WHERE id = %s").format(TRANSFER_COLUMNS)
+_USERS_TRANSFER = sql.SQL(
+    "SELECT {} FROM transfers t WHERE id = %s AND EXISTS ("
     "SELECT 1 FROM accounts a WHERE a.id IN (t.from_account_id, t.to_account_id)"
     " AND a.user_id = %s)"
-)
+).format(TRANSFER_COLUMNS)
 
 
 def get_transfer(conn: psycopg.Connection, transfer_id: int, *, by: Principal) -> Row:
@@ -266,11 +274,9 @@ def settle_transfer(conn: psycopg.Connection, transfer_id: int) -> tuple[str, st
     is no longer pending is left alone, so delivering the same message twice is harmless.
     Transient driver errors (deadlock, serialization, lost connection) propagate.
     """
-    with conn.cursor() as cur:
-        cur.execute("SELECT status, failure_code FROM settle_transfer(%s)", (transfer_id,))
-        row = cur.fetchone()
+    row = _one(conn, "SELECT status, failure_code FROM settle_transfer(%s)", (transfer_id,))
     assert row is not None
-    return row[0], row[1]
+    return row["status"], row["failure_code"]
 
 
 def record_failed_attempt(conn: psycopg.Connection, transfer_id: int, error: str) -> None:
