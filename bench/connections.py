@@ -19,17 +19,17 @@ import psycopg
 
 from bench.harness import (
     Processes,
-    free_port,
+    bench_servers,
     funded_accounts,
     operator_headers,
     post_transfers,
     ready,
-    scratch_database,
     wait_terminal,
     wait_until,
 )
 from shared.db.activity import Sampler
 from shared.db.budget import Capacity, make_plan
+from shared.runtime.embedded import free_port
 from shared.runtime.settings import Settings
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=20)
     args = parser.parse_args()
 
-    with scratch_database() as (url, name, redis_url):
+    with bench_servers() as (url, name, redis_url):
         env = {
             **os.environ,
             "DATABASE_URL": url,

@@ -8,7 +8,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,30 +19,24 @@ from pathlib import Path
 
 import psycopg
 import redis
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
-from shared.db.migrate import migrate
 from shared.ledger import auth
 from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.runtime.embedded import start_embedded
+from tests.scratch import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTLE = Path(sys.executable).with_name("settle")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
-def scratch_database() -> Iterator[tuple[str, str, str]]:
-    """(database_url, database_name, redis_url): a fresh, migrated database on DATABASE_URL's
-    server (embedded servers when DATABASE_URL / REDIS_URL are unset), dropped afterwards."""
+def bench_servers() -> Iterator[tuple[str, str, str]]:
+    """(database_url, database_name, redis_url): a scratch database (tests/scratch.py) on
+    DATABASE_URL's server (embedded servers when DATABASE_URL / REDIS_URL are unset), dropped
+    afterwards with the run's broker keys."""
     admin = os.environ.get("DATABASE_URL")
     redis_url = os.environ.get("REDIS_URL")
     embedded = start_embedded(
@@ -52,24 +45,18 @@ def scratch_database() -> Iterator[tuple[str, str, str]]:
     admin = admin or embedded.database_url
     redis_url = redis_url or embedded.redis_url
     assert admin and redis_url
-    name = f"settle_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(admin, dbname=name)
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            migrate(conn)
-        yield url, name, redis_url
+        with scratch_database(admin, prefix="settle_bench") as url:
+            name = str(conninfo_to_dict(url)["dbname"])
+            try:
+                yield url, name, redis_url
+            finally:
+                client = redis.Redis.from_url(redis_url)
+                stale = list(client.scan_iter(match=f"*{name}*", count=1000))  # its broker keys
+                if stale:
+                    client.delete(*stale)
+                client.close()
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-        client = redis.Redis.from_url(redis_url)
-        stale = list(client.scan_iter(match=f"*{name}*", count=1000))  # the run's broker keys
-        if stale:
-            client.delete(*stale)
-        client.close()
         embedded.stop()
 
 

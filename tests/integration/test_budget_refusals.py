@@ -12,6 +12,7 @@ import dramatiq
 import pytest
 from dramatiq.middleware import MiddlewareError
 
+from shared.runtime.embedded import free_port
 from shared.runtime.settings import Settings
 from worker.pool import DatabasePool
 
@@ -37,12 +38,6 @@ def settle(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_settle_budget_prints_the_plan_without_a_database() -> None:

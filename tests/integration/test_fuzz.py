@@ -21,10 +21,7 @@ import psycopg
 import pytest
 import redis
 import schemathesis
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from shared.db.migrate import migrate
 from shared.db.pool import create_pool
 from shared.ledger import auth
 from shared.ledger import operations as ledger
@@ -32,6 +29,7 @@ from shared.ledger.audit import find_violations
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.runtime.settings import Settings
+from tests.scratch import scratch_database
 from web.app import create_app
 from web.openapi import DOCUMENT
 
@@ -70,22 +68,12 @@ def _seed(conn: psycopg.Connection) -> None:
 def fuzz_database(settings: Settings) -> Iterator[str]:
     """A fresh, migrated, seeded database for the fuzzer. Once the module's tests are done,
     its ledger must still balance; then it is dropped."""
-    name = f"settle_fuzz_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(settings.database_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_conninfo(settings.database_url, dbname=name)
-    try:
+    with scratch_database(settings.database_url, prefix="settle_fuzz") as url:
         with psycopg.connect(url, autocommit=True) as conn:
-            migrate(conn)
             _seed(conn)
         yield url
         with psycopg.connect(url, autocommit=True) as conn:
             assert find_violations(conn) == [], "the fuzzer broke the ledger"
-    finally:
-        with psycopg.connect(settings.database_url, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @dataclass(frozen=True)
