@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from shared.db.pool import ElasticPool, application_name, connect_once
+from shared.db.pool import application_name, connect_once
+from shared.db.psycopg_pool_adapter import ElasticPool
 from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)

