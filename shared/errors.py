@@ -187,6 +187,12 @@ class BrokerUnavailable(Unavailable):
     code = "broker_unavailable"
 
 
+class NotReady(Unavailable):
+    """Raised by the readiness probe when Postgres or Redis does not answer this process."""
+
+    code = "not_ready"
+
+
 class Overloaded(Unavailable):
     """Raised when the web process already has more queued requests than WEB_QUEUE_LIMIT."""
 

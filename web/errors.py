@@ -1,8 +1,14 @@
-"""The one place where domain errors become HTTP responses."""
+"""The one place where domain errors become HTTP responses.
+
+Falcon's error handlers answer through `_answer`; WSGI code that answers before Falcon runs
+(the load shedder in front of the app) uses `render`, which gives the same status, headers
+and body as bytes.
+"""
 
 from __future__ import annotations
 
 import http
+import json
 import logging
 from typing import Any
 
@@ -36,21 +42,48 @@ def status_of(error: errors.SettleError) -> str:
     return falcon.HTTP_500
 
 
-def _write(resp: falcon.Response, status: str, code: str, message: str) -> None:
-    resp.status = status
-    resp.media = {"error": {"code": code, "message": message}}
+def headers_of(error: errors.SettleError) -> list[tuple[str, str]]:
+    """The headers an answer for `error` carries besides its content type."""
+    if isinstance(error, errors.Unauthenticated):
+        return [("WWW-Authenticate", www_authenticate(error))]
+    if isinstance(error, errors.Unavailable):
+        return [("Retry-After", str(error.retry_after))]
+    return []
+
+
+def body_of(error: errors.SettleError) -> dict[str, object]:
+    """The JSON body of an answer for `error`: `{"error": {"code", "message"}}`."""
+    return {"error": {"code": error.code, "message": error.message}}
+
+
+def render(error: errors.SettleError) -> tuple[str, list[tuple[str, str]], bytes]:
+    """(status line, headers, body) answering `error`, for a WSGI `start_response`."""
+    body = json.dumps(body_of(error), separators=(",", ":")).encode()
+    headers = [
+        ("Content-Type", falcon.MEDIA_JSON),
+        ("Content-Length", str(len(body))),
+        *headers_of(error),
+    ]
+    return status_of(error), headers, body
+
+
+def _answer(resp: falcon.Response, error: errors.SettleError) -> None:
+    resp.status = status_of(error)
+    for name, value in headers_of(error):
+        resp.set_header(name, value)
+    resp.media = body_of(error)
+
+
+#: The answer to a failure the client did not cause and cannot retry around.
+INTERNAL_ERROR = errors.SettleError("internal error")
 
 
 def handle_settle_error(
     req: falcon.Request, resp: falcon.Response, ex: errors.SettleError, params: Any
 ) -> None:
-    status = status_of(ex)
-    if isinstance(ex, errors.Unauthenticated):
-        resp.set_header("WWW-Authenticate", www_authenticate(ex))
     if isinstance(ex, errors.Unavailable):
-        resp.set_header("Retry-After", str(ex.retry_after))
         log.warning("%s %s -> %s %s", req.method, req.path, ex.code, ex.message)
-    _write(resp, status, ex.code, ex.message)
+    _answer(resp, ex)
 
 
 def www_authenticate(ex: errors.Unauthenticated) -> str:
@@ -67,18 +100,17 @@ def handle_database_error(
     the request may succeed if retried, so it is a 503, never a 500."""
     if isinstance(ex, TRANSIENT):
         log.warning("%s %s -> transient database error: %s", req.method, req.path, ex)
-        resp.set_header("Retry-After", "1")
-        _write(resp, falcon.HTTP_503, "database_unavailable", "the database is busy; retry")
+        _answer(resp, errors.DatabaseUnavailable("the database is busy; retry"))
         return
     log.exception("%s %s -> database error", req.method, req.path)
-    _write(resp, falcon.HTTP_500, "internal_error", "internal error")
+    _answer(resp, INTERNAL_ERROR)
 
 
 def handle_unexpected(
     req: falcon.Request, resp: falcon.Response, ex: Exception, params: Any
 ) -> None:
     log.exception("%s %s -> unexpected error", req.method, req.path)
-    _write(resp, falcon.HTTP_500, "internal_error", "internal error")
+    _answer(resp, INTERNAL_ERROR)
 
 
 def serialize_http_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:

@@ -20,6 +20,7 @@ from shared.errors import (
     AccountNotFound,
     BodyTooLarge,
     BrokerUnavailable,
+    NotReady,
     TransferNotFound,
     UnsupportedMediaType,
     UserNotFound,
@@ -201,12 +202,8 @@ class Ready:
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"unavailable: {type(exc).__name__}"
-        ready = all(v == "ok" for v in checks.values())
-        if not ready:
-            resp.status = falcon.HTTP_503
-            resp.set_header("Retry-After", "1")
-            resp.media = {"error": {"code": "not_ready", "message": str(checks)}}
-            return
+        if any(state != "ok" for state in checks.values()):
+            raise NotReady("; ".join(f"{name} {state}" for name, state in checks.items()))
         resp.media = {"data": {"status": "ready", **checks}}
 
 

@@ -57,8 +57,7 @@ def test_readyz_answers_503_with_retry_after_when_redis_is_unreachable(
     assert resp.status_code == 503
     assert resp.headers["retry-after"] == "1"
     assert resp.json["error"]["code"] == "not_ready"
-    assert "'redis': 'unavailable" in resp.json["error"]["message"]
-    assert "'postgres': 'ok'" in resp.json["error"]["message"]
+    assert resp.json["error"]["message"].startswith("postgres ok; redis unavailable: ")
 
 
 def test_readyz_answers_503_when_the_process_has_no_open_pool(
@@ -72,8 +71,8 @@ def test_readyz_answers_503_when_the_process_has_no_open_pool(
         ping.close()
     assert resp.status_code == 503
     assert resp.json["error"]["code"] == "not_ready"
-    assert "'postgres': 'unavailable" in resp.json["error"]["message"]
-    assert "'redis': 'ok'" in resp.json["error"]["message"]
+    assert resp.json["error"]["message"].startswith("postgres unavailable: ")
+    assert resp.json["error"]["message"].endswith("; redis ok")
 
 
 def test_healthz_answers_200_even_when_postgres_and_redis_are_out_of_reach(
