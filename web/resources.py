@@ -20,12 +20,13 @@ from shared.errors import (
     AccountNotFound,
     BodyTooLarge,
     BrokerUnavailable,
+    NotFound,
     NotReady,
     TransferNotFound,
     UnsupportedMediaType,
     UserNotFound,
 )
-from shared.ledger import auth, commands
+from shared.ledger import auth, commands, money
 from shared.ledger import operations as ledger
 from web.auth import principal
 
@@ -84,11 +85,18 @@ class Users(_Resource):
         resp.media = {"data": user}
 
 
+def path_id(raw: str, missing: type[NotFound], noun: str) -> int:
+    """The id a URL segment names; `missing` (a 404 saying "<noun> <raw> does not exist")
+    when it cannot name any row, the same answer as for an id with no row."""
+    parsed = money.parse_id(raw)
+    if parsed is None:
+        raise missing(f"{noun} {raw} does not exist")
+    return parsed
+
+
 class User(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
-        uid = ledger.parse_id(user_id)
-        if uid is None:
-            raise UserNotFound(f"user {user_id} does not exist")
+        uid = path_id(user_id, UserNotFound, "user")
         with connection(self._pool) as conn:
             resp.media = {"data": ledger.get_user(conn, uid, by=principal(req))}
 
@@ -105,23 +113,16 @@ class Accounts(_Resource):
         resp.media = {"data": account}
 
 
-def _account_id(raw: str) -> int:
-    account_id = ledger.parse_id(raw)
-    if account_id is None:
-        raise AccountNotFound(f"account {raw} does not exist")
-    return account_id
-
-
 class Account(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, account_id: str) -> None:
-        aid = _account_id(account_id)
+        aid = path_id(account_id, AccountNotFound, "account")
         with connection(self._pool) as conn:
             resp.media = {"data": ledger.get_account(conn, aid, by=principal(req))}
 
 
 class AccountEntries(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, account_id: str) -> None:
-        aid = _account_id(account_id)
+        aid = path_id(account_id, AccountNotFound, "account")
         limit = commands.limit(req.get_param("limit"))
         cursor = req.get_param("cursor")
         with connection(self._pool) as conn:
@@ -162,9 +163,7 @@ class Transfers(_Resource):
 
 class Transfer(_Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
-        tid = ledger.parse_id(transfer_id)
-        if tid is None:
-            raise TransferNotFound(f"transfer {transfer_id} does not exist")
+        tid = path_id(transfer_id, TransferNotFound, "transfer")
         with connection(self._pool) as conn:
             resp.media = {"data": ledger.get_transfer(conn, tid, by=principal(req))}
 

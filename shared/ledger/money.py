@@ -43,11 +43,26 @@ def currency(value: object, field: str = "currency") -> str:
     return value
 
 
+def parse_id(value: object) -> int | None:
+    """`value` as a row id, or None when it cannot name any row. The one id parser: a JSON
+    integer (from a body) or a string of ASCII digits (a URL segment, a cursor), between 1 and
+    BIGINT_MAX. Never raises."""
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()) or len(value) > len(str(BIGINT_MAX)):
+            return None
+        value = int(value)
+    if not is_int(value):
+        return None
+    assert isinstance(value, int)
+    return value if 1 <= value <= BIGINT_MAX else None
+
+
 def identifier(value: object, field: str) -> int:
-    """A positive integer id that fits a bigint."""
+    """A body field holding an id: a JSON integer that `parse_id` accepts. Raises
+    `InvalidRequest` naming `field` otherwise (a string of digits is not an integer here)."""
     if not is_int(value):
         raise InvalidRequest(f"{field} must be an integer id")
-    assert isinstance(value, int)
-    if not 1 <= value <= BIGINT_MAX:
+    parsed = parse_id(value)
+    if parsed is None:
         raise InvalidRequest(f"{field} must be between 1 and {BIGINT_MAX}")
-    return value
+    return parsed

@@ -35,7 +35,7 @@ from shared.errors import (
 )
 from shared.ledger.auth import Principal, require_operator
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
-from shared.ledger.money import BIGINT_MAX
+from shared.ledger.money import parse_id
 
 Row = dict[str, Any]
 
@@ -46,14 +46,6 @@ TRANSFER_FIELDS = (
 )  # fmt: skip
 #: Those fields as a column list, for every query that answers a transfer.
 TRANSFER_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, TRANSFER_FIELDS))
-
-
-def parse_id(raw: str) -> int | None:
-    """A path segment as a bigint id, or None when it cannot name any row."""
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
-        return None
-    value = int(raw)
-    return value if 1 <= value <= BIGINT_MAX else None
 
 
 def _one(

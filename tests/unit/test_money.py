@@ -81,3 +81,34 @@ def test_only_json_integers_count_as_integers() -> None:
     assert not money.is_int(True)
     assert not money.is_int(5.0)
     assert not money.is_int("5")
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        (1, 1),
+        ("1", 1),
+        ("0042", 42),
+        (BIGINT_MAX, BIGINT_MAX),
+        (str(BIGINT_MAX), BIGINT_MAX),
+        (0, None),
+        ("0", None),
+        (BIGINT_MAX + 1, None),
+        (str(BIGINT_MAX + 1), None),
+        ("1" * 40, None),
+        ("-1", None),
+        ("+1", None),
+        (" 1", None),
+        ("1.0", None),
+        ("\uff11", None),  # a full-width digit: isdigit() says yes, an id it is not
+        ("", None),
+        (True, None),
+        (1.0, None),
+        (None, None),
+    ],
+    ids=repr,
+)
+def test_one_parser_reads_an_id_from_a_json_integer_or_a_url_segment(
+    value: object, parsed: int | None
+) -> None:
+    assert money.parse_id(value) == parsed
