@@ -14,6 +14,7 @@ from psycopg import sql
 from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
+from worker.queues import TRANSFER_QUEUE
 
 T = TypeVar("T")
 
@@ -111,12 +112,12 @@ def running_worker(broker, *, threads: int = 2):
     return run()
 
 
-def join_queue(broker, queue: str = "transfers", *, timeout: float = 30.0) -> None:
+def join_queue(broker, queue: str = TRANSFER_QUEUE, *, timeout: float = 30.0) -> None:
     """Wait until `queue` (including its delay queue and messages in flight) is empty."""
     broker.join(queue, timeout=int(timeout * 1000))
 
 
-def queued_transfer_ids(broker, queue: str = "transfers") -> list[int]:
+def queued_transfer_ids(broker, queue: str = TRANSFER_QUEUE) -> list[int]:
     """Transfer ids of the messages waiting in `queue` in Redis (not yet consumed)."""
     import json
 

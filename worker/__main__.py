@@ -17,6 +17,7 @@ from types import FrameType
 
 from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
 from shared.runtime.settings import Settings
+from worker.queues import TRANSFER_QUEUE
 
 log = logging.getLogger("settle.worker")
 
@@ -40,7 +41,7 @@ def dramatiq_command(settings: Settings, threads: int) -> list[str]:
         "--threads",
         str(threads),
         "--queues",
-        "transfers",
+        TRANSFER_QUEUE,
     ]
 
 

@@ -14,13 +14,12 @@ from shared.errors import BrokerUnavailable
 from shared.ledger import operations as ledger
 from worker.broker import SETTLE_ACTOR, is_transient
 from worker.pool import current_pool
+from worker.queues import TRANSFER_QUEUE
 
 log = logging.getLogger(__name__)
 
-QUEUE = "transfers"
 
-
-@dramatiq.actor(queue_name=QUEUE, actor_name=SETTLE_ACTOR)
+@dramatiq.actor(queue_name=TRANSFER_QUEUE, actor_name=SETTLE_ACTOR)
 def settle_transfer(transfer_id: int) -> None:
     """Settle one transfer. Idempotent: a transfer no longer pending is left alone.
     Transient database failures are counted on the transfer and raised for a retry; when

@@ -23,13 +23,14 @@ from shared.errors import first_line
 from shared.ledger import dead_letters
 from shared.runtime.lifecycle import load_settings
 from shared.runtime.settings import Settings
-from worker.actors import QUEUE, settle_transfer
+from worker.actors import settle_transfer
 from worker.broker import SettleRedisBroker, broker
+from worker.queues import TRANSFER_QUEUE
 
 log = logging.getLogger("settle.dead_letters")
 
 
-def dead_messages(broker: SettleRedisBroker, queue: str = QUEUE) -> dict[int, list[str]]:
+def dead_messages(broker: SettleRedisBroker, queue: str = TRANSFER_QUEUE) -> dict[int, list[str]]:
     """Transfer id -> the broker ids of its messages in `queue`'s dead-letter queue.
     Raises redis errors."""
     found: dict[int, list[str]] = {}
@@ -42,7 +43,9 @@ def dead_messages(broker: SettleRedisBroker, queue: str = QUEUE) -> dict[int, li
     return found
 
 
-def discard(broker: SettleRedisBroker, redis_ids: Iterable[str], queue: str = QUEUE) -> None:
+def discard(
+    broker: SettleRedisBroker, redis_ids: Iterable[str], queue: str = TRANSFER_QUEUE
+) -> None:
     """Drop messages from `queue`'s dead-letter queue (the layout of dramatiq's dispatch.lua:
     a sorted set of ids and a hash of their bodies). Raises redis errors."""
     ids = list(redis_ids)

@@ -15,6 +15,7 @@ from tests.faults.load import accounts_with_money, random_plan
 from tests.helpers import submit
 from worker.actors import settle_transfer
 from worker.broker import SettleRedisBroker, create_broker
+from worker.queues import TRANSFER_QUEUE
 
 pytestmark = pytest.mark.faults
 
@@ -61,13 +62,13 @@ def test_messages_sent_twice_and_again_after_the_outcome_change_nothing(
     for transfer in transfers * 2:  # every message twice, the copies racing each other
         sender.enqueue(settle_transfer.message(transfer))
     faults.wait_until_finished(transfers, timeout=60)
-    sender.join("transfers", timeout=60_000)
+    sender.join(TRANSFER_QUEUE, timeout=60_000)
     with faults.connect() as conn:
         before = ledger_state(conn)
 
     for transfer in transfers * 2:  # and twice more once each has its outcome
         sender.enqueue(settle_transfer.message(transfer))
-    sender.join("transfers", timeout=60_000)
+    sender.join(TRANSFER_QUEUE, timeout=60_000)
 
     with faults.connect() as conn:
         assert ledger_state(conn) == before

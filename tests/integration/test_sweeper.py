@@ -23,6 +23,7 @@ from tests.helpers import (
 )
 from worker.actors import settle_transfer
 from worker.broker import broker
+from worker.queues import TRANSFER_QUEUE
 from worker.sweeper import sweep_once
 
 GRACE = 60.0
@@ -102,7 +103,8 @@ def test_a_message_lost_from_redis_is_redriven_by_the_sweeper(
     assert transfer in queued_transfer_ids(broker)
 
     # Redis loses the queue (a flush, a failover without persistence).
-    broker.client.delete(f"{broker.namespace}:transfers", f"{broker.namespace}:transfers.msgs")
+    queue = f"{broker.namespace}:{TRANSFER_QUEUE}"
+    broker.client.delete(queue, f"{queue}.msgs")
     assert transfer not in queued_transfer_ids(broker)
     with running_worker(broker):
         join_queue(broker)
