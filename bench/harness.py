@@ -83,8 +83,7 @@ def funded_accounts(conn: psycopg.Connection, count: int, *, balance: int) -> li
             "id"
         ]
         funding = NewTransfer(treasury, account, balance, "EUR", f"bench-fund-{account}")
-        submitted = ledger.submit_transfer(conn, funding, by=SYSTEM)
-        ledger.settle_transfer(conn, submitted.transfer["id"])
+        ledger.settle_transfer(conn, ledger.submit_transfer(conn, funding, by=SYSTEM)["id"])
         accounts.append(account)
     return accounts
 

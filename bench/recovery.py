@@ -109,7 +109,7 @@ def one_round(
     sender, _ = create_broker(settings)
     try:
         new = NewTransfer(payer, payee, 100, None, uuid.uuid4().hex)
-        transfer = int(ledger.submit_transfer(conn, new, by=SYSTEM).transfer["id"])
+        transfer = int(ledger.submit_transfer(conn, new, by=SYSTEM)["id"])
         with psycopg.connect(settings.database_url) as holder:
             holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
             sender.declare_actor(settle_transfer)

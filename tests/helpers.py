@@ -57,7 +57,7 @@ def submit(conn: psycopg.Connection, source: int, target: int, amount: int) -> i
         currency=None,
         idempotency_key=uuid.uuid4().hex,
     )
-    return int(ledger.submit_transfer(conn, new, by=SYSTEM).transfer["id"])
+    return int(ledger.submit_transfer(conn, new, by=SYSTEM)["id"])
 
 
 def balance(conn: psycopg.Connection, account: int) -> int:

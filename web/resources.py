@@ -139,8 +139,7 @@ class Transfers(_Resource):
         body = read_json(req, self._max_body_bytes)
         new = commands.transfer_request(body, req.get_header("Idempotency-Key"))
         with connection(self._pool) as conn:
-            submitted = ledger.submit_transfer(conn, new, by=principal(req))
-        transfer = submitted.transfer
+            transfer = ledger.submit_transfer(conn, new, by=principal(req))
         if transfer["status"] == "pending":
             self._send(transfer["id"])
         resp.status = falcon.HTTP_202

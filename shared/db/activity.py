@@ -2,7 +2,8 @@
 
 Every connection of the service carries `application_name = settle:<role>:<host>:<pid>`, so
 grouping by role shows how the budget is used. `Sampler` polls that in a background thread
-and keeps the peak per role; both raise only driver errors.
+and keeps the peak per role; both raise only driver errors (the sampler's, when it leaves
+the `with` block).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Sampler:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        if self.error is not None and exc_info[0] is None:
+            # Peaks from a sampler that stopped early would understate the truth.
+            raise self.error
 
     def _run(self) -> None:
         try:

@@ -158,13 +158,7 @@ def list_entries(
     return Page(items, encode_cursor(items[-1]["id"]) if more else None)
 
 
-@dataclass(frozen=True)
-class Submitted:
-    transfer: Row
-    created: bool  # False: a replay of an earlier request with the same key
-
-
-def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal) -> Submitted:
+def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal) -> Row:
     """Record a pending transfer, or return the one `by` recorded earlier under the same
     Idempotency-Key (keys are scoped to `by.idempotency_scope`).
 
@@ -214,11 +208,11 @@ def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal
         ),
     )
     if row is not None:
-        return Submitted(row, created=True)
+        return row
     # The key was used before (a replay, or a concurrent request that won the insert).
     existing = _by_key(conn, new, by.idempotency_scope)
     assert existing is not None
-    return Submitted(existing, created=False)
+    return existing
 
 
 def _by_key(conn: psycopg.Connection, new: NewTransfer, scope: str) -> Row | None:

@@ -64,8 +64,7 @@ def seed_demo(conn: psycopg.Connection) -> Demo:
             currency=CURRENCY,
             idempotency_key=f"demo-opening-balance-{account_id}",
         )
-        submitted = ledger.submit_transfer(conn, funding, by=SYSTEM)
-        ledger.settle_transfer(conn, submitted.transfer["id"])
+        ledger.settle_transfer(conn, ledger.submit_transfer(conn, funding, by=SYSTEM)["id"])
     return Demo(treasury, alice_user, alice, bob_user, bob)
 
 

@@ -61,7 +61,7 @@ def _seed(conn: psycopg.Connection) -> None:
         auth.create_key(conn, user_id=user["id"])
     for source, target in [(treasury, accounts[0]), (treasury, accounts[1]), tuple(accounts)]:
         new = NewTransfer(source, target, 1_000, None, uuid.uuid4().hex)
-        ledger.settle_transfer(conn, ledger.submit_transfer(conn, new, by=SYSTEM).transfer["id"])
+        ledger.settle_transfer(conn, ledger.submit_transfer(conn, new, by=SYSTEM)["id"])
 
 
 @pytest.fixture(scope="module")
