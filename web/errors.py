@@ -1,8 +1,8 @@
 """The one place where domain errors become HTTP responses.
 
-Falcon's error handlers answer through `_answer`; WSGI code that answers before Falcon runs
-(the load shedder in front of the app) uses `render`, which gives the same status, headers
-and body as bytes.
+Falcon's error handlers answer through `_answer`; `render` gives WSGI code that answers
+before Falcon runs (a load shedder in front of the app) the same status, headers and body,
+as bytes.
 """
 
 from __future__ import annotations
