@@ -1,4 +1,6 @@
-"""The pool factory, the boot checks, and the translation of driver errors into domain errors.
+"""The pool factory, one-off connections, the boot checks, and the translation of driver
+errors into domain errors. The pool class itself (`ElasticPool`) lives in
+`shared.db.psycopg_pool_adapter`, with the psycopg_pool internals it needs.
 
 Pools are built closed (`open=False`); the process's composition root opens them after any
 fork and closes them on shutdown. Nothing here connects at import time.
