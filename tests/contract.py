@@ -89,6 +89,12 @@ def violation(
             return f"{what} without its documented {name} header"
     if "content" not in response:
         return None
+    if "application/json" not in response["content"]:
+        media = next(iter(response["content"]))
+        given = headers.get("content-type", "")
+        if not given.startswith(media):
+            return f"{what} with Content-Type {given!r}, not the documented {media}"
+        return None
     try:
         document = json.loads(body)
     except ValueError:

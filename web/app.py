@@ -18,9 +18,11 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from shared.errors import SettleError
+from shared.runtime.metrics import OverviewCollector
 from shared.runtime.settings import Settings
 from web import errors, openapi, resources
 from web.auth import RequireApiKey
+from web.metrics import MetricsResource, RequestTelemetry
 
 
 def _json_default(value: object) -> object:
@@ -35,11 +37,15 @@ def create_app(
     pool: ConnectionPool,
     enqueue: resources.Enqueue,
     ping_broker: Callable[[], Any],
+    queue_client: Any | None = None,
 ) -> falcon.App:
     """A WSGI app serving the HTTP contract with `pool` for reads and writes (and API key
-    lookups), `enqueue` to hand a transfer id to the workers and `ping_broker` for readiness.
+    lookups), `enqueue` to hand a transfer id to the workers and `ping_broker` for readiness;
+    `/metrics` counts the broker's queues through `queue_client` (a Redis client) when given.
     Every route but /healthz, /readyz and /openapi.json needs an API key."""
-    app = falcon.App(middleware=[RequireApiKey(pool)])
+    # Telemetry first: it times and counts every answer, refusals by RequireApiKey included.
+    middleware: list[Any] = [RequestTelemetry(), RequireApiKey(pool)]
+    app = falcon.App(middleware=middleware)
     json_handler = falcon.media.JSONHandler(
         dumps=functools.partial(json.dumps, default=_json_default, separators=(",", ":")),
     )
@@ -56,6 +62,8 @@ def create_app(
     app.add_route("/healthz", resources.Health())
     app.add_route("/readyz", resources.Ready(pool, ping_broker))
     app.add_route("/openapi.json", resources.OpenAPIDocument(openapi.DOCUMENT))
+    overview = OverviewCollector(settings, pool, queue_client=queue_client)
+    app.add_route("/metrics", MetricsResource(overview))
 
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(psycopg.Error, errors.handle_database_error)

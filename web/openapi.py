@@ -146,11 +146,19 @@ RETRY_AFTER = _header("seconds to wait before retrying", {"type": "string", "pat
 CHALLENGE = _header('`Bearer realm="settle"`, with `error="invalid_token"` for a bad key')
 
 
+REQUEST_ID = _header(
+    "the request's id: the client's own `X-Request-Id` when it sent one of 1 to 128 characters"
+    " among `A-Za-z0-9._:@/+=-`, a new one otherwise; log lines about the request carry it",
+    {"type": "string", "pattern": "^[A-Za-z0-9._:@/+=-]{1,128}$"},
+)
+
+
 def ok(description: str, schema: Schema, **headers: dict[str, Any]) -> dict[str, Any]:
-    answer: dict[str, Any] = {"description": description, "content": _json(schema)}
-    if headers:
-        answer["headers"] = headers
-    return answer
+    return {
+        "description": description,
+        "content": _json(schema),
+        "headers": {**headers, "X-Request-Id": REQUEST_ID},
+    }
 
 
 def error(description: str, *codes: str, **headers: dict[str, Any]) -> dict[str, Any]:
@@ -408,6 +416,29 @@ PATHS: dict[str, dict[str, Any]] = {
                     "overloaded",
                     **{"Retry-After": RETRY_AFTER},
                 ),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (operator keys only; a user's key is refused as 401)",
+            "description": "The exposition text of the `settle_*` series: this host's web and"
+            " worker processes added up, and the database-wide series read at scrape time. See"
+            ' the README\'s "Operating Settle".',
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format 0.0.4",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                    "headers": {"X-Request-Id": REQUEST_ID},
+                },
+                "401": error(
+                    "no API key, one that is malformed, unknown or revoked, or a user's key",
+                    "api_key_missing",
+                    "api_key_invalid",
+                    **{"WWW-Authenticate": CHALLENGE},
+                ),
+                "503": UNAVAILABLE,
             },
         }
     },

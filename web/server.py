@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, NoReturn
@@ -30,6 +31,7 @@ from shared.db.budget import Plan
 from shared.db.leases import LeaseKeeper
 from shared.db.pool import create_pool
 from shared.errors import Overloaded
+from shared.runtime import multiproc
 from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
 from shared.runtime.settings import Settings
 
@@ -84,6 +86,7 @@ def shed_load(app: WSGIApp, queue_depth: Callable[[], int], limit: int) -> WSGIA
                     ("Content-Type", "application/json"),
                     ("Content-Length", str(len(body))),
                     ("Retry-After", str(Overloaded.retry_after)),
+                    ("X-Request-Id", uuid.uuid4().hex),
                 ],
             )
             return [body]
@@ -131,12 +134,17 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
 def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool: Any) -> int:
     """Run waitress on `sock` until `stop` is set, then drain; 0 when nothing was cut off."""
     # Imported after the fork: the broker's Redis client must belong to this process.
+    from shared.runtime.metrics import publish_pool
     from web.app import create_app
     from worker.actors import sender
     from worker.broker import broker
 
     falcon_app = create_app(
-        settings, pool=pool, enqueue=sender(broker), ping_broker=broker.client.ping
+        settings,
+        pool=pool,
+        enqueue=sender(broker),
+        ping_broker=broker.client.ping,
+        queue_client=broker.client,
     )
     socket_map: dict[int, Any] = {}
     app = shed_load(falcon_app, lambda: len(server.task_dispatcher.queue), settings.web_queue_limit)
@@ -158,6 +166,7 @@ def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool:
         pool.max_size,
     )
     stop.wake = server.pull_trigger
+    publisher = publish_pool(pool, "web", queue_depth=lambda: len(server.task_dispatcher.queue))
     while not stop.is_set():
         wasyncore.loop(timeout=1.0, map=socket_map, use_poll=True, count=1)
 
@@ -174,6 +183,7 @@ def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool:
         wasyncore.loop(timeout=0.05, map=socket_map, use_poll=True, count=1)
     idle = not _busy(dispatcher, socket_map)
     dispatcher.shutdown(cancel_pending=True, timeout=5)
+    publisher.stop()
     log.info("stopped %s", "cleanly" if idle else "with requests still in flight")
     return 0 if idle else 1
 
@@ -205,6 +215,7 @@ def main() -> None:
     settings = load_settings("web")
     boot_check(settings, "web")
     plan = plan_or_exit(settings, "web")  # refuse before binding the port
+    multiproc.prepare(settings, "web")  # before the children import prometheus_client
     try:
         sock = listen(settings)
     except OSError as exc:
@@ -244,6 +255,7 @@ def main() -> None:
         except ChildProcessError:
             break
         slot = children.pop(pid, -1)
+        multiproc.process_exited(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             failed = failed or code != 0

@@ -9,12 +9,14 @@ finishes in-flight messages; the supervisor then exits with dramatiq's code.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 from types import FrameType
 
+from shared.runtime import multiproc
 from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
 from shared.runtime.settings import Settings
 from worker.queues import TRANSFER_QUEUE
@@ -34,7 +36,7 @@ def dramatiq_command(settings: Settings, threads: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "dramatiq",
+        "worker.dramatiq_cli",  # dramatiq's CLI with Settle's log lines
         "worker.actors",
         "--processes",
         str(settings.worker_processes),
@@ -46,7 +48,8 @@ def dramatiq_command(settings: Settings, threads: int) -> list[str]:
 
 
 def main() -> None:
-    configure_logging("worker")
+    # dramatiq's processes log into a pipe: decide json or text here, against our stderr.
+    os.environ["LOG_FORMAT"] = configure_logging("worker")
     stopping = False
     child: subprocess.Popen[bytes] | None = None
     signalled: set[int] = set()  # dramatiq pids already sent their one SIGTERM
@@ -71,6 +74,7 @@ def main() -> None:
     # The plan decides the thread count, so that threads and pool sizes cannot drift apart:
     # one connection per thread, fewer threads when WEB_SHARE leaves workers less.
     threads = plan_or_exit(settings, "worker").worker.pool_size
+    multiproc.prepare(settings, "worker")  # before dramatiq's processes import prometheus_client
 
     crashes: list[float] = []
     command = dramatiq_command(settings, threads)
@@ -91,6 +95,7 @@ def main() -> None:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         code = child.wait()
+        multiproc.forget_dead()  # the live gauges of the worker processes that just exited
         if stopping:
             log.info("dramatiq stopped (exit %s)", code)
             raise SystemExit(0 if code in (0, -signal.SIGTERM) else code)

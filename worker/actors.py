@@ -13,6 +13,7 @@ from shared.db.pool import connection
 from shared.errors import BrokerUnavailable
 from shared.ledger import operations as ledger
 from worker.broker import SETTLE_ACTOR, is_transient
+from worker.metrics import SETTLE_LATENCY
 from worker.pool import current_pool
 from worker.queues import TRANSFER_QUEUE
 
@@ -26,7 +27,7 @@ def settle_transfer(transfer_id: int) -> None:
     the retries run out, `DeadLetterMarks` parks the transfer (see worker.middleware)."""
     try:
         with connection(current_pool()) as conn:
-            status, failure_code = ledger.settle_transfer(conn, transfer_id)
+            status, failure_code, latency = ledger.settle_transfer_timed(conn, transfer_id)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -35,6 +36,8 @@ def settle_transfer(transfer_id: int) -> None:
         # Expected, and retried: dramatiq logs a Retry at no level, so an outage costs one
         # warning line per attempt (above) rather than a traceback at ERROR.
         raise dramatiq.Retry(error) from exc
+    if latency is not None:
+        SETTLE_LATENCY.observe(latency)
     if status == "missing":
         log.warning("transfer %s: no such transfer; message dropped", transfer_id)
     elif failure_code:

@@ -21,6 +21,7 @@ from dramatiq.middleware import AgeLimit, Retries
 from shared.db.pool import TRANSIENT
 from shared.errors import Unavailable
 from shared.runtime.settings import Settings
+from worker.metrics import Telemetry
 from worker.middleware import DeadLetterMarks, Heartbeat
 from worker.pool import DatabasePool
 
@@ -81,6 +82,8 @@ def create_broker(settings: Settings) -> tuple[SettleRedisBroker, DatabasePool]:
         namespace=settings.broker_namespace,
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         middleware=[
+            # First: its after-hook runs last, once Retries has marked a message failed.
+            Telemetry(database, SETTLE_ACTOR),
             AgeLimit(),
             # Before Retries: after-hooks run in reverse, and Retries decides "failed".
             DeadLetterMarks(database, SETTLE_ACTOR),

@@ -265,6 +265,32 @@ def settle_transfer(conn: psycopg.Connection, transfer_id: int) -> tuple[str, st
     return row["status"], row["failure_code"]
 
 
+def settle_transfer_timed(
+    conn: psycopg.Connection, transfer_id: int
+) -> tuple[str, str | None, float | None]:
+    """`settle_transfer`, plus the seconds from the transfer's acceptance to its settlement
+    when this call is what settled it (None otherwise: already final, failed, or missing).
+
+    The outer query reads the transfer as it was when the statement began (the function's
+    update comes later in the same statement and is not visible to it), so `before` tells a
+    settlement made now from one made earlier. Still one round trip. Raises like
+    `settle_transfer`.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            "WITH s AS MATERIALIZED (SELECT status, failure_code FROM settle_transfer(%s))"
+            " SELECT s.status, s.failure_code, t.status AS before,"
+            " extract(epoch FROM now() - t.created_at)::float8"
+            " FROM s LEFT JOIN transfers t ON t.id = %s",
+            (transfer_id, transfer_id),
+        )
+        row = cur.fetchone()
+    assert row is not None
+    status, failure_code, before, age = row
+    latency = float(age) if status == "settled" and before == "pending" else None
+    return status, failure_code, latency
+
+
 def record_failed_attempt(conn: psycopg.Connection, transfer_id: int, error: str) -> None:
     """Count a failed settlement attempt and keep its error, if the transfer is pending."""
     conn.execute(

@@ -8,7 +8,7 @@ configured processes need more connections than the budget allows.
 
 from __future__ import annotations
 
-import logging
+import os
 import sys
 
 import psycopg
@@ -16,14 +16,14 @@ import psycopg
 from shared.db.budget import BudgetExceeded, Plan, capacity, make_plan
 from shared.db.pool import application_name, check_postgres, check_redis
 from shared.errors import DependencyDown, InvalidSetting, first_line
+from shared.runtime import logs
 from shared.runtime.settings import Settings
 
 
-def configure_logging(role: str) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(role: str) -> str:
+    """Logging for this process root (see `shared.runtime.logs`), in LOG_FORMAT; returns the
+    format chosen, for children whose stderr is not this one's terminal."""
+    return logs.configure(role, os.environ.get("LOG_FORMAT", "auto"))
 
 
 def load_settings(role: str) -> Settings:

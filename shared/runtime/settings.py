@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -43,6 +44,15 @@ def _share(env: Mapping[str, str], name: str) -> float | None:
     if not 0 < value < 1:
         raise InvalidSetting(f"{name}={value} must be between 0 and 1 (exclusive)")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise InvalidSetting(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -92,6 +102,15 @@ class Settings:
     sweeper_interval_seconds: float = 5.0
     sweeper_batch: int = 500
     hostname: str = field(default_factory=socket.gethostname)
+    log_format: str = "auto"  # json | text | auto (json unless stderr is a terminal)
+    metrics_dir: str = ""  # "": settle-metrics-<PORT> in the temporary directory
+
+    @property
+    def metrics_path(self) -> str:
+        """Where this service's processes keep their metric files (one folder per role)."""
+        return self.metrics_dir or os.path.join(
+            tempfile.gettempdir(), f"settle-metrics-{self.port}"
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +161,8 @@ class Settings:
             ),
             sweeper_batch=_int(env, "SWEEPER_BATCH", d.sweeper_batch, minimum=1),
             hostname=env.get("SETTLE_HOSTNAME") or d.hostname,
+            log_format=_choice(env, "LOG_FORMAT", d.log_format, ("auto", "json", "text")),
+            metrics_dir=env.get("METRICS_DIR") or d.metrics_dir,
         )
 
     def with_(self, **changes: object) -> Settings:

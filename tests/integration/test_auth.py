@@ -134,6 +134,8 @@ MATRIX: list[tuple[str, str, Request, tuple[int, ...]]] = [
     ("GET", "/healthz", public("/healthz"), (200,) * 6),
     ("GET", "/readyz", public("/readyz"), (200,) * 6),
     ("GET", "/openapi.json", public("/openapi.json"), (200,) * 6),
+    # Not part of the API users see: a user's key is refused like a bad one.
+    ("GET", "/metrics", public("/metrics"), (*UNAUTHENTICATED, 401, 401, 200)),
 ]
 CODES = {
     401: {"api_key_missing", "api_key_invalid"},

@@ -175,32 +175,52 @@ def test_each_operation_documents_the_answers_its_shape_implies(
 
 # --- The contract check every `client` answer goes through has teeth -------------------
 
+#: Every answer carries its request id; the checks below break something else.
+RID = {"x-request-id": "0123456789abcdef"}
+
 
 def test_the_contract_check_catches_an_undocumented_status(app) -> None:
     body = b'{"error":{"code":"teapot","message":"short and stout"}}'
-    problem = contract.violation(app, "GET", "/users/1", 418, {}, body)
+    problem = contract.violation(app, "GET", "/users/1", 418, RID, body)
     assert problem is not None and "not documented" in problem
 
 
 def test_the_contract_check_catches_an_undocumented_error_code(app) -> None:
     body = b'{"error":{"code":"account_not_found","message":"wrong route for this code"}}'
-    problem = contract.violation(app, "GET", "/users/1", 404, {}, body)
+    problem = contract.violation(app, "GET", "/users/1", 404, RID, body)
     assert problem is not None and "does not allow" in problem
 
 
 def test_the_contract_check_catches_a_body_that_breaks_the_schema(app) -> None:
     body = b'{"data":{"id":1,"email":"a@b.cd","name":"Ada","created_at":"x","admin":true}}'
-    problem = contract.violation(app, "GET", "/users/1", 200, {}, body)
+    problem = contract.violation(app, "GET", "/users/1", 200, RID, body)
     assert problem is not None and "does not allow" in problem
 
 
 def test_the_contract_check_catches_a_missing_documented_header(app) -> None:
     body = b'{"error":{"code":"database_busy","message":"busy"}}'
-    problem = contract.violation(app, "GET", "/users/1", 503, {}, body)
+    problem = contract.violation(app, "GET", "/users/1", 503, RID, body)
     assert problem is not None and "Retry-After" in problem
-    assert contract.violation(app, "GET", "/users/1", 503, {"retry-after": "1"}, body) is None
+    assert (
+        contract.violation(app, "GET", "/users/1", 503, {**RID, "retry-after": "1"}, body) is None
+    )
 
 
 def test_the_contract_check_accepts_a_documented_answer(app) -> None:
     body = b'{"data":{"id":1,"email":"a@b.cd","name":"Ada","created_at":"2024-01-01T00:00:00Z"}}'
-    assert contract.violation(app, "GET", "/users/1", 200, {}, body) is None
+    assert contract.violation(app, "GET", "/users/1", 200, RID, body) is None
+
+
+def test_the_contract_check_catches_an_answer_without_its_request_id(app) -> None:
+    body = b'{"data":{"id":1,"email":"a@b.cd","name":"Ada","created_at":"2024-01-01T00:00:00Z"}}'
+    problem = contract.violation(app, "GET", "/users/1", 200, {}, body)
+    assert problem is not None and "X-Request-Id" in problem
+
+
+def test_the_contract_check_holds_a_text_answer_to_its_documented_media_type(app) -> None:
+    text = b"# HELP x y\n"
+    headers = {**RID, "content-type": "application/json"}
+    problem = contract.violation(app, "GET", "/metrics", 200, headers, text)
+    assert problem is not None and "text/plain" in problem
+    headers["content-type"] = "text/plain; version=0.0.4; charset=utf-8"
+    assert contract.violation(app, "GET", "/metrics", 200, headers, text) is None

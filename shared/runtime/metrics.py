@@ -1,0 +1,298 @@
+"""The Prometheus series every process shares, and what a scrape adds from the database.
+
+Import this only after the process root called `shared.runtime.multiproc.prepare` (or in a
+single process, as the tests do): prometheus-client picks its storage on first import.
+
+- Pool series (`settle_db_pool_*{role}`), written by each process from psycopg_pool's
+  `get_stats()` once a second (`Publisher`): gauges are summed over live processes
+  (`livesum`), the cumulative wait time and lost connections are counters, so the totals of
+  processes that exited still count. `get_stats()` leaves out counters still at zero, and
+  `pop_stats()` would reset them under other readers, so each process keeps the last value
+  it saw and adds the difference.
+- Database-wide series (transfers by status, the oldest pending transfer, the connection
+  budget) and the broker's queues are not per process: `OverviewCollector` reads them in
+  the scraped process at scrape time, once, and they are never added up across processes.
+  A scrape waits at most `SCRAPE_POOL_TIMEOUT` for a pooled connection and gives each query
+  `SCRAPE_STATEMENT_TIMEOUT_MS`; when either runs out it answers without those series and
+  counts the miss in `settle_metrics_scrape_errors_total`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import psycopg
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from shared.db.budget import BudgetExceeded, Capacity, capacity_from_server, make_plan
+from shared.db.pool import connection
+from shared.errors import SettleError
+from shared.ledger import overview
+from shared.runtime import multiproc
+from shared.runtime.queues import queue_counts
+from shared.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: A scrape never waits longer than this for a pooled connection (it answers without the
+#: database-wide series instead), nor lets a query run longer than this.
+SCRAPE_POOL_TIMEOUT = 0.25
+SCRAPE_STATEMENT_TIMEOUT_MS = 1000
+
+#: Seconds between two readings of a process's pool (and waitress queue).
+PUBLISH_INTERVAL = 1.0
+
+POOL_SIZE = Gauge(
+    "settle_db_pool_size",
+    "Connections the pools of this role hold or are opening (live processes)",
+    ["role"],
+    multiprocess_mode="livesum",
+)
+POOL_AVAILABLE = Gauge(
+    "settle_db_pool_available",
+    "Idle connections in the pools of this role (live processes)",
+    ["role"],
+    multiprocess_mode="livesum",
+)
+POOL_WAITING = Gauge(
+    "settle_db_pool_requests_waiting",
+    "Borrowers waiting for a connection in the pools of this role (live processes)",
+    ["role"],
+    multiprocess_mode="livesum",
+)
+POOL_WAIT = Counter(
+    "settle_db_pool_wait_seconds",
+    "Time borrowers of this role spent waiting for a pooled connection",
+    ["role"],
+)
+POOL_LOST = Counter(
+    "settle_db_pool_connections_lost",
+    "Pooled connections of this role found broken",
+    ["role"],
+)
+WEB_QUEUE = Gauge(
+    "settle_web_queue_depth",
+    "Requests accepted by waitress and waiting for a thread (live web processes)",
+    multiprocess_mode="livesum",
+)
+SCRAPE_ERRORS = Counter(
+    "settle_metrics_scrape_errors",
+    "Scrapes that answered without some series (pool busy, query too slow, broker down)",
+    ["source"],
+)
+
+
+class PoolStats:
+    """Copies one pool's `get_stats()` into the pool series of `role`."""
+
+    def __init__(self, pool: Any, role: str) -> None:
+        self._pool = pool
+        self._role = role
+        self._wait_ms = 0
+        self._lost = 0
+        # Present from the start, at zero: get_stats() leaves out counters still at zero.
+        POOL_WAIT.labels(role)
+        POOL_LOST.labels(role)
+
+    def publish(self) -> None:
+        stats = self._pool.get_stats()
+        POOL_SIZE.labels(self._role).set(stats.get("pool_size", 0))
+        POOL_AVAILABLE.labels(self._role).set(stats.get("pool_available", 0))
+        POOL_WAITING.labels(self._role).set(stats.get("requests_waiting", 0))
+        wait_ms = int(stats.get("requests_wait_ms", 0))
+        lost = int(stats.get("connections_lost", 0))
+        if wait_ms > self._wait_ms:
+            POOL_WAIT.labels(self._role).inc((wait_ms - self._wait_ms) / 1000.0)
+        if lost > self._lost:
+            POOL_LOST.labels(self._role).inc(lost - self._lost)
+        self._wait_ms, self._lost = wait_ms, lost
+
+    def clear(self) -> None:
+        """Zero this process's gauges (its pool is closed)."""
+        for gauge in (POOL_SIZE, POOL_AVAILABLE, POOL_WAITING):
+            gauge.labels(self._role).set(0)
+
+
+class Publisher:
+    """A daemon thread that calls each of `sources` every `interval` seconds until `stop()`.
+    A source that fails is logged once per failure streak and tried again next time."""
+
+    def __init__(self, sources: Iterable[Callable[[], None]], *, interval: float) -> None:
+        self._sources = list(sources)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-publisher", daemon=True)
+
+    def start(self) -> Publisher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def publish(self) -> None:
+        for source in self._sources:
+            source()
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.is_set():
+            try:
+                self.publish()
+                failing = False
+            except Exception as exc:  # a closed pool mid-shutdown; the next turn tries again
+                if not failing:
+                    log.warning("could not publish process metrics: %s", exc)
+                failing = True
+            self._stop.wait(self._interval)
+
+
+def publish_pool(
+    pool: Any, role: str, *, queue_depth: Callable[[], int] | None = None
+) -> Publisher:
+    """Start publishing `pool`'s stats (and the waitress queue depth, for web) from this
+    process every `PUBLISH_INTERVAL` seconds; `stop()` the result before closing the pool."""
+    stats = PoolStats(pool, role)
+    sources: list[Callable[[], None]] = [stats.publish]
+    if queue_depth is not None:
+        sources.append(lambda: WEB_QUEUE.set(queue_depth()))
+    publisher = Publisher(sources, interval=PUBLISH_INTERVAL)
+    publisher.publish()
+    return publisher.start()
+
+
+class OverviewCollector(Collector):
+    """Database-wide and broker series, read by the scraped process at scrape time."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Any,
+        *,
+        queue_client: Any | None,
+        queues: tuple[str, ...] = ("transfers",),
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._queue_client = queue_client
+        self._queues = queues
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # read at scrape time only; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._queue_series()
+        yield from self._database_series()
+
+    def _queue_series(self) -> Iterator[Metric]:
+        if self._queue_client is None:
+            return
+        family = GaugeMetricFamily(
+            "settle_queue_messages",
+            "Messages in the broker per queue and state",
+            labels=["queue", "state"],
+        )
+        try:
+            for queue in self._queues:
+                counts = queue_counts(self._queue_client, self._settings.broker_namespace, queue)
+                for state, count in counts.items():
+                    family.add_metric([queue, state], count)
+        except Exception as exc:  # the broker is down or slow: answer with the rest
+            log.warning("metrics: could not read the broker's queues: %s", exc)
+            SCRAPE_ERRORS.labels("broker").inc()
+            return
+        yield family
+
+    def _database_series(self) -> Iterator[Metric]:
+        try:
+            with (
+                connection(self._pool, timeout=SCRAPE_POOL_TIMEOUT) as conn,
+                conn.transaction(),
+            ):
+                conn.execute(
+                    "SELECT set_config('statement_timeout', %s, true)",
+                    (str(SCRAPE_STATEMENT_TIMEOUT_MS),),
+                )
+                counts = overview.transfer_counts(conn)
+                oldest = overview.oldest_pending_age(conn)
+                leases = overview.leases(conn, self._settings.lease_ttl_seconds)
+                cap = self._capacity(conn)
+        except (SettleError, psycopg.Error) as exc:
+            log.warning("metrics: database series left out of this scrape: %s", exc)
+            SCRAPE_ERRORS.labels("database").inc()
+            return
+        transfers = GaugeMetricFamily(
+            "settle_transfers",
+            "Transfers per status (settled and failed are estimates past"
+            f" {overview.EXACT_COUNT_LIMIT} transfers)",
+            labels=["status"],
+        )
+        for status, count in counts.by_status.items():
+            transfers.add_metric([status], count)
+        yield transfers
+        dead = GaugeMetricFamily(
+            "settle_transfers_dead_lettered", "Pending transfers whose retries ran out"
+        )
+        dead.add_metric([], counts.dead_lettered)
+        yield dead
+        age = GaugeMetricFamily(
+            "settle_oldest_pending_transfer_age_seconds",
+            "Age of the oldest pending transfer (0 when none is pending)",
+        )
+        age.add_metric([], oldest)
+        yield age
+        budget = GaugeMetricFamily(
+            "settle_connection_budget",
+            "Postgres connections: the budget, the plan's total, and those leased now",
+            labels=["kind"],
+        )
+        budget.add_metric(["budget"], leases.budget if leases.budget is not None else cap.available)
+        # A plan that does not fit has no total (its processes refuse to start).
+        with contextlib.suppress(BudgetExceeded):
+            budget.add_metric(["planned"], make_plan(self._settings, cap).total)
+        budget.add_metric(["leased"], leases.leased)
+        yield budget
+
+    def _capacity(self, conn: psycopg.Connection) -> Capacity:
+        if self._settings.db_connection_budget is not None:
+            return Capacity(self._settings.db_connection_budget, "DB_CONNECTION_BUDGET")
+        return capacity_from_server(conn, self._settings.db_reserved_connections)
+
+
+class _HostFiles(Collector):
+    """Every process's series on this host, from their files, added up by mode."""
+
+    def collect(self) -> Iterable[Metric]:
+        multiproc.forget_dead()
+        return MultiProcessCollector.merge(multiproc.files(), accumulate=True)
+
+
+def render(overview_collector: OverviewCollector) -> bytes:
+    """The exposition text: this host's processes (or this process alone when no root set
+    up files) and the overview read now."""
+    if multiproc.enabled():
+        processes = CollectorRegistry(auto_describe=False)
+        processes.register(_HostFiles())
+        own = generate_latest(processes)
+    else:
+        own = generate_latest(REGISTRY)
+    scraped = CollectorRegistry(auto_describe=False)
+    scraped.register(overview_collector)
+    return own + generate_latest(scraped)

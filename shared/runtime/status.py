@@ -1,0 +1,150 @@
+"""`settle status`: the operator's overview in a terminal, and whether it needs attention.
+
+`gather` reads the broker's queues, transfers by status, the oldest pending transfer, the
+live leases (which processes are alive, and the connections granted them) and the
+connections each role holds in pg_stat_activity, against the plan the settings give.
+Something needs attention when a message or transfer is dead-lettered, a transfer has been
+pending longer than the threshold, or a role holds more connections than its plan. It raises
+driver and redis errors; the command turns them into one line and exit 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from shared.db.activity import ROLES, connections_by_role
+from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_from_server, make_plan
+from shared.ledger import overview
+from shared.ledger.audit import DEFAULT_PENDING_THRESHOLD
+from shared.runtime.queues import queue_counts
+from shared.runtime.settings import Settings
+
+QUEUES = ("transfers",)
+
+
+@dataclass
+class Status:
+    """What `settle status` shows; `attention` holds one line per problem."""
+
+    queues: dict[str, dict[str, int]]
+    transfers: overview.TransferCounts
+    oldest_pending: float
+    leases: overview.LeaseSummary
+    connections: dict[str, int]  # role -> connections in pg_stat_activity
+    capacity: Capacity
+    plan: Plan | None
+    pending_threshold: float
+    attention: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        for queue, counts in self.queues.items():
+            out.append(
+                f"queue {queue}: {counts['ready']} ready, {counts['in_flight']} in flight,"
+                f" {counts['delayed']} delayed, {counts['dead']} dead"
+            )
+        t = self.transfers.by_status
+        estimate = "" if self.transfers.exact else " (settled and failed estimated)"
+        out.append(
+            f"transfers: {t.get('pending', 0)} pending ({self.transfers.dead_lettered}"
+            f" dead-lettered), {t.get('settled', 0)} settled, {t.get('failed', 0)} failed"
+            + estimate
+        )
+        out.append(
+            f"oldest pending: {self.oldest_pending:.0f}s (threshold {self.pending_threshold:g}s)"
+        )
+        alive = ", ".join(f"{self.leases.processes.get(role, 0)} {role}" for role in ROLES)
+        out.append(f"processes alive (live leases): {alive}")
+        header = ("connections", "plan", "leased", "in use")
+        rows = [header]
+        for role in ROLES:
+            planned = getattr(self.plan, role).total if self.plan else None
+            rows.append(
+                (
+                    role,
+                    "-" if planned is None else str(planned),
+                    str(self.leases.granted.get(role, 0)),
+                    str(self.connections.get(role, 0)),
+                )
+            )
+        rows.append(
+            (
+                "total",
+                str(self.plan.total) if self.plan else "-",
+                str(self.leases.leased),
+                str(sum(self.connections.get(role, 0) for role in ROLES)),
+            )
+        )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        for row in rows:
+            out.append(
+                "  ".join(
+                    cell.ljust(w) if i == 0 else cell.rjust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+                )
+            )
+        out.append(f"budget: {self.capacity.available} ({self.capacity.source})")
+        out += [f"ATTENTION: {line}" for line in self.attention]
+        return out
+
+
+def gather(
+    settings: Settings,
+    conn: psycopg.Connection,
+    redis_client: Any,
+    *,
+    pending_threshold: float = DEFAULT_PENDING_THRESHOLD,
+) -> Status:
+    """Read everything `settle status` shows and decide what needs attention."""
+    queues = {q: queue_counts(redis_client, settings.broker_namespace, q) for q in QUEUES}
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        counts = overview.transfer_counts(conn)
+        oldest = overview.oldest_pending_age(conn)
+        leases = overview.leases(conn, settings.lease_ttl_seconds)
+        database = str(conninfo_to_dict(settings.database_url).get("dbname") or "")
+        if not database:
+            row = conn.execute("SELECT current_database()").fetchone()
+            database = str(row[0]) if row else ""
+        connections = dict(connections_by_role(conn, database))
+        if settings.db_connection_budget is not None:
+            cap = Capacity(settings.db_connection_budget, "DB_CONNECTION_BUDGET")
+        else:
+            cap = capacity_from_server(conn, settings.db_reserved_connections)
+    status = Status(
+        queues=queues,
+        transfers=counts,
+        oldest_pending=oldest,
+        leases=leases,
+        connections=connections,
+        capacity=cap,
+        plan=None,
+        pending_threshold=pending_threshold,
+    )
+    try:
+        status.plan = make_plan(settings, cap)
+    except BudgetExceeded as exc:
+        status.attention.append(f"the configured plan does not fit: {exc.message}")
+    dead = sum(c["dead"] for c in queues.values())
+    if counts.dead_lettered or dead:
+        status.attention.append(
+            f"{counts.dead_lettered} dead-lettered transfer(s), {dead} message(s) in the"
+            " dead-letter queue: `settle dead-letters list`, then `retry`"
+        )
+    if oldest > pending_threshold:
+        status.attention.append(
+            f"a transfer has been pending for {oldest:.0f}s (more than {pending_threshold:g}s)"
+        )
+    if status.plan is not None:
+        for role in ROLES:
+            planned = getattr(status.plan, role).total
+            held = max(connections.get(role, 0), leases.granted.get(role, 0))
+            if held > planned:
+                status.attention.append(
+                    f"{role} holds {held} connection(s), more than its plan of {planned}"
+                )
+    return status
