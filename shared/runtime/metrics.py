@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 from shared.db.budget import BudgetExceeded, Capacity, capacity_from_server, make_plan
 from shared.db.pool import connection
 from shared.errors import SettleError
-from shared.ledger import overview
+from shared.ledger import vitals
 from shared.runtime import multiproc
 from shared.runtime.queues import queue_counts
 from shared.runtime.settings import Settings
@@ -230,9 +230,9 @@ class OverviewCollector(Collector):
                     "SELECT set_config('statement_timeout', %s, true)",
                     (str(SCRAPE_STATEMENT_TIMEOUT_MS),),
                 )
-                counts = overview.transfer_counts(conn)
-                oldest = overview.oldest_pending_age(conn)
-                leases = overview.leases(conn, self._settings.lease_ttl_seconds)
+                counts = vitals.transfer_counts(conn)
+                oldest = vitals.oldest_pending_age(conn)
+                leases = vitals.leases(conn, self._settings.lease_ttl_seconds)
                 cap = self._capacity(conn)
         except (SettleError, psycopg.Error) as exc:
             log.warning("metrics: database series left out of this scrape: %s", exc)
@@ -241,7 +241,7 @@ class OverviewCollector(Collector):
         transfers = GaugeMetricFamily(
             "settle_transfers",
             "Transfers per status (settled and failed are estimates past"
-            f" {overview.EXACT_COUNT_LIMIT} transfers)",
+            f" {vitals.EXACT_COUNT_LIMIT} transfers)",
             labels=["status"],
         )
         for status, count in counts.by_status.items():

@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from shared.db.activity import ROLES, connections_by_role
 from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_from_server, make_plan
-from shared.ledger import overview
+from shared.ledger import vitals
 from shared.ledger.audit import DEFAULT_PENDING_THRESHOLD
 from shared.runtime.queues import queue_counts
 from shared.runtime.settings import Settings
@@ -31,9 +31,9 @@ class Status:
     """What `settle status` shows; `attention` holds one line per problem."""
 
     queues: dict[str, dict[str, int]]
-    transfers: overview.TransferCounts
+    transfers: vitals.TransferCounts
     oldest_pending: float
-    leases: overview.LeaseSummary
+    leases: vitals.LeaseSummary
     connections: dict[str, int]  # role -> connections in pg_stat_activity
     capacity: Capacity
     plan: Plan | None
@@ -103,9 +103,9 @@ def gather(
     queues = {q: queue_counts(redis_client, settings.broker_namespace, q) for q in QUEUES}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        counts = overview.transfer_counts(conn)
-        oldest = overview.oldest_pending_age(conn)
-        leases = overview.leases(conn, settings.lease_ttl_seconds)
+        counts = vitals.transfer_counts(conn)
+        oldest = vitals.oldest_pending_age(conn)
+        leases = vitals.leases(conn, settings.lease_ttl_seconds)
         database = str(conninfo_to_dict(settings.database_url).get("dbname") or "")
         if not database:
             row = conn.execute("SELECT current_database()").fetchone()

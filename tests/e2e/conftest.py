@@ -48,9 +48,10 @@ class Service:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     """Processes get the test database, Redis and broker namespace (conftest exported them),
-    a free port, small process counts and a short sweeper grace period. Whatever a test
-    leaves running is killed afterwards."""
-    svc = Service(process_env(SWEEPER_GRACE_SECONDS="2"), tmp_path)
+    a free port, small process counts, a short sweeper grace period, and METRICS_DIR under
+    the test's temporary directory. Whatever a test leaves running is killed afterwards."""
+    env = process_env(SWEEPER_GRACE_SECONDS="2", METRICS_DIR=str(tmp_path / "metrics"))
+    svc = Service(env, tmp_path)
     yield svc
     svc.kill_all()
 

@@ -102,10 +102,9 @@ def json_lines(process: Process) -> list[dict[str, object]]:
 
 
 def test_metrics_add_up_across_both_web_processes_and_include_the_workers(
-    service: Service, db: psycopg.Connection, operator_key: str, tmp_path: Path
+    service: Service, db: psycopg.Connection, operator_key: str
 ) -> None:
-    metrics_dir = tmp_path / "metrics"
-    service.env["METRICS_DIR"] = str(metrics_dir)
+    metrics_dir = Path(service.env["METRICS_DIR"])
     service.env.pop("LOG_FORMAT", None)  # auto: the logs go to files, so JSON
     web = service.start_web()
     worker = service.start_worker()

@@ -1,5 +1,5 @@
-"""The operator's overview, read cheaply: transfers by status, the oldest pending transfer,
-the connection leases and the plan they are held to. `/metrics` reads it on every scrape and
+"""The vital signs operators watch, read cheaply: transfers by status, the oldest pending
+transfer, and the live connection leases. `/metrics` reads it on every scrape and
 `settle status` once, so every query here uses an index or Postgres's statistics, never a
 scan of the ledger.
 
