@@ -212,11 +212,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings("status")
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
     try:
-        with _connect(settings, "status") as conn:
+        with connect_once(settings, "status", timeouts=True) as conn:
             status = gather(settings, conn, client, pending_threshold=args.pending_threshold)
     except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"settle status: cannot read Postgres: {reason}", file=sys.stderr)
+        print(f"settle status: cannot read Postgres: {first_line(exc)}", file=sys.stderr)
         return 1
     except (redis.RedisError, OSError) as exc:
         print(f"settle status: cannot read Redis: {exc}", file=sys.stderr)
