@@ -25,7 +25,9 @@ def _is_dramatiq(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"dramatiq" in argv
+    # `settle worker` runs dramatiq's CLI as `python -m worker.dramatiq_cli` (Settle's log
+    # lines); its worker processes are forks of it, with the same command line.
+    return b"dramatiq" in argv or b"worker.dramatiq_cli" in argv
 
 
 def dramatiq_tree(supervisor: int) -> tuple[int, list[int]]:
