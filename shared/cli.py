@@ -19,22 +19,34 @@ from types import FrameType
 import psycopg
 
 from shared.db.budget import BudgetExceeded, capacity, make_plan
-from shared.db.migrate import migrate
+from shared.db.migrate import migrate, session_defaults
 from shared.db.pool import connect_once
 from shared.errors import first_line
 from shared.ledger.seed import Demo, DemoKeys, issue_demo_keys, seed_demo
 from shared.runtime.lifecycle import boot_check, configure_logging, load_settings
+from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle")
 
 PROCESSES = {"web": "web", "worker": "worker", "sweeper": "worker.sweeper"}
 
 
+def _migrate(settings: Settings) -> list[str]:
+    """Apply the migrations over a session of Postgres's own (DATABASE_DIRECT_URL when set);
+    behind PgBouncer, also give the role the pools' timeouts (over DATABASE_URL, as the role
+    PgBouncer logs in as)."""
+    with connect_once(settings, "migrate", session=True) as conn:
+        applied = migrate(conn)
+    if settings.pooled:
+        with connect_once(settings, "migrate") as conn:
+            session_defaults(conn, settings)
+    return applied
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings("migrate")
     boot_check(settings, "migrate")
-    with connect_once(settings, "migrate") as conn:
-        applied = migrate(conn)
+    applied = _migrate(settings)
     print(
         f"settle migrate: applied {len(applied)} migration(s)"
         + (f": {', '.join(applied)}" if applied else " (schema up to date)")
@@ -67,8 +79,8 @@ def cmd_budget(args: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     settings = load_settings("seed")
     boot_check(settings, "seed")
+    _migrate(settings)
     with connect_once(settings, "seed") as conn:
-        migrate(conn)
         demo = seed_demo(conn)
     print(
         f"settle seed: demo users {demo.alice_user_id} (account {demo.alice_account_id})"
@@ -132,8 +144,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ.update(env)
         settings = load_settings("run")
         boot_check(settings, "run")
+        _migrate(settings)
         with connect_once(settings, "run") as conn:
-            migrate(conn)
             demo = seed_demo(conn)
             keys = issue_demo_keys(conn, demo)
         print(_curl_lines(settings.port, demo, keys), flush=True)

@@ -8,6 +8,12 @@ web gets one per thread when that fits, else the rest split evenly, but at least
 process. With WEB_SHARE set and not enough for everyone, web gets that share and workers the
 rest (and run that many threads). A plan that does not fit raises `BudgetExceeded` with the
 arithmetic on one line.
+
+Behind PgBouncer (DB_POOLER=pgbouncer) there are two sides. What Settle's processes may hold
+is PgBouncer's client limit (DB_POOLER_CLIENT_LIMIT, else its default max_client_conn) minus
+DB_RESERVED_CONNECTIONS, split as above; what Postgres sees is PgBouncer's pool
+(DB_POOLER_POOL_SIZE, else its default default_pool_size), which must fit the Postgres
+budget (DB_CONNECTION_BUDGET, else read from the server as above). A plan must fit both.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import psycopg
 
 from shared.db.pool import connect_once
 from shared.errors import SettleError
-from shared.runtime.settings import Settings
+from shared.runtime.settings import PGBOUNCER_CLIENT_LIMIT, PGBOUNCER_POOL_SIZE, Settings
 
 
 class BudgetExceeded(SettleError):
@@ -29,10 +35,21 @@ class BudgetExceeded(SettleError):
 
 @dataclass(frozen=True)
 class Capacity:
-    """Connections the application may hold, and where that number comes from."""
+    """Connections the application's processes may hold, and where that number comes from;
+    behind a pooler, also the pooler's side (`pooler`)."""
 
     available: int
     source: str
+    pooler: PoolerSide | None = None
+
+
+@dataclass(frozen=True)
+class PoolerSide:
+    """Behind a pooler: the server connections it may open, and what Postgres allows."""
+
+    pool_size: int
+    pool_source: str
+    server: Capacity
 
 
 def capacity_from_server(conn: psycopg.Connection, reserved: int) -> Capacity:
@@ -54,11 +71,29 @@ def capacity_from_server(conn: psycopg.Connection, reserved: int) -> Capacity:
 
 def capacity(settings: Settings) -> Capacity:
     """The budget: DB_CONNECTION_BUDGET, or else read from Postgres (which may raise
-    `psycopg.OperationalError` when it cannot be reached)."""
+    `psycopg.OperationalError` when it cannot be reached). Behind a pooler, the client side
+    with the pooler's side attached (see the module's docstring)."""
     if settings.db_connection_budget is not None:
-        return Capacity(settings.db_connection_budget, "DB_CONNECTION_BUDGET")
-    with connect_once(settings, "budget") as conn:
-        return capacity_from_server(conn, settings.db_reserved_connections)
+        server = Capacity(settings.db_connection_budget, "DB_CONNECTION_BUDGET")
+    else:
+        with connect_once(settings, "budget", session=True) as conn:
+            server = capacity_from_server(conn, settings.db_reserved_connections)
+    if not settings.pooled:
+        return server
+    reserved = settings.db_reserved_connections
+    if settings.db_pooler_client_limit is not None:
+        limit, limit_source = settings.db_pooler_client_limit, "DB_POOLER_CLIENT_LIMIT"
+    else:
+        limit, limit_source = PGBOUNCER_CLIENT_LIMIT, "PgBouncer's default max_client_conn"
+    if settings.db_pooler_pool_size is not None:
+        size, size_source = settings.db_pooler_pool_size, "DB_POOLER_POOL_SIZE"
+    else:
+        size, size_source = PGBOUNCER_POOL_SIZE, "PgBouncer's default default_pool_size"
+    return Capacity(
+        limit - reserved,
+        f"{limit_source} {limit} - {reserved} reserved",
+        PoolerSide(size, size_source, server),
+    )
 
 
 @dataclass(frozen=True)
@@ -120,6 +155,17 @@ class Plan:
             f"total {self.total} of {self.capacity.available} available"
             f" ({self.capacity.source}); headroom {self.headroom}"
         )
+        pooler = self.capacity.pooler
+        if pooler is not None:
+            server = pooler.server
+            lines.append(
+                f"pgbouncer: {self.total} client connections -> a pool of {pooler.pool_size}"
+                f" server connections ({pooler.pool_source})"
+            )
+            lines.append(
+                f"postgres: {pooler.pool_size} of {server.available} available"
+                f" ({server.source}); headroom {server.available - pooler.pool_size}"
+            )
         return "\n".join(lines)
 
 
@@ -154,6 +200,14 @@ def make_plan(settings: Settings, cap: Capacity) -> Plan:
         web_pool = min(web_want, (room - worker_n * worker_pool) // web_n)
         if web_pool < 1:
             raise BudgetExceeded(_refusal(settings, 1, worker_want, cap))
+
+    pooler = cap.pooler
+    if pooler is not None and pooler.pool_size > pooler.server.available:
+        raise BudgetExceeded(
+            f"budget: PgBouncer's pool of {pooler.pool_size} server connections"
+            f" ({pooler.pool_source}) > {pooler.server.available} available"
+            f" ({pooler.server.source})"
+        )
 
     return Plan(
         capacity=cap,

@@ -2,6 +2,7 @@
 
 `migrate` takes a transaction-level advisory lock, so concurrent releases wait for each
 other instead of applying a file twice; a failing file rolls back whole and raises.
+`session_defaults` gives the role the pools' timeouts when Settle runs behind PgBouncer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import logging
 from importlib import resources
 
 import psycopg
+from psycopg import sql
+
+from shared.db.pool import pool_timeouts
+from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +33,37 @@ def migrate(conn: psycopg.Connection) -> list[str]:
     """Apply the migrations not yet applied on `conn`'s database; return their names."""
     applied_now: list[str] = []
     with conn.transaction():
+        # No timeouts of the role's (see `session_defaults`): a migration may wait and work.
+        conn.execute("SET LOCAL statement_timeout = 0")
+        conn.execute("SET LOCAL lock_timeout = 0")
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
-        for name, sql in available():
+        for name, script in available():
             if name in done:
                 continue
             log.info("applying migration %s", name)
-            conn.execute(sql.encode())
+            conn.execute(script.encode())
             conn.execute("INSERT INTO schema_migrations (name) VALUES (%s)", (name,))
             applied_now.append(name)
     return applied_now
+
+
+def session_defaults(conn: psycopg.Connection, settings: Settings) -> None:
+    """Make the pools' timeouts the defaults of the connected role in the connected database
+    (`ALTER ROLE CURRENT_USER IN DATABASE ... SET`), for use behind a transaction-mode pooler:
+    Postgres applies them to every server connection the pooler opens, and they cost no round
+    trip per transaction. Run it over DATABASE_URL, so that the role is the one the pooler
+    logs in as. Server connections opened earlier keep their old values until the pooler
+    replaces them. Raises `psycopg.Error` (for example without the right to alter the role)."""
+    dbname = conn.execute("SELECT current_database()").fetchone()
+    assert dbname is not None
+    for name, value in pool_timeouts(settings):
+        conn.execute(
+            sql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} SET {} = {}").format(
+                sql.Identifier(dbname[0]), sql.Identifier(name), sql.Literal(value)
+            )
+        )

@@ -47,26 +47,51 @@ def application_name(settings: Settings, role: str) -> str:
 def connect_kwargs(settings: Settings, role: str) -> dict[str, object]:
     """Connection parameters shared by pools and one-off connections: autocommit (a single
     statement is its own transaction: one round trip), Postgres-side timeouts, and the
-    application name."""
-    options = (
-        f"-c statement_timeout={settings.statement_timeout_ms}"
-        f" -c lock_timeout={settings.lock_timeout_ms}"
-        f" -c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}"
-    )
-    return {
+    application name.
+
+    Through PgBouncer in transaction mode (DB_POOLER=pgbouncer) consecutive transactions may
+    run on different server connections, so nothing may depend on the session: psycopg's
+    prepared statements are off (`prepare_threshold=None`; PgBouncer 1.18 cannot carry
+    them), and the timeouts are not sent as startup `options` (PgBouncer refuses or drops
+    them) but come from the role's defaults in the database, which `settle migrate` sets
+    (`shared.db.migrate.session_defaults`). `application_name` still works: PgBouncer sets
+    it on the server connection for each client it serves.
+    """
+    kwargs: dict[str, object] = {
         "autocommit": True,
         "application_name": application_name(settings, role),
-        "options": options,
         "connect_timeout": 5,
     }
+    if settings.pooled:
+        kwargs["prepare_threshold"] = None
+    else:
+        kwargs["options"] = " ".join(
+            f"-c {name}={value}" for name, value in pool_timeouts(settings)
+        )
+    return kwargs
 
 
-def connect_once(settings: Settings, role: str, *, timeouts: bool = False) -> psycopg.Connection:
+def pool_timeouts(settings: Settings) -> list[tuple[str, int]]:
+    """The Postgres timeouts (in ms) every pooled connection runs with."""
+    return [
+        ("statement_timeout", settings.statement_timeout_ms),
+        ("lock_timeout", settings.lock_timeout_ms),
+        ("idle_in_transaction_session_timeout", settings.idle_in_transaction_timeout_ms),
+    ]
+
+
+def connect_once(
+    settings: Settings, role: str, *, timeouts: bool = False, session: bool = False
+) -> psycopg.Connection:
     """A one-off autocommit connection outside any pool, named `settle:<role>:...`, for a
     command or a short protocol step; it comes out of DB_RESERVED_CONNECTIONS. Without
     `timeouts` it has no statement timeout (a migration or an audit of a large ledger may take
-    a while); with them, the pools' Postgres-side timeouts. Raises `psycopg.OperationalError`
-    when Postgres cannot be reached within 5 s."""
+    a while; behind PgBouncer the timeouts are the role's defaults, which those two lift in
+    their transaction); with them, the pools' Postgres-side timeouts. `session=True` connects
+    to Postgres itself (DATABASE_DIRECT_URL when set) for work that needs a session;
+    otherwise to DATABASE_URL, with prepared statements off behind a pooler. Raises
+    `psycopg.OperationalError` when the server cannot be reached within 5 s."""
+    url = settings.session_url if session else settings.database_url
     if timeouts:
         kwargs = connect_kwargs(settings, role)
     else:
@@ -75,7 +100,9 @@ def connect_once(settings: Settings, role: str, *, timeouts: bool = False) -> ps
             "connect_timeout": 5,
             "application_name": application_name(settings, role),
         }
-    return psycopg.connect(settings.database_url, **kwargs)  # type: ignore[arg-type]
+        if settings.pooled and url == settings.database_url:
+            kwargs["prepare_threshold"] = None
+    return psycopg.connect(url, **kwargs)  # type: ignore[arg-type]
 
 
 def create_pool(

@@ -95,6 +95,9 @@ def _snapshot(conn: psycopg.Connection) -> Iterator[None]:
         return
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # It reads every row: no statement timeout, not even one the role has by default
+        # (behind PgBouncer the pools' timeouts are the role's defaults).
+        conn.execute("SET LOCAL statement_timeout = 0")
         yield
 
 

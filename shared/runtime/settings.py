@@ -16,6 +16,13 @@ from shared.errors import InvalidSetting
 
 DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Values of DB_POOLER: no pooler (Settle talks to Postgres itself), or PgBouncer in
+#: transaction mode. Not detected: a pooler answers like the Postgres behind it.
+POOLERS = ("none", "pgbouncer")
+#: PgBouncer's own defaults for `max_client_conn` and `default_pool_size`, assumed when
+#: DB_POOLER=pgbouncer and DB_POOLER_CLIENT_LIMIT / DB_POOLER_POOL_SIZE are unset.
+PGBOUNCER_CLIENT_LIMIT = 100
+PGBOUNCER_POOL_SIZE = 20
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
@@ -73,6 +80,10 @@ class Settings:
     """Every knob of the service; see the README's settings table for meanings."""
 
     database_url: str = DEFAULT_DATABASE_URL
+    database_direct_url: str | None = None  # None: DATABASE_URL is Postgres itself
+    db_pooler: str = "none"
+    db_pooler_client_limit: int | None = None  # None: PgBouncer's default max_client_conn
+    db_pooler_pool_size: int | None = None  # None: PgBouncer's default default_pool_size
     redis_url: str = DEFAULT_REDIS_URL
     broker_namespace: str = "settle"
     host: str = "127.0.0.1"
@@ -122,6 +133,10 @@ class Settings:
         d = cls()
         return cls(
             database_url=env.get("DATABASE_URL") or d.database_url,
+            database_direct_url=env.get("DATABASE_DIRECT_URL") or None,
+            db_pooler=_choice(env, "DB_POOLER", d.db_pooler, POOLERS),
+            db_pooler_client_limit=_optional_int(env, "DB_POOLER_CLIENT_LIMIT", minimum=1),
+            db_pooler_pool_size=_optional_int(env, "DB_POOLER_POOL_SIZE", minimum=1),
             redis_url=env.get("REDIS_URL") or d.redis_url,
             broker_namespace=env.get("BROKER_NAMESPACE") or d.broker_namespace,
             host=env.get("HOST") or d.host,
@@ -164,6 +179,18 @@ class Settings:
             log_format=_choice(env, "LOG_FORMAT", d.log_format, ("auto", "json", "text")),
             metrics_dir=env.get("METRICS_DIR") or d.metrics_dir,
         )
+
+    @property
+    def pooled(self) -> bool:
+        """Whether DATABASE_URL is a transaction-mode pooler (PgBouncer): no prepared
+        statements, no startup options and no session state over it."""
+        return self.db_pooler == "pgbouncer"
+
+    @property
+    def session_url(self) -> str:
+        """Postgres itself, for what needs a session of its own (migrations under their
+        advisory lock, LISTEN, reading max_connections): DATABASE_DIRECT_URL when set."""
+        return self.database_direct_url or self.database_url
 
     def with_(self, **changes: object) -> Settings:
         """A copy with `changes` applied (tests and launchers use it)."""
