@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 from shared.ledger.audit import find_violations
 from shared.runtime.embedded import Embedded, start_embedded
 from shared.runtime.settings import Settings
+from tests.pgbouncer import PgBouncer, running_pgbouncer
 from tests.scratch import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def settings() -> Settings:
     """Settings of the test servers, as the processes under test would read them."""
     return Settings.from_env().with_(web_processes=1, worker_processes=1, worker_threads=2)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[PgBouncer]:
+    """A real PgBouncer (Debian's) in transaction mode in front of the test server."""
+    with running_pgbouncer(str(_state["admin_url"])) as bouncer:
+        yield bouncer
 
 
 @pytest.fixture(scope="session")

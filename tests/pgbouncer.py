@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from tests.e2e.processes import free_port
+from shared.runtime.embedded import free_port
 
 USER = "settle-pgbouncer"
 #: Server connections PgBouncer may open per database and user (its `default_pool_size`).
@@ -47,11 +47,17 @@ def pgbouncer_binary() -> str:
     return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
-def _run_as() -> pwd.struct_passwd | None:
-    """The unprivileged user to run PgBouncer as when this process is root (made if absent),
-    or None when this process is not root."""
+def _run_as(postgres_host: str) -> pwd.struct_passwd | None:
+    """The unprivileged user to run PgBouncer as when this process is root, or None when this
+    process is not root: the owner of the socket folder when Postgres is reached through a
+    Unix socket (an embedded Postgres keeps it private to its own user), else a system user
+    made for it if absent."""
     if os.geteuid() != 0:
         return None
+    if postgres_host.startswith("/"):
+        owner = pwd.getpwuid(Path(postgres_host).stat().st_uid)
+        if owner.pw_uid != 0:
+            return owner
     try:
         return pwd.getpwnam(USER)
     except KeyError:
@@ -86,6 +92,27 @@ class PgBouncer:
             cur.execute(f"SHOW {what}".encode(), prepare=False)  # admin commands take no params
             names = [c.name for c in cur.description or []]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def open_servers(self, database_url: str, count: int = 3) -> None:
+        """Make PgBouncer open `count` server connections to `database_url`'s database (as
+        many clients in a transaction at once), so that the round robin has several to
+        hand out from the first transaction on."""
+        clients = [psycopg.connect(self.url(database_url)) for _ in range(count)]
+        try:
+            for conn in clients:
+                conn.execute("SELECT 1")  # each holds a server connection until it commits
+            for conn in clients:
+                conn.commit()  # a client leaving mid-transaction would cost its server
+        finally:
+            for conn in clients:
+                conn.close()
+
+    def reconnect(self, database_url: str) -> None:
+        """`RECONNECT <db>`: replace the server connections to `database_url`'s database as
+        they are released (new ones start with the role's current defaults)."""
+        dbname = str(conninfo_to_dict(database_url)["dbname"])
+        with psycopg.connect(self.admin_url(database_url), autocommit=True) as conn:
+            conn.execute(f"RECONNECT {dbname}".encode(), prepare=False)
 
     def logs(self) -> str:
         log = self.folder / "pgbouncer.log"
@@ -129,8 +156,8 @@ def running_pgbouncer(postgres_url: str) -> Iterator[PgBouncer]:
     """Start PgBouncer in transaction mode in front of the server of `postgres_url`; stop it
     and remove its folder on exit. Fails with its log when it does not come up."""
     binary = pgbouncer_binary()
-    owner = _run_as()
     postgres = {k: str(v) for k, v in conninfo_to_dict(postgres_url).items()}
+    owner = _run_as(postgres.get("host", "127.0.0.1"))
     user = postgres.get("user", "postgres")
     folder = Path(tempfile.mkdtemp(prefix="settle-pgbouncer-"))
     port = free_port()
@@ -165,3 +192,15 @@ def running_pgbouncer(postgres_url: str) -> Iterator[PgBouncer]:
     finally:
         bouncer.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def pooled_env(bouncer: PgBouncer, database_url: str) -> dict[str, str]:
+    """The settings of a Settle that reaches `database_url` through `bouncer`, with the
+    direct URL for its session work and the pooler's limits as configured above."""
+    return {
+        "DATABASE_URL": bouncer.url(database_url),
+        "DATABASE_DIRECT_URL": database_url,
+        "DB_POOLER": "pgbouncer",
+        "DB_POOLER_CLIENT_LIMIT": str(CLIENT_LIMIT),
+        "DB_POOLER_POOL_SIZE": str(POOL_SIZE),
+    }

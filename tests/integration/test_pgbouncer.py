@@ -1,0 +1,119 @@
+"""Settle behind a real PgBouncer in transaction mode (DB_POOLER=pgbouncer): pooled and
+one-off connections work across transactions, `settle migrate` gives the role the pools'
+timeouts, and nothing relies on session state."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from shared.db.pool import connect_once, create_pool
+from shared.runtime.settings import Settings
+from tests.pgbouncer import PgBouncer, pooled_env
+from tests.scratch import settle
+
+
+@pytest.fixture
+def empty_database(settings: Settings) -> Iterator[str]:
+    """A database of the test's own with no schema yet; dropped afterwards."""
+    name = f"settle_pgbouncer_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(settings.database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_conninfo(settings.database_url, dbname=name)
+    with psycopg.connect(settings.database_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def pooled_settings(bouncer: PgBouncer, database_url: str) -> Settings:
+    return Settings.from_env(pooled_env(bouncer, database_url))
+
+
+def test_the_test_pgbouncer_loses_prepared_statements_between_transactions(
+    pgbouncer: PgBouncer, settings: Settings
+) -> None:
+    # The failure DB_POOLER=pgbouncer exists for: psycopg prepares a query on its sixth
+    # execution, and the next transaction runs on another server connection.
+    url = pgbouncer.url(settings.database_url)
+    pgbouncer.open_servers(settings.database_url)
+    with psycopg.connect(url, autocommit=True) as conn:  # psycopg's defaults
+        with pytest.raises(pg_errors.InvalidSqlStatementName):
+            for i in range(20):
+                conn.execute("SELECT %s::int", (i,))
+
+
+def test_pgbouncer_refuses_the_startup_options_settle_sends_to_postgres(
+    pgbouncer: PgBouncer, settings: Settings
+) -> None:
+    with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter"):
+        psycopg.connect(
+            pgbouncer.url(settings.database_url), options="-c statement_timeout=5000"
+        ).close()
+
+
+def test_a_pool_behind_pgbouncer_runs_one_query_many_times_across_server_connections(
+    pgbouncer: PgBouncer, settings: Settings
+) -> None:
+    pooled = pooled_settings(pgbouncer, settings.database_url)
+    pgbouncer.open_servers(settings.database_url)
+    pool = create_pool(pooled, "web-test", size=2)
+    pool.open(wait=True, timeout=10)
+    try:
+        backends = set()
+        for i in range(40):
+            with pool.connection() as conn:
+                row = conn.execute("SELECT %s::int, pg_backend_pid()", (i,)).fetchone()
+                assert row is not None and row[0] == i
+                backends.add(row[1])
+                with conn.transaction():
+                    conn.execute("SELECT count(*) FROM accounts WHERE id = %s", (i,))
+    finally:
+        pool.close()
+    assert len(backends) > 1  # the pooler did move the client between server connections
+
+
+def test_one_off_connections_behind_pgbouncer_run_one_query_many_times(
+    pgbouncer: PgBouncer, settings: Settings
+) -> None:
+    pooled = pooled_settings(pgbouncer, settings.database_url)
+    pgbouncer.open_servers(settings.database_url)
+    with connect_once(pooled, "keys") as conn:
+        for i in range(20):
+            assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+
+
+def test_settle_migrate_behind_pgbouncer_migrates_and_gives_the_role_the_pools_timeouts(
+    pgbouncer: PgBouncer, empty_database: str
+) -> None:
+    env = {**pooled_env(pgbouncer, empty_database), "STATEMENT_TIMEOUT_MS": "4321"}
+    done = settle("migrate", env={**os.environ, **env})
+    assert done.returncode == 0, done.stdout
+    assert "applied" in done.stdout and "(schema up to date)" not in done.stdout
+    with psycopg.connect(empty_database, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() != (0,)
+
+    # Server connections the pooler opens from now on start with the role's timeouts.
+    pgbouncer.reconnect(empty_database)
+    pooled = Settings.from_env(env)
+    pool = create_pool(pooled, "web-test", size=1)
+    pool.open(wait=True, timeout=10)
+    try:
+        with pool.connection() as conn:
+            shown = conn.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),"
+                " current_setting('idle_in_transaction_session_timeout')"
+            ).fetchone()
+    finally:
+        pool.close()
+    assert shown == ("4321ms", "3s", "10s")
+
+    audit = settle("audit", env={**os.environ, **env})
+    assert audit.returncode == 0, audit.stdout
