@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+import redis
+from psycopg.conninfo import conninfo_to_dict
 
+from shared.ledger import auth
+from shared.runtime.settings import Settings
 from tests.e2e.processes import Process, process_env, report, start, wait_until_ready
+from tests.pgbouncer import PgBouncer, pooled_env
+from tests.scratch import scratch_database, settle
 
 
 class Service:
@@ -56,11 +64,58 @@ def service(tmp_path: Path) -> Iterator[Service]:
     svc.kill_all()
 
 
+class PooledService(Service):
+    """The service on a database of its own that it reaches through PgBouncer in transaction
+    mode (DB_POOLER=pgbouncer), migrated by `settle migrate` as a release would; the test
+    reads and writes that database directly (`direct_url`), with an operator key of its own."""
+
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, direct_url: str, pgbouncer: PgBouncer
+    ) -> None:
+        super().__init__(env, log_dir)
+        self.direct_url = direct_url
+        self.pgbouncer = pgbouncer
+        with psycopg.connect(direct_url, autocommit=True) as conn:
+            self.api_key = auth.create_key(conn, user_id=None, label="e2e").key
+
+    def pooled_transactions(self) -> int:
+        """Transactions PgBouncer has run on this service's database so far."""
+        dbname = conninfo_to_dict(self.direct_url)["dbname"]
+        stats = self.pgbouncer.show(self.direct_url, "STATS")
+        return sum(int(str(row["total_xact_count"])) for row in stats if row["database"] == dbname)
+
+
+@pytest.fixture
+def pooled_service(
+    pgbouncer: PgBouncer, settings: Settings, tmp_path: Path
+) -> Iterator[PooledService]:
+    with scratch_database(settings.database_url, prefix="settle_pooled") as direct_url:
+        env = process_env(
+            SWEEPER_GRACE_SECONDS="2",
+            BROKER_NAMESPACE=f"settle-pooled-{uuid.uuid4().hex[:8]}",
+            **pooled_env(pgbouncer, direct_url),
+        )
+        done = settle("migrate", env=env)
+        assert done.returncode == 0, done.stdout
+        pgbouncer.reconnect(direct_url)  # server connections start with the role's timeouts
+        svc = PooledService(env, tmp_path, direct_url, pgbouncer)
+        try:
+            yield svc
+        finally:
+            svc.kill_all()
+            client = redis.Redis.from_url(env["REDIS_URL"])
+            keys = list(client.scan_iter(match=f"{env['BROKER_NAMESPACE']}*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     """Attach every process log to the report of a failed end-to-end test."""
     rep = yield
-    svc = getattr(item, "funcargs", {}).get("service")
+    funcargs = getattr(item, "funcargs", {})
+    svc = funcargs.get("service") or funcargs.get("pooled_service")
     if rep.when == "call" and rep.failed and isinstance(svc, Service) and svc.processes:
         rep.sections.append(("settle process logs", report(svc.processes)))
     return rep

@@ -13,9 +13,10 @@ import pytest
 
 from shared.ledger.audit import find_violations
 from tests.e2e.api import Client
-from tests.e2e.conftest import Service
+from tests.e2e.conftest import PooledService, Service
 from tests.e2e.processes import wait_until
 from tests.helpers import fund, make_account
+from tests.scratch import settle
 
 ACCOUNTS = 20
 OPENING_BALANCE = 10_000
@@ -40,6 +41,24 @@ def plan_transfers(accounts: list[int]) -> list[tuple[int, int, int]]:
 def test_concurrent_transfers_over_http_all_settle_or_fail_and_the_ledger_balances(
     service: Service, db: psycopg.Connection
 ) -> None:
+    run_load(service, db)
+
+
+@pytest.mark.e2e
+def test_the_same_load_through_pgbouncer_in_transaction_mode_keeps_the_ledger_balanced(
+    pooled_service: PooledService,
+) -> None:
+    with psycopg.connect(pooled_service.direct_url, autocommit=True) as db:
+        run_load(pooled_service, db, key=pooled_service.api_key)
+    # Every transfer was at least one transaction of web's and one of a worker's through it.
+    assert pooled_service.pooled_transactions() > 2 * len(plan_transfers(list(range(ACCOUNTS))))
+    audit = settle("audit", "--pending-threshold", "0", env=pooled_service.env)
+    assert audit.returncode == 0, audit.stdout
+
+
+def run_load(service: Service, db: psycopg.Connection, *, key: str | None = None) -> None:
+    """Submit the planned transfers over HTTP from 32 threads through real web, worker and
+    sweeper processes; check that each ended once, the ledger balances, and all exit 0."""
     web = service.start_web()
     worker = service.start_worker()
     sweeper = service.start_sweeper()
@@ -51,7 +70,7 @@ def test_concurrent_transfers_over_http_all_settle_or_fail_and_the_ledger_balanc
 
     started = time.monotonic()
     deadline = started + 60
-    with Client(service.port) as client, ThreadPoolExecutor(max_workers=32) as pool:
+    with Client(service.port, key=key) as client, ThreadPoolExecutor(max_workers=32) as pool:
         answers = list(
             pool.map(
                 lambda t: client.submit_transfer(*t, key=uuid.uuid4().hex, deadline=deadline),

@@ -44,10 +44,12 @@ def test_the_test_pgbouncer_loses_prepared_statements_between_transactions(
     # execution, and the next transaction runs on another server connection.
     url = pgbouncer.url(settings.database_url)
     pgbouncer.open_servers(settings.database_url)
-    with psycopg.connect(url, autocommit=True) as conn:  # psycopg's defaults
-        with pytest.raises(pg_errors.InvalidSqlStatementName):
-            for i in range(20):
-                conn.execute("SELECT %s::int", (i,))
+    with (
+        psycopg.connect(url, autocommit=True) as conn,  # psycopg's defaults
+        pytest.raises(pg_errors.InvalidSqlStatementName),
+    ):
+        for i in range(20):
+            conn.execute("SELECT %s::int", (i,))
 
 
 def test_pgbouncer_refuses_the_startup_options_settle_sends_to_postgres(
