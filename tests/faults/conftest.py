@@ -30,7 +30,9 @@ class Faults(Service):
 
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         super().__init__(env, log_dir)
-        self.database_url = env["DATABASE_URL"]
+        #: The test's own connections go to Postgres itself, even when the service goes
+        #: through PgBouncer (psycopg's prepared statements would not survive it).
+        self.database_url = env.get("DATABASE_DIRECT_URL") or env["DATABASE_URL"]
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             self.api_key = auth.create_key(conn, user_id=None, label="faults").key
         #: Processes that left the tree of the processes started here (orphaned by a kill),
@@ -74,10 +76,9 @@ class Faults(Service):
         )
 
     def audit(self) -> str:
-        """`settle audit --pending-threshold 0` on this test's database: must exit 0."""
-        done = settle(
-            "audit", "--pending-threshold", "0", env={**self.env, "DATABASE_URL": self.database_url}
-        )
+        """`settle audit --pending-threshold 0` on this test's database, connecting as the
+        service does: must exit 0."""
+        done = settle("audit", "--pending-threshold", "0", env=self.env)
         assert done.returncode == 0, f"settle audit failed:\n{done.stdout}"
         return done.stdout
 

@@ -19,6 +19,8 @@ from tests.faults.conftest import Faults, FaultsFactory
 from tests.faults.load import Load, accounts_with_money, random_plan
 from tests.faults.processes import alive, dramatiq_tree, worker_waiting_for_a_lock
 from tests.helpers import fund, make_account, submit
+from tests.pgbouncer import PgBouncer, pooled_env
+from tests.scratch import settle
 from worker.actors import settle_transfer
 from worker.broker import create_broker
 
@@ -75,6 +77,23 @@ def check_every_transfer_ended_once(faults: Faults, first: Load, second: Load) -
 def test_killing_a_worker_process_mid_load_loses_no_transfer_and_settles_none_twice(
     faults: Faults,
 ) -> None:
+    first, second, _ = run_with_a_kill(faults, "worker")
+
+    check_every_transfer_ended_once(faults, first, second)
+    assert [p.stop(group=False) for p in faults.processes] == [0, 0]
+
+
+def test_killing_a_worker_process_behind_pgbouncer_loses_no_transfer_and_settles_none_twice(
+    fault_database: str, settings: Settings, make_faults: FaultsFactory, pgbouncer: PgBouncer
+) -> None:
+    # The same kill, with every connection of the service going through PgBouncer in
+    # transaction mode: the dead worker's clients drop mid-transaction, its lease expires.
+    env = pooled_env(pgbouncer, fault_database)
+    faults = make_faults(env.pop("DATABASE_URL"), settings.redis_url, **env)
+    done = settle("migrate", env=faults.env)
+    assert done.returncode == 0, done.stdout
+    pgbouncer.reconnect(fault_database)
+
     first, second, _ = run_with_a_kill(faults, "worker")
 
     check_every_transfer_ended_once(faults, first, second)
