@@ -80,3 +80,44 @@ def test_a_dramatiq_worker_process_refuses_through_a_middleware_error(
     with pytest.raises(MiddlewareError, match=r"^budget: 4 worker processes x 8 threads"):
         worker.start()
     broker.close()
+
+
+def test_settle_budget_behind_pgbouncer_shows_clients_pgbouncer_and_postgres() -> None:
+    done = settle(
+        "budget",
+        DB_POOLER="pgbouncer",
+        DB_POOLER_CLIENT_LIMIT="200",
+        DB_POOLER_POOL_SIZE="20",
+        DB_CONNECTION_BUDGET="40",
+        DATABASE_URL="postgresql://nowhere:1/x",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-3:] == [
+        "total 17 of 195 available (DB_POOLER_CLIENT_LIMIT 200 - 5 reserved); headroom 178",
+        "pgbouncer: 17 client connections -> a pool of 20 server connections (DB_POOLER_POOL_SIZE)",
+        "postgres: 20 of 40 available (DB_CONNECTION_BUDGET); headroom 20",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("limits", "refusal"),
+    [
+        (
+            {"DB_POOLER_CLIENT_LIMIT": "15", "DB_POOLER_POOL_SIZE": "10"},
+            "budget: 2 worker processes x 4 threads + 2 web x 1 + 1 sweeper = 11 > 10 available"
+            " (DB_POOLER_CLIENT_LIMIT 15 - 5 reserved)",
+        ),
+        (
+            {"DB_POOLER_CLIENT_LIMIT": "200", "DB_POOLER_POOL_SIZE": "50"},
+            "budget: PgBouncer's pool of 50 server connections (DB_POOLER_POOL_SIZE)"
+            " > 40 available (DB_CONNECTION_BUDGET)",
+        ),
+    ],
+    ids=["clients", "server connections"],
+)
+def test_settle_budget_behind_pgbouncer_refuses_a_plan_that_does_not_fit_either_side(
+    limits: dict[str, str], refusal: str
+) -> None:
+    done = settle("budget", DB_POOLER="pgbouncer", DB_CONNECTION_BUDGET="40", **limits)
+    assert done.returncode == 2
+    assert done.stderr.strip() == refusal

@@ -2,7 +2,14 @@ from __future__ import annotations
 
 import pytest
 
-from shared.db.budget import BudgetExceeded, Capacity, capacity_from_server, make_plan
+from shared.db.budget import (
+    BudgetExceeded,
+    Capacity,
+    capacity,
+    capacity_from_server,
+    make_plan,
+)
+from shared.db.pool import connect_kwargs
 from shared.runtime.settings import Settings
 
 
@@ -113,3 +120,74 @@ def test_the_servers_own_limits_give_the_default_budget(db) -> None:
     ).fetchone()
     assert cap.available == row[0] - 5
     assert cap.source.startswith("max_connections ")
+
+
+POOLED = {
+    "DB_POOLER": "pgbouncer",
+    "DB_CONNECTION_BUDGET": "40",
+    "WEB_PROCESSES": "2",
+    "WEB_THREADS": "4",
+    "WORKER_PROCESSES": "4",
+    "WORKER_THREADS": "8",
+}
+
+
+def pooled_plan(**env: str):
+    settings = Settings.from_env({**POOLED, **env})
+    return make_plan(settings, capacity(settings))
+
+
+def test_behind_pgbouncer_the_processes_share_its_client_limit_not_postgres_connections() -> None:
+    # 2 x 4 + 4 x 8 + 1 = 41 clients: more than the 40 Postgres connections, which only
+    # PgBouncer's pool of 15 uses.
+    plan = pooled_plan(DB_POOLER_CLIENT_LIMIT="60", DB_POOLER_POOL_SIZE="15")
+    assert (plan.web.pool_size, plan.worker.pool_size) == (4, 8)
+    assert plan.total == 41
+    assert plan.capacity.available == 60 - 5
+    lines = plan.table().splitlines()
+    assert lines[4:] == [
+        "total 41 of 55 available (DB_POOLER_CLIENT_LIMIT 60 - 5 reserved); headroom 14",
+        "pgbouncer: 41 client connections -> a pool of 15 server connections (DB_POOLER_POOL_SIZE)",
+        "postgres: 15 of 40 available (DB_CONNECTION_BUDGET); headroom 25",
+    ]
+
+
+def test_behind_pgbouncer_unset_limits_are_pgbouncers_own_defaults() -> None:
+    plan = pooled_plan(WORKER_PROCESSES="2", WORKER_THREADS="4")
+    assert plan.capacity.source == "PgBouncer's default max_client_conn 100 - 5 reserved"
+    assert plan.capacity.pooler is not None
+    assert plan.capacity.pooler.pool_size == 20
+
+
+def test_a_plan_beyond_pgbouncers_client_limit_refuses_with_the_arithmetic() -> None:
+    with pytest.raises(BudgetExceeded) as refused:
+        pooled_plan(DB_POOLER_CLIENT_LIMIT="30", DB_POOLER_POOL_SIZE="15")
+    assert refused.value.message == (
+        "budget: 4 worker processes x 8 threads + 2 web x 1 + 1 sweeper = 35 > 25 available"
+        " (DB_POOLER_CLIENT_LIMIT 30 - 5 reserved)"
+    )
+
+
+def test_a_pgbouncer_pool_larger_than_postgres_allows_refuses() -> None:
+    with pytest.raises(BudgetExceeded) as refused:
+        pooled_plan(DB_POOLER_CLIENT_LIMIT="100", DB_POOLER_POOL_SIZE="41")
+    assert refused.value.message == (
+        "budget: PgBouncer's pool of 41 server connections (DB_POOLER_POOL_SIZE)"
+        " > 40 available (DB_CONNECTION_BUDGET)"
+    )
+
+
+def test_an_unknown_pooler_is_a_bad_setting() -> None:
+    from shared.errors import InvalidSetting
+
+    with pytest.raises(InvalidSetting, match="DB_POOLER"):
+        Settings.from_env({"DB_POOLER": "pgpool"})
+
+
+def test_connections_behind_pgbouncer_carry_no_prepared_statements_and_no_startup_options() -> None:
+    pooled = connect_kwargs(Settings.from_env({"DB_POOLER": "pgbouncer"}), "web")
+    assert pooled["prepare_threshold"] is None
+    assert "options" not in pooled
+    direct = connect_kwargs(Settings.from_env({"STATEMENT_TIMEOUT_MS": "1234"}), "web")
+    assert "prepare_threshold" not in direct
+    assert "-c statement_timeout=1234" in str(direct["options"])
