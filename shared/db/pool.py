@@ -105,6 +105,46 @@ def connect_once(
     return psycopg.connect(url, **kwargs)  # type: ignore[arg-type]
 
 
+class TimeoutsCheck:
+    """Behind PgBouncer, the pools' timeouts are the role's defaults (see `connect_kwargs`):
+    check them on each new pooled connection, and warn once per process when the server
+    connection it landed on runs without them (never migrated behind the pooler, or a server
+    connection older than the last `settle migrate`). A warning, not a refusal: the service
+    works, only unbounded."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._want = {name: f"{value}ms" for name, value in timeouts(settings)}
+        self._warned = False
+
+    def __call__(self, conn: psycopg.Connection) -> None:
+        if self._warned:
+            return
+        names = list(self._want)
+        row = conn.execute(
+            "SELECT current_setting(%s), current_setting(%s), current_setting(%s)", names
+        ).fetchone()
+        assert row is not None
+        # Postgres shows "5s" for 5000ms: compare in milliseconds.
+        have = {name: _milliseconds(str(value)) for name, value in zip(names, row, strict=True)}
+        wrong = {n: v for n, v in have.items() if v != _milliseconds(self._want[n])}
+        if wrong:
+            self._warned = True
+            log.warning(
+                "behind PgBouncer, a server connection runs with %s instead of %s: run"
+                " `settle migrate` with DB_POOLER=pgbouncer, then RECONNECT on PgBouncer's"
+                " admin console",
+                ", ".join(f"{n}={v}ms" for n, v in wrong.items()),
+                ", ".join(f"{n}={_milliseconds(self._want[n])}ms" for n in wrong),
+            )
+
+
+def _milliseconds(shown: str) -> int:
+    """A duration as Postgres shows it ("0", "250ms", "5s", "2min", "1h", "1d") in ms."""
+    units = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+    digits = shown.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return int(digits) * units.get(shown[len(digits) :], 1)
+
+
 def create_pool(
     settings: Settings, role: str, *, size: int, timeout: float | None = None
 ) -> ElasticPool:
@@ -117,6 +157,7 @@ def create_pool(
     return ElasticPool(
         settings.database_url,
         kwargs=connect_kwargs(settings, role),
+        configure=TimeoutsCheck(settings) if settings.pooled else None,
         min_size=size,
         max_size=size,
         open=False,

@@ -62,7 +62,7 @@ def test_pgbouncer_refuses_the_startup_options_settle_sends_to_postgres(
 
 
 def test_a_pool_behind_pgbouncer_runs_one_query_many_times_across_server_connections(
-    pgbouncer: PgBouncer, settings: Settings
+    pgbouncer: PgBouncer, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     pooled = pooled_settings(pgbouncer, settings.database_url)
     pgbouncer.open_servers(settings.database_url)
@@ -80,6 +80,8 @@ def test_a_pool_behind_pgbouncer_runs_one_query_many_times_across_server_connect
     finally:
         pool.close()
     assert len(backends) > 1  # the pooler did move the client between server connections
+    # The suite's database was never migrated behind the pooler: the role has no timeouts.
+    assert "runs with statement_timeout=0ms, lock_timeout=0ms" in caplog.text
 
 
 def test_one_off_connections_behind_pgbouncer_run_one_query_many_times(
@@ -93,7 +95,7 @@ def test_one_off_connections_behind_pgbouncer_run_one_query_many_times(
 
 
 def test_settle_migrate_behind_pgbouncer_migrates_and_gives_the_role_the_pools_timeouts(
-    pgbouncer: PgBouncer, empty_database: str
+    pgbouncer: PgBouncer, empty_database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = {**pooled_env(pgbouncer, empty_database), "STATEMENT_TIMEOUT_MS": "4321"}
     done = settle("migrate", env={**os.environ, **env})
@@ -116,6 +118,7 @@ def test_settle_migrate_behind_pgbouncer_migrates_and_gives_the_role_the_pools_t
     finally:
         pool.close()
     assert shown == ("4321ms", "3s", "10s")
+    assert "instead of" not in caplog.text
 
     audit = settle("audit", env={**os.environ, **env})
     assert audit.returncode == 0, audit.stdout
