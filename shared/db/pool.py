@@ -113,7 +113,7 @@ class TimeoutsCheck:
     works, only unbounded."""
 
     def __init__(self, settings: Settings) -> None:
-        self._want = {name: f"{value}ms" for name, value in timeouts(settings)}
+        self._want = {name: f"{value}ms" for name, value in pool_timeouts(settings)}
         self._warned = False
 
     def __call__(self, conn: psycopg.Connection) -> None:
