@@ -75,9 +75,9 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def pgbouncer() -> Iterator[PgBouncer]:
+def pgbouncer(settings: Settings) -> Iterator[PgBouncer]:
     """A real PgBouncer (Debian's) in transaction mode in front of the test server."""
-    with running_pgbouncer(str(_state["admin_url"])) as bouncer:
+    with running_pgbouncer(settings.database_url) as bouncer:
         yield bouncer
 
 
