@@ -41,11 +41,14 @@ def operator_key() -> str:
 
 
 class Client:
-    """HTTP/1.1 to 127.0.0.1:`port`, safe to share between threads; a context manager that
-    closes every thread's connection on exit. Requests carry `key` as their bearer token
-    (default: the session's operator key)."""
+    """HTTP/1.1 to `host`:`port` (default 127.0.0.1), safe to share between threads; a
+    context manager that closes every thread's connection on exit. Requests carry `key` as
+    their bearer token (default: the session's operator key)."""
 
-    def __init__(self, port: int, *, timeout: float = 10.0, key: str | None = None) -> None:
+    def __init__(
+        self, port: int, *, timeout: float = 10.0, key: str | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        self._host = host
         self._port = port
         self._timeout = timeout
         self._authorization = f"Bearer {key or operator_key()}"
@@ -68,7 +71,7 @@ class Client:
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=self._timeout)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
             self._local.conn = conn
             with self._lock:
                 self._opened.append(conn)

@@ -51,8 +51,9 @@ class Load:
         api_key: str,
         threads: int = 16,
         deadline: float = 120.0,
+        host: str = "127.0.0.1",
     ) -> None:
-        self._client = Client(port)
+        self._client = Client(port, host=host)
         self._headers = {"Authorization": f"Bearer {api_key}"}
         self._todo = collections.deque((uuid.uuid4().hex, *t) for t in plan)
         self._total = len(self._todo)
