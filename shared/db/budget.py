@@ -10,10 +10,11 @@ rest (and run that many threads). A plan that does not fit raises `BudgetExceede
 arithmetic on one line.
 
 Behind PgBouncer (DB_POOLER=pgbouncer) there are two sides. What Settle's processes may hold
-is PgBouncer's client limit (DB_POOLER_CLIENT_LIMIT, else its default max_client_conn) minus
-DB_RESERVED_CONNECTIONS, split as above; what Postgres sees is PgBouncer's pool
-(DB_POOLER_POOL_SIZE, else its default default_pool_size), which must fit the Postgres
-budget (DB_CONNECTION_BUDGET, else read from the server as above). A plan must fit both.
+is PgBouncer's client limit (DB_POOLER_CLIENT_LIMIT, else read from its admin console at
+DB_POOLER_ADMIN_URL, else its default max_client_conn) minus DB_RESERVED_CONNECTIONS, split as
+above; what Postgres sees is PgBouncer's pool (DB_POOLER_POOL_SIZE, else read likewise, else
+its default default_pool_size), which must fit the Postgres budget (DB_CONNECTION_BUDGET,
+else read from the server as above). A plan must fit both.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from shared.db.pool import connect_once
 from shared.errors import SettleError
@@ -81,19 +83,53 @@ def capacity(settings: Settings) -> Capacity:
     if not settings.pooled:
         return server
     reserved = settings.db_reserved_connections
-    if settings.db_pooler_client_limit is not None:
-        limit, limit_source = settings.db_pooler_client_limit, "DB_POOLER_CLIENT_LIMIT"
-    else:
-        limit, limit_source = PGBOUNCER_CLIENT_LIMIT, "PgBouncer's default max_client_conn"
-    if settings.db_pooler_pool_size is not None:
-        size, size_source = settings.db_pooler_pool_size, "DB_POOLER_POOL_SIZE"
-    else:
-        size, size_source = PGBOUNCER_POOL_SIZE, "PgBouncer's default default_pool_size"
+    limit, limit_source, size, size_source = pooler_limits(settings)
     return Capacity(
         limit - reserved,
         f"{limit_source} {limit} - {reserved} reserved",
         PoolerSide(size, size_source, server),
     )
+
+
+def pooler_limits(settings: Settings) -> tuple[int, str, int, str]:
+    """(client limit, its source, pool size, its source) of PgBouncer: the settings when
+    given, else read from its admin console (DB_POOLER_ADMIN_URL) when given, else
+    PgBouncer's own defaults. Raises `psycopg.Error` when the admin console cannot be read."""
+    limit, limit_source = settings.db_pooler_client_limit, "DB_POOLER_CLIENT_LIMIT"
+    size, size_source = settings.db_pooler_pool_size, "DB_POOLER_POOL_SIZE"
+    if (limit is None or size is None) and settings.db_pooler_admin_url:
+        console_limit, console_size = read_pgbouncer(
+            settings.db_pooler_admin_url,
+            str(conninfo_to_dict(settings.database_url).get("dbname", "")),
+        )
+        if limit is None:
+            limit, limit_source = console_limit, "PgBouncer's max_client_conn"
+        if size is None:
+            size, size_source = console_size, "PgBouncer's pool for the database"
+    if limit is None:
+        limit, limit_source = PGBOUNCER_CLIENT_LIMIT, "PgBouncer's default max_client_conn"
+    if size is None:
+        size, size_source = PGBOUNCER_POOL_SIZE, "PgBouncer's default default_pool_size"
+    return limit, limit_source, size, size_source
+
+
+def read_pgbouncer(admin_url: str, dbname: str) -> tuple[int, int]:
+    """(max_client_conn, server connections it may open for `dbname`: its pool plus reserve)
+    from PgBouncer's admin console (`SHOW CONFIG`, `SHOW DATABASES`); a database PgBouncer
+    has not listed yet (a `*` entry makes it on first use) gets the default pool size."""
+    with psycopg.connect(
+        admin_url, autocommit=True, connect_timeout=5, prepare_threshold=None
+    ) as conn:
+        config = {str(row[0]): str(row[1]) for row in conn.execute("SHOW CONFIG").fetchall()}
+        cur = conn.execute("SHOW DATABASES")
+        names = [column.name for column in cur.description or []]
+        databases = {str(row[0]): dict(zip(names, row, strict=True)) for row in cur.fetchall()}
+    entry = databases.get(dbname)
+    if entry is not None:
+        size = int(entry["pool_size"]) + int(entry["reserve_pool"] or 0)
+    else:
+        size = int(config["default_pool_size"]) + int(config.get("reserve_pool_size", "0"))
+    return int(config["max_client_conn"]), size
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ class Settings:
     db_pooler: str = "none"
     db_pooler_client_limit: int | None = None  # None: PgBouncer's default max_client_conn
     db_pooler_pool_size: int | None = None  # None: PgBouncer's default default_pool_size
+    db_pooler_admin_url: str | None = None  # PgBouncer's admin console, to read both above
     redis_url: str = DEFAULT_REDIS_URL
     broker_namespace: str = "settle"
     host: str = "127.0.0.1"
@@ -137,6 +138,7 @@ class Settings:
             db_pooler=_choice(env, "DB_POOLER", d.db_pooler, POOLERS),
             db_pooler_client_limit=_optional_int(env, "DB_POOLER_CLIENT_LIMIT", minimum=1),
             db_pooler_pool_size=_optional_int(env, "DB_POOLER_POOL_SIZE", minimum=1),
+            db_pooler_admin_url=env.get("DB_POOLER_ADMIN_URL") or None,
             redis_url=env.get("REDIS_URL") or d.redis_url,
             broker_namespace=env.get("BROKER_NAMESPACE") or d.broker_namespace,
             host=env.get("HOST") or d.host,

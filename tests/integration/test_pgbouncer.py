@@ -16,7 +16,7 @@ from psycopg.conninfo import make_conninfo
 
 from shared.db.pool import connect_once, create_pool
 from shared.runtime.settings import Settings
-from tests.pgbouncer import PgBouncer, pooled_env
+from tests.pgbouncer import CLIENT_LIMIT, POOL_SIZE, PgBouncer, pooled_env
 from tests.scratch import settle
 
 
@@ -122,3 +122,27 @@ def test_settle_migrate_behind_pgbouncer_migrates_and_gives_the_role_the_pools_t
 
     audit = settle("audit", env={**os.environ, **env})
     assert audit.returncode == 0, audit.stdout
+
+
+def test_settle_budget_reads_pgbouncers_limits_from_its_admin_console(
+    pgbouncer: PgBouncer, settings: Settings
+) -> None:
+    pgbouncer.open_servers(settings.database_url)  # PgBouncer lists the database once used
+    env = {
+        **os.environ,
+        "DATABASE_URL": pgbouncer.url(settings.database_url),
+        "DB_POOLER": "pgbouncer",
+        "DB_POOLER_ADMIN_URL": pgbouncer.admin_url(settings.database_url),
+        "DB_CONNECTION_BUDGET": "40",
+        "WEB_PROCESSES": "2",
+        "WORKER_PROCESSES": "2",
+    }
+    done = settle("budget", env=env)
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.splitlines()[-3:] == [
+        f"total 17 of {CLIENT_LIMIT - 5} available (PgBouncer's max_client_conn {CLIENT_LIMIT}"
+        f" - 5 reserved); headroom {CLIENT_LIMIT - 5 - 17}",
+        f"pgbouncer: 17 client connections -> a pool of {POOL_SIZE} server connections"
+        " (PgBouncer's pool for the database)",
+        f"postgres: {POOL_SIZE} of 40 available (DB_CONNECTION_BUDGET); headroom {40 - POOL_SIZE}",
+    ]
