@@ -242,6 +242,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_log(args: argparse.Namespace) -> int:
+    """Print the operator action record, newest first; exit 1 when Postgres cannot be read."""
+    from shared.ledger.operator_actions import recent
+
+    settings = load_settings("audit-log")
+    try:
+        with connect_once(settings, "audit-log") as conn:
+            rows = recent(conn, limit=args.limit, transfer_id=args.transfer)
+    except psycopg.Error as exc:
+        print(f"settle audit-log: cannot read the record: {first_line(exc)}", file=sys.stderr)
+        return 1
+    for row in rows:
+        ids = row["transfer_ids"]
+        shown = ", ".join(str(i) for i in ids[:10]) + (
+            f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+        )
+        who = f"key {row['key_id']}" + (f" ({row['key_label']})" if row["key_label"] else "")
+        print(
+            f"{row['created_at']:%Y-%m-%d %H:%M:%S%z}  {who}  {row['action']}"
+            f" {len(ids)} transfer(s): {shown}  -- {row['detail']}"
+        )
+    print(f"settle audit-log: {len(rows)} action(s) shown")
+    return 0
+
+
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """Hand over to `worker.dead_letters`, which owns the broker (shared/ never imports it)."""
     if args.action == "retry" and bool(args.ids) == bool(args.all):
@@ -278,6 +303,12 @@ def _add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="a transfer pending longer than this needs attention (default %(default)g)",
     )
     status.set_defaults(func=cmd_status)
+    log = sub.add_parser(
+        "audit-log", help="what operators did from the dashboard: who, what, which transfers"
+    )
+    log.add_argument("--limit", type=int, default=50, help="actions shown (default %(default)s)")
+    log.add_argument("--transfer", type=int, metavar="ID", help="only actions on this transfer")
+    log.set_defaults(func=cmd_audit_log)
     dead = sub.add_parser("dead-letters", help="list or retry transfers whose retries ran out")
     actions = dead.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="list dead-lettered transfers")
@@ -297,8 +328,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     try:
         with connect_once(settings, "keys") as conn:
             if args.action == "create":
-                created = auth.create_key(conn, user_id=args.user, label=args.label)
-                holder = "operator" if created.user_id is None else f"user {created.user_id}"
+                if args.read_only and not args.operator:
+                    print("settle keys: --read-only needs --operator", file=sys.stderr)
+                    return 2
+                created = auth.create_key(
+                    conn, user_id=args.user, label=args.label, read_only=args.read_only
+                )
+                holder = _holder(created.user_id, created.read_only)
                 print(
                     f"settle keys: created key {created.id} ({holder}); store it now,"
                     " it is not shown again",
@@ -320,13 +356,19 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _holder(user_id: object, read_only: object) -> str:
+    if user_id is not None:
+        return f"user {user_id}"
+    return "operator (read-only)" if read_only else "operator"
+
+
 def _key_table(keys: list[dict[str, object]]) -> str:
     rows = [("id", "holder", "label", "key", "created", "revoked")]
     for key in keys:
         rows.append(
             (
                 str(key["id"]),
-                "operator" if key["user_id"] is None else f"user {key['user_id']}",
+                _holder(key["user_id"], key["read_only"]),
                 str(key["label"]),
                 f"{key['key_prefix']}...",
                 f"{key['created_at']:%Y-%m-%d %H:%M:%S%z}",
@@ -347,6 +389,11 @@ def _add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     holder.add_argument("--user", type=int, metavar="ID", help="a key acting for this user")
     holder.add_argument(
         "--operator", action="store_true", help="an operator key: it may do everything"
+    )
+    create.add_argument(
+        "--read-only",
+        action="store_true",
+        help="with --operator: a key that sees everything and changes nothing",
     )
     create.add_argument("--label", default="", help="a note shown by `settle keys list`")
     actions.add_parser("list", help="list keys (never their secrets)")

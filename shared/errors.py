@@ -99,6 +99,19 @@ class OperatorOnly(SettleError):
     code = "operator_only"
 
 
+class ReadOnlyKey(SettleError):
+    """Raised when a read-only operator key asks to change something."""
+
+    code = "read_only_key"
+
+
+class CsrfRefused(SettleError):
+    """Raised when a dashboard form or request that changes something lacks its session's
+    CSRF token."""
+
+    code = "csrf_token_invalid"
+
+
 class NotFound(SettleError):
     """Raised when a resource addressed by the URL does not exist."""
 

@@ -22,6 +22,12 @@ HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "tra
 IMPLICIT = {"OPTIONS"}
 
 
+def is_html_page(template: str) -> bool:
+    """The dashboard's HTML pages are for browsers, not part of the JSON API the document
+    describes; their JSON twin under /dashboard/api is."""
+    return template.startswith("/dashboard") and not template.startswith("/dashboard/api")
+
+
 def routes(app: falcon.App) -> dict[str, set[str]]:
     """{route template: methods its resource's own responders answer}, from the router.
     Falcon's default responders (405, and OPTIONS) are not the resource's, so not listed."""
@@ -29,7 +35,7 @@ def routes(app: falcon.App) -> dict[str, set[str]]:
 
     def walk(nodes: Iterable[Any]) -> None:
         for node in nodes:
-            if node.resource is not None:
+            if node.resource is not None and not is_html_page(node.uri_template):
                 found[node.uri_template] = {
                     method
                     for method, responder in node.method_map.items()
@@ -72,6 +78,8 @@ def violation(
     if found is None:
         return None  # no route: falcon's 404, which no operation owns
     template = found[3]
+    if is_html_page(template):
+        return None
     operations = DOCUMENT["paths"].get(template)
     what = f"{method} {path} ({template}) answered {status}"
     if operations is None:

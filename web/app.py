@@ -22,6 +22,7 @@ from shared.runtime.metrics import OverviewCollector
 from shared.runtime.settings import Settings
 from web import errors, openapi, resources
 from web.auth import RequireApiKey
+from web.dashboard import add_dashboard
 from web.metrics import MetricsResource, RequestTelemetry
 
 
@@ -41,8 +42,11 @@ def create_app(
 ) -> falcon.App:
     """A WSGI app serving the HTTP contract with `pool` for reads and writes (and API key
     lookups), `enqueue` to hand a transfer id to the workers and `ping_broker` for readiness;
-    `/metrics` counts the broker's queues through `queue_client` (a Redis client) when given.
-    Every route but /healthz, /readyz and /openapi.json needs an API key."""
+    `/metrics` and the dashboard read the broker's queues through `queue_client` (a Redis
+    client) when given, and the dashboard drops the dead letters of transfers it sends again
+    through it (without one it shows no queue, and dead letters expire on their own).
+    Every route but /healthz, /readyz and /openapi.json needs an API key; the dashboard's
+    pages (/dashboard) need an operator's session instead."""
     # Telemetry first: it times and counts every answer, refusals by RequireApiKey included.
     middleware: list[Any] = [RequestTelemetry(), RequireApiKey(pool)]
     app = falcon.App(middleware=middleware)
@@ -64,6 +68,7 @@ def create_app(
     app.add_route("/openapi.json", resources.OpenAPIDocument(openapi.DOCUMENT))
     overview = OverviewCollector(settings, pool, queue_client=queue_client)
     app.add_route("/metrics", MetricsResource(overview))
+    add_dashboard(app, settings, pool=pool, enqueue=enqueue, queue_client=queue_client)
 
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(psycopg.Error, errors.handle_database_error)

@@ -27,6 +27,8 @@ STATUS: list[tuple[type[errors.SettleError], str]] = [
     (errors.InvalidRequest, falcon.HTTP_400),
     (errors.Unauthenticated, falcon.HTTP_401),
     (errors.OperatorOnly, falcon.HTTP_403),
+    (errors.ReadOnlyKey, falcon.HTTP_403),
+    (errors.CsrfRefused, falcon.HTTP_403),
     (errors.UnsupportedMediaType, falcon.HTTP_415),
     (errors.BodyTooLarge, falcon.HTTP_413),
     (errors.NotFound, falcon.HTTP_404),

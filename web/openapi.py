@@ -74,7 +74,14 @@ SCHEMAS: dict[str, Schema] = {
             "to_account_id": ID,
             "amount": AMOUNT,
             "currency": CURRENCY,
-            "failure_code": {"enum": [None, "insufficient_funds", "balance_limit_exceeded"]},
+            "failure_code": {
+                "enum": [
+                    None,
+                    "insufficient_funds",
+                    "balance_limit_exceeded",
+                    "cancelled_by_operator",
+                ]
+            },
             "attempts": {"type": "integer", "minimum": 0},
             "created_at": TIMESTAMP,
             "settled_at": {"oneOf": [TIMESTAMP, {"type": "null"}]},
@@ -126,7 +133,169 @@ SCHEMAS: dict[str, Schema] = {
         },
         optional=("currency",),
     ),
+    "DashboardTransfer": _object(
+        {
+            "id": ID,
+            "status": {"enum": ["pending", "settled", "failed"]},
+            "state": {
+                "enum": ["dead-lettered", "pending", "settled", "failed"],
+                "description": "its status, or dead-lettered when its retries ran out (it is"
+                " pending and waits for an operator)",
+            },
+            "from_account_id": ID,
+            "from_user_id": ID,
+            "to_account_id": ID,
+            "to_user_id": ID,
+            "amount": AMOUNT,
+            "currency": CURRENCY,
+            "attempts": {"type": "integer", "minimum": 0},
+            "failure_code": {"type": ["string", "null"]},
+            "last_error": {"type": ["string", "null"]},
+            "created_at": TIMESTAMP,
+            "dead_lettered_at": {"oneOf": [TIMESTAMP, {"type": "null"}]},
+            "settled_at": {"oneOf": [TIMESTAMP, {"type": "null"}]},
+            "age_seconds": {"type": "number"},
+        }
+    ),
+    "OperatorAction": _object(
+        {
+            "id": ID,
+            "key_id": {"type": ["integer", "null"]},
+            "key_label": {"type": ["string", "null"]},
+            "action": {"enum": ["retry", "cancel"]},
+            "transfer_ids": {"type": "array", "items": ID},
+            "detail": {"type": "string"},
+            "created_at": TIMESTAMP,
+        }
+    ),
+    "TransferFilter": _object(
+        {
+            "state": {"enum": ["attention", "dead", "failed", "stuck"], "default": "attention"},
+            "account": {**ID, "description": "the source or the destination account"},
+            "user": {**ID, "description": "the owner of the source or destination account"},
+            "currency": CURRENCY,
+            "min_amount": {"type": "integer", "minimum": 0, "maximum": MAX_AMOUNT},
+            "max_amount": {"type": "integer", "minimum": 0, "maximum": MAX_AMOUNT},
+            "failure_code": {"type": "string", "pattern": "^[a-z_]{1,64}$"},
+            "error": {
+                "type": "string",
+                "maxLength": 200,
+                "pattern": _TEXT_PATTERN,
+                "description": "text found in the last error",
+            },
+            "older_than_minutes": {"type": "integer", "minimum": 0, "maximum": 10_000_000},
+        },
+        optional=(
+            "state",
+            "account",
+            "user",
+            "currency",
+            "min_amount",
+            "max_amount",
+            "failure_code",
+            "error",
+            "older_than_minutes",
+        ),
+    ),
 }
+
+_COUNT: Schema = {"type": "integer", "minimum": 0}
+_NULLABLE_COUNT: Schema = {"type": ["integer", "null"], "minimum": 0}
+_NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
+SCHEMAS["TransferDetail"] = {
+    "type": "object",
+    "properties": {
+        **SCHEMAS["DashboardTransfer"]["properties"],
+        "idempotency_scope": {"type": "string"},
+        "idempotency_key": {"type": "string"},
+        "enqueued_at": TIMESTAMP,
+        "finished_at": {"oneOf": [TIMESTAMP, {"type": "null"}]},
+        "entries": {"type": "array", "items": _ref("Entry")},
+        "actions": {
+            "type": "array",
+            "items": _object(
+                {
+                    "id": ID,
+                    "key_id": {"type": ["integer", "null"]},
+                    "key_label": {"type": ["string", "null"]},
+                    "action": {"enum": ["retry", "cancel"]},
+                    "detail": {"type": "string"},
+                    "created_at": TIMESTAMP,
+                    "transfers": {"type": "integer", "minimum": 1},
+                }
+            ),
+        },
+    },
+    "required": [*SCHEMAS["DashboardTransfer"]["required"], "entries", "actions"],
+    "additionalProperties": False,
+}
+SCHEMAS["Overview"] = _object(
+    {
+        "queues": {
+            "oneOf": [
+                _object(
+                    {
+                        "ready": _COUNT,
+                        "delayed": _COUNT,
+                        "in_flight": _COUNT,
+                        "dead": _COUNT,
+                    }
+                ),
+                {"type": "null"},
+            ]
+        },
+        "queue_error": {"type": ["string", "null"]},
+        "transfers": _object(
+            {"pending": _COUNT, "settled": _COUNT, "failed": _COUNT, "dead_lettered": _COUNT}
+        ),
+        "oldest_pending_seconds": _NULLABLE_NUMBER,
+        "last_hour": {
+            "type": "array",
+            "items": _object(
+                {
+                    "minute": TIMESTAMP,
+                    "settled": _COUNT,
+                    "failed": _COUNT,
+                    "p50_ms": _NULLABLE_NUMBER,
+                    "p99_ms": _NULLABLE_NUMBER,
+                }
+            ),
+        },
+        "workers": {
+            "type": "array",
+            "items": _object(
+                {
+                    "holder": {"type": "string"},
+                    "role": {"type": "string"},
+                    "wanted": _COUNT,
+                    "granted": _COUNT,
+                    "connected": _COUNT,
+                    "busy": _COUNT,
+                    "acquired_at": TIMESTAMP,
+                    "heartbeat_at": TIMESTAMP,
+                }
+            ),
+        },
+        "budget": _object(
+            {
+                "available": {"type": "integer"},
+                "source": {"type": "string"},
+                "refusal": {"type": ["string", "null"]},
+                "roles": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "role": {"type": "string"},
+                            "planned": _NULLABLE_COUNT,
+                            "leased": _COUNT,
+                            "connected": _COUNT,
+                        }
+                    ),
+                },
+            }
+        ),
+    }
+)
 
 
 def _data(schema: Schema) -> Schema:
@@ -180,7 +349,14 @@ UNAUTHENTICATED = error(
     "api_key_invalid",
     **{"WWW-Authenticate": CHALLENGE},
 )
-OPERATOR_ONLY = error("the API key is a user's; only an operator key may do this", "operator_only")
+OPERATOR_ONLY = error(
+    "the API key is a user's (only an operator key may do this) or a read-only operator key's",
+    "operator_only",
+    "read_only_key",
+)
+READ_ONLY = error(
+    "the API key is a read-only operator key; it may not change anything", "read_only_key"
+)
 UNAVAILABLE = error(
     "the database or the web process is saturated or unreachable; retry after Retry-After",
     "database_busy",
@@ -223,6 +399,223 @@ def _path_id(name: str, what: str) -> dict[str, Any]:
 
 
 PUBLIC: list[dict[str, list[str]]] = []  # an operation's `security` when it needs no key
+#: The dashboard's JSON twin: an operator key, or the dashboard's session cookie.
+OPERATOR_OR_SESSION: list[dict[str, list[str]]] = [{"apiKey": []}, {"session": []}]
+
+DASHBOARD_READ_FORBIDDEN = error(
+    "the API key is a user's; the dashboard is for operators", "operator_only"
+)
+DASHBOARD_ACTION_FORBIDDEN = error(
+    "the API key is a user's or a read-only operator key's, or a session request came without"
+    " its CSRF token in X-CSRF-Token",
+    "operator_only",
+    "read_only_key",
+    "csrf_token_invalid",
+)
+_FILTER_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": name,
+        "in": "query",
+        "description": description,
+        "schema": SCHEMAS["TransferFilter"]["properties"][name],
+    }
+    for name, description in (
+        (
+            "state",
+            "attention (dead-lettered, failed, or pending past the threshold) or one of them",
+        ),
+        ("account", "the source or the destination account"),
+        ("user", "the owner of the source or destination account"),
+        ("currency", "the transfer's currency"),
+        ("min_amount", "at least this amount (minor units)"),
+        ("max_amount", "at most this amount (minor units)"),
+        ("failure_code", "this failure code"),
+        ("error", "text found in the last error"),
+        ("older_than_minutes", "accepted longer ago than this"),
+    )
+]
+_PAGE_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "limit",
+        "in": "query",
+        "description": "items per page",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "the `next_cursor` of the previous page (opaque)",
+        "schema": {"type": "string"},
+    },
+]
+
+
+def _page_of(name: str) -> Schema:
+    return _object(
+        {
+            "data": {"type": "array", "items": _ref(name)},
+            "next_cursor": {"type": ["string", "null"]},
+        }
+    )
+
+
+_TRANSFER_404 = error("no such transfer", "transfer_not_found")
+_BAD_FILTER = error(
+    "a filter value, limit or cursor is malformed", "invalid_request", "invalid_cursor"
+)
+
+
+def _action_done(flag: str) -> Schema:
+    return _data(
+        _object({"id": ID, flag: {"type": "boolean"}, "notice": {"type": ["string", "null"]}})
+    )
+
+
+DASHBOARD_PATHS: dict[str, dict[str, Any]] = {
+    "/dashboard/api/overview": {
+        "get": {
+            "operationId": "dashboardOverview",
+            "summary": "Queues, transfers by status, the last hour, processes and the budget",
+            "security": OPERATOR_OR_SESSION,
+            "responses": {
+                "200": ok("the overview", _data(_ref("Overview"))),
+                "401": UNAUTHENTICATED,
+                "403": DASHBOARD_READ_FORBIDDEN,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/dashboard/api/transfers": {
+        "get": {
+            "operationId": "dashboardTransfers",
+            "summary": "Transfers needing attention matching a filter, by ascending id",
+            "security": OPERATOR_OR_SESSION,
+            "parameters": [*_FILTER_PARAMETERS, *_PAGE_PARAMETERS],
+            "responses": {
+                "200": ok("a page of transfers", _page_of("DashboardTransfer")),
+                "400": _BAD_FILTER,
+                "401": UNAUTHENTICATED,
+                "403": DASHBOARD_READ_FORBIDDEN,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/dashboard/api/transfers/count": {
+        "get": {
+            "operationId": "dashboardTransferCount",
+            "summary": "How many transfers match a filter, and how many a bulk retry would send",
+            "security": OPERATOR_OR_SESSION,
+            "parameters": _FILTER_PARAMETERS,
+            "responses": {
+                "200": ok(
+                    "the counts",
+                    _data(_object({"matching": _COUNT, "retryable": _COUNT})),
+                ),
+                "400": _BAD_FILTER,
+                "401": UNAUTHENTICATED,
+                "403": DASHBOARD_READ_FORBIDDEN,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/dashboard/api/transfers/retry": {
+        "post": {
+            "operationId": "dashboardBulkRetry",
+            "summary": "Retry every dead-lettered transfer matching a filter, in batches",
+            "description": "Works through the matching dead letters a batch per transaction"
+            " (each recorded as an operator action) for up to 20 seconds; `remaining` says how"
+            " many still match, for another call.",
+            "security": OPERATOR_OR_SESSION,
+            "requestBody": _body("TransferFilter"),
+            "responses": {
+                "200": ok(
+                    "what was sent again",
+                    _data(
+                        _object(
+                            {
+                                "sent": _COUNT,
+                                "batches": _COUNT,
+                                "remaining": _COUNT,
+                                "notice": {"type": ["string", "null"]},
+                            }
+                        )
+                    ),
+                ),
+                "400": error("the filter is malformed", *BAD_BODY),
+                "401": UNAUTHENTICATED,
+                "403": DASHBOARD_ACTION_FORBIDDEN,
+                "413": BODY_TOO_LARGE,
+                "415": NOT_JSON,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/dashboard/api/transfers/{transfer_id}": {
+        "get": {
+            "operationId": "dashboardTransfer",
+            "summary": "One transfer: every field, its entries and the operator actions on it",
+            "security": OPERATOR_OR_SESSION,
+            "parameters": [_path_id("transfer_id", "transfer")],
+            "responses": {
+                "200": ok("the transfer", _data(_ref("TransferDetail"))),
+                "401": UNAUTHENTICATED,
+                "403": DASHBOARD_READ_FORBIDDEN,
+                "404": _TRANSFER_404,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/dashboard/api/transfers/{transfer_id}/retry": {
+        "post": {
+            "operationId": "dashboardRetry",
+            "summary": "Send a dead-lettered transfer again (anything else: nothing happens)",
+            "security": OPERATOR_OR_SESSION,
+            "parameters": [_path_id("transfer_id", "transfer")],
+            "responses": {
+                "200": ok("whether it was sent again", _action_done("retried")),
+                "401": UNAUTHENTICATED,
+                "403": DASHBOARD_ACTION_FORBIDDEN,
+                "404": _TRANSFER_404,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/dashboard/api/transfers/{transfer_id}/cancel": {
+        "post": {
+            "operationId": "dashboardCancel",
+            "summary": "End a dead-lettered transfer failed (cancelled_by_operator), moving no"
+            " money (anything else: nothing happens)",
+            "security": OPERATOR_OR_SESSION,
+            "parameters": [_path_id("transfer_id", "transfer")],
+            "responses": {
+                "200": ok("whether it was cancelled", _action_done("cancelled")),
+                "401": UNAUTHENTICATED,
+                "403": DASHBOARD_ACTION_FORBIDDEN,
+                "404": _TRANSFER_404,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/dashboard/api/actions": {
+        "get": {
+            "operationId": "dashboardActions",
+            "summary": "The operator action record, newest first",
+            "security": OPERATOR_OR_SESSION,
+            "parameters": _PAGE_PARAMETERS,
+            "responses": {
+                "200": ok("a page of actions", _page_of("OperatorAction")),
+                "400": error(
+                    "limit is out of range, or cursor was not issued by this service",
+                    "invalid_request",
+                    "invalid_cursor",
+                ),
+                "401": UNAUTHENTICATED,
+                "403": DASHBOARD_READ_FORBIDDEN,
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+}
 
 PATHS: dict[str, dict[str, Any]] = {
     "/users": {
@@ -349,6 +742,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "idempotency_key_missing",
                 ),
                 "401": UNAUTHENTICATED,
+                "403": READ_ONLY,
                 "413": BODY_TOO_LARGE,
                 "415": NOT_JSON,
                 "422": error(
@@ -466,11 +860,12 @@ DOCUMENT: dict[str, Any] = {
         "`Authorization: Bearer <API key>`. A user's key sees only its own user, accounts, "
         "their entries and the transfers touching them, and moves money only out of its own "
         "accounts; anything else answers as if it did not exist. An operator key may do "
-        "everything. Methods not listed for a path answer 405 with `Allow`; OPTIONS is "
-        "answered by the framework with `Allow`.",
+        "everything; a read-only operator key sees everything and is refused (403 "
+        "`read_only_key`) whatever would change something. Methods not listed for a path "
+        "answer 405 with `Allow`; OPTIONS is answered by the framework with `Allow`.",
     },
     "security": [{"apiKey": []}],
-    "paths": PATHS,
+    "paths": {**PATHS, **DASHBOARD_PATHS},
     "components": {
         "schemas": SCHEMAS,
         "securitySchemes": {
@@ -479,7 +874,14 @@ DOCUMENT: dict[str, Any] = {
                 "scheme": "bearer",
                 "description": "an API key from `settle keys create --user ID` or "
                 "`settle keys create --operator`",
-            }
+            },
+            "session": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "settle_dashboard",
+                "description": "the dashboard's session (POST /dashboard/login); requests that"
+                " change something also send its CSRF token as `X-CSRF-Token`",
+            },
         },
     },
 }

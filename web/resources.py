@@ -77,6 +77,7 @@ class Users(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         by = principal(req)
         auth.require_operator(by)  # before the body: a user's key gets 403 whatever it sends
+        auth.require_writer(by)
         new = commands.user_request(read_json(req, self._max_body_bytes))
         with connection(self._pool) as conn:
             user = ledger.create_user(conn, new, by=by)
@@ -105,6 +106,7 @@ class Accounts(_Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         by = principal(req)
         auth.require_operator(by)  # before the body: a user's key gets 403 whatever it sends
+        auth.require_writer(by)
         new = commands.account_request(read_json(req, self._max_body_bytes))
         with connection(self._pool) as conn:
             account = ledger.create_account(conn, new, by=by)
@@ -136,6 +138,7 @@ class Transfers(_Resource):
         self._enqueue = enqueue
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        auth.require_writer(principal(req))  # before the body, as for the operator-only routes
         body = read_json(req, self._max_body_bytes)
         new = commands.transfer_request(body, req.get_header("Idempotency-Key"))
         with connection(self._pool) as conn:

@@ -16,11 +16,11 @@ from collections.abc import Iterable
 
 import psycopg
 import redis
-from dramatiq import Message
 
 from shared.db.pool import connect_once
 from shared.errors import first_line
 from shared.ledger import dead_letters
+from shared.runtime import queues
 from shared.runtime.lifecycle import load_settings
 from shared.runtime.settings import Settings
 from worker.actors import settle_transfer
@@ -33,29 +33,14 @@ log = logging.getLogger("settle.dead_letters")
 def dead_messages(broker: SettleRedisBroker, queue: str = TRANSFER_QUEUE) -> dict[int, list[str]]:
     """Transfer id -> the broker ids of its messages in `queue`'s dead-letter queue.
     Raises redis errors."""
-    found: dict[int, list[str]] = {}
-    stored = broker.client.hgetall(f"{broker.namespace}:{queue}.XQ.msgs")
-    for redis_id, data in stored.items():
-        # The broker's client does not decode responses: keys and values are bytes.
-        assert isinstance(redis_id, bytes) and isinstance(data, bytes)
-        message = Message.decode(data)
-        found.setdefault(int(message.args[0]), []).append(redis_id.decode())
-    return found
+    return queues.dead_letters(broker.client, broker.namespace, queue)
 
 
 def discard(
     broker: SettleRedisBroker, redis_ids: Iterable[str], queue: str = TRANSFER_QUEUE
 ) -> None:
-    """Drop messages from `queue`'s dead-letter queue (the layout of dramatiq's dispatch.lua:
-    a sorted set of ids and a hash of their bodies). Raises redis errors."""
-    ids = list(redis_ids)
-    if not ids:
-        return
-    key = f"{broker.namespace}:{queue}.XQ"
-    with broker.client.pipeline(transaction=True) as pipe:
-        pipe.zrem(key, *ids)
-        pipe.hdel(f"{key}.msgs", *ids)
-        pipe.execute()
+    """Drop messages from `queue`'s dead-letter queue. Raises redis errors."""
+    queues.discard_dead_letters(broker.client, broker.namespace, queue, redis_ids)
 
 
 def list_command(settings: Settings) -> int:

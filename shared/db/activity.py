@@ -16,14 +16,17 @@ import psycopg
 ROLES = ("web", "worker", "sweeper")
 
 
-def connections_by_role(conn: psycopg.Connection, database: str) -> Counter[str]:
+def connections_by_role(
+    conn: psycopg.Connection, database: str, *, include_self: bool = False
+) -> Counter[str]:
     """Connections to `database` per role (web, worker, sweeper, and e.g. web-lease for a
-    process waiting for its lease), this connection excluded."""
+    process waiting for its lease), this connection excluded unless `include_self` (a pooled
+    connection asking is one of its role's)."""
     rows = conn.execute(
         "SELECT split_part(application_name, ':', 2), count(*) FROM pg_stat_activity"
-        " WHERE datname = %s AND application_name LIKE 'settle:%%' AND pid <> pg_backend_pid()"
-        " GROUP BY 1",
-        (database,),
+        " WHERE datname = %s AND application_name LIKE 'settle:%%'"
+        " AND (%s OR pid <> pg_backend_pid()) GROUP BY 1",
+        (database, include_self),
     ).fetchall()
     return Counter({role: int(count) for role, count in rows})
 

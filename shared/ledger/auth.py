@@ -3,8 +3,9 @@
 A key is `settle_` followed by 43 URL-safe characters (256 random bits). Only its SHA-256 is
 stored, so finding a key is one indexed lookup by hash, and a copy of the table holds nothing
 that authenticates. A user's key acts for that user alone; an operator key acts for no user
-and may do everything. Functions here raise `ApiKeyInvalid`, `OperatorOnly`, `UserNotFound`
-or `ApiKeyNotFound`; driver errors propagate.
+and may do everything, unless it is read-only: then it sees everything and changes nothing.
+Functions here raise `ApiKeyInvalid`, `OperatorOnly`, `ReadOnlyKey`, `UserNotFound` or
+`ApiKeyNotFound`; driver errors propagate.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
-from shared.errors import ApiKeyInvalid, ApiKeyNotFound, OperatorOnly, UserNotFound
+from shared.errors import ApiKeyInvalid, ApiKeyNotFound, OperatorOnly, ReadOnlyKey, UserNotFound
 
 KEY_PREFIX = "settle_"
 _KEY = re.compile(r"settle_[A-Za-z0-9_-]{43}")
@@ -31,10 +32,12 @@ OPERATOR_SCOPE = "operator"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts for: one user (`user_id`), or an operator (`user_id` None)."""
+    """Who a request acts for: one user (`user_id`), or an operator (`user_id` None), which
+    may be `read_only` (it sees what any operator sees and changes nothing)."""
 
     user_id: int | None
     key_id: int | None = None
+    read_only: bool = False
 
     @property
     def is_operator(self) -> bool:
@@ -61,6 +64,12 @@ def require_operator(by: Principal) -> None:
         raise OperatorOnly("this needs an operator API key")
 
 
+def require_writer(by: Principal) -> None:
+    """Raises `ReadOnlyKey` when `by` may only read."""
+    if by.read_only:
+        raise ReadOnlyKey("this API key is read-only; it may not change anything")
+
+
 def generate_key() -> str:
     """A new random API key."""
     return KEY_PREFIX + secrets.token_urlsafe(32)
@@ -83,39 +92,46 @@ def authenticate(conn: psycopg.Connection, key: str) -> Principal:
     revoked key."""
     check_well_formed(key)
     row = conn.execute(
-        "SELECT id, user_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+        "SELECT id, user_id, read_only FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
         (hash_key(key),),
     ).fetchone()
     if row is None:
         raise ApiKeyInvalid("the API key is unknown or revoked")
-    return Principal(user_id=row[1], key_id=row[0])
+    return Principal(user_id=row[1], key_id=row[0], read_only=row[2])
 
 
 @dataclass(frozen=True)
 class CreatedKey:
-    """A key just made: its id, the secret (to show once, never stored) and its user."""
+    """A key just made: its id, the secret (to show once, never stored), its user and whether
+    it is read-only."""
 
     id: int
     key: str
     user_id: int | None
+    read_only: bool = False
 
 
-def create_key(conn: psycopg.Connection, *, user_id: int | None, label: str = "") -> CreatedKey:
-    """Store a new key for `user_id` (None: an operator key) and return it with its secret.
+def create_key(
+    conn: psycopg.Connection, *, user_id: int | None, label: str = "", read_only: bool = False
+) -> CreatedKey:
+    """Store a new key for `user_id` (None: an operator key, which may be `read_only`) and
+    return it with its secret.
 
-    Raises `UserNotFound` when the user does not exist.
+    Raises `UserNotFound` when the user does not exist, `ValueError` for a read-only user key.
     """
+    if read_only and user_id is not None:
+        raise ValueError("only operator keys can be read-only")
     key = generate_key()
     try:
         row = conn.execute(
-            "INSERT INTO api_keys (user_id, is_operator, key_hash, key_prefix, label)"
+            "INSERT INTO api_keys (user_id, read_only, key_hash, key_prefix, label)"
             " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-            (user_id, user_id is None, hash_key(key), key[:SHOWN_CHARS], label),
+            (user_id, read_only, hash_key(key), key[:SHOWN_CHARS], label),
         ).fetchone()
     except pg_errors.ForeignKeyViolation:
         raise UserNotFound(f"user {user_id} does not exist") from None
     assert row is not None
-    return CreatedKey(id=row[0], key=key, user_id=user_id)
+    return CreatedKey(id=row[0], key=key, user_id=user_id, read_only=read_only)
 
 
 def revoke_key(conn: psycopg.Connection, key_id: int) -> bool:
@@ -145,11 +161,11 @@ def revoke_labelled(conn: psycopg.Connection, label: str) -> int:
 
 
 def list_keys(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """Every key, oldest first, without secrets: id, user_id (None: operator), label, the
-    first characters of the key, created_at and revoked_at."""
+    """Every key, oldest first, without secrets: id, user_id (None: operator), read_only,
+    label, the first characters of the key, created_at and revoked_at."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT id, user_id, label, key_prefix, created_at, revoked_at FROM api_keys"
-            " ORDER BY id"
+            "SELECT id, user_id, read_only, label, key_prefix, created_at, revoked_at"
+            " FROM api_keys ORDER BY id"
         )
         return cur.fetchall()

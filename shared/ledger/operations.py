@@ -33,7 +33,7 @@ from shared.errors import (
     UnknownTransferAccount,
     UserNotFound,
 )
-from shared.ledger.auth import Principal, require_operator
+from shared.ledger.auth import Principal, require_operator, require_writer
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.ledger.money import parse_id
 
@@ -57,9 +57,10 @@ def _one(
 
 
 def create_user(conn: psycopg.Connection, new: NewUser, *, by: Principal) -> Row:
-    """Insert a user. Raises `OperatorOnly` unless `by` is an operator, `EmailTaken` when the
-    email is in use."""
+    """Insert a user. Raises `OperatorOnly` unless `by` is an operator, `ReadOnlyKey` when it
+    is read-only, `EmailTaken` when the email is in use."""
     require_operator(by)
+    require_writer(by)
     try:
         row = _one(
             conn,
@@ -84,8 +85,9 @@ def get_user(conn: psycopg.Connection, user_id: int, *, by: Principal) -> Row:
 
 def create_account(conn: psycopg.Connection, new: NewAccount, *, by: Principal) -> Row:
     """Insert an account with a zero balance. Raises `OperatorOnly` unless `by` is an
-    operator, `UserNotFound` for an unknown owner."""
+    operator, `ReadOnlyKey` when it is read-only, `UserNotFound` for an unknown owner."""
     require_operator(by)
+    require_writer(by)
     try:
         row = _one(
             conn,
@@ -162,10 +164,12 @@ def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal
     """Record a pending transfer, or return the one `by` recorded earlier under the same
     Idempotency-Key (keys are scoped to `by.idempotency_scope`).
 
-    Raises `SameAccount`, `UnknownTransferAccount` (also when a user's key names a source
-    account that is not its own), `CurrencyMismatch` (nothing written), and
-    `IdempotencyKeyReused` when the key was used for a different request.
+    Raises `ReadOnlyKey` for a read-only key, `SameAccount`, `UnknownTransferAccount` (also
+    when a user's key names a source account that is not its own), `CurrencyMismatch`
+    (nothing written), and `IdempotencyKeyReused` when the key was used for a different
+    request.
     """
+    require_writer(by)
     if new.from_account_id == new.to_account_id:
         raise SameAccount("from_account_id and to_account_id must differ")
     with conn.cursor(row_factory=dict_row) as cur:

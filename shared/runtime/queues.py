@@ -5,13 +5,16 @@ messages through it).
 For a queue `q` in namespace `ns`: `ns:q` is the list of message ids not yet fetched,
 `ns:q.msgs` the hash of every message not yet acknowledged (fetched ones included),
 `ns:q.DQ.msgs` the same for delayed messages (retries waiting for their backoff), and the
-sorted set `ns:q.XQ` the dead letters. Four O(1) commands in one round trip; raises redis
-errors.
+sorted set `ns:q.XQ` the dead letters (their bodies in the hash `ns:q.XQ.msgs`). Counting
+is four O(1) commands in one round trip. Every function raises redis errors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+from dramatiq import Message
 
 #: The states counted, in the order `settle status` prints them.
 STATES = ("ready", "in_flight", "delayed", "dead")
@@ -33,3 +36,41 @@ def queue_counts(client: Any, namespace: str, queue: str) -> dict[str, int]:
         "delayed": delayed,
         "dead": dead,
     }
+
+
+def dead_letters(client: Any, namespace: str, queue: str) -> dict[int, list[str]]:
+    """Transfer id -> the broker ids of its messages in `queue`'s dead-letter queue (the hash
+    `ns:q.XQ.msgs` holds their bodies; a settle message's first argument is the transfer id).
+    Reads the whole hash: one command, as long as the dead-letter queue."""
+    found: dict[int, list[str]] = {}
+    for redis_id, data in client.hgetall(f"{namespace}:{queue}.XQ.msgs").items():
+        message = Message.decode(data if isinstance(data, bytes) else data.encode())
+        rid = redis_id.decode() if isinstance(redis_id, bytes) else str(redis_id)
+        found.setdefault(int(message.args[0]), []).append(rid)
+    return found
+
+
+def discard_dead_letters(client: Any, namespace: str, queue: str, redis_ids: Iterable[str]) -> None:
+    """Drop messages from `queue`'s dead-letter queue: its sorted set of ids and its hash of
+    bodies, in one transaction."""
+    ids = list(redis_ids)
+    if not ids:
+        return
+    key = f"{namespace}:{queue}.XQ"
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zrem(key, *ids)
+        pipe.hdel(f"{key}.msgs", *ids)
+        pipe.execute()
+
+
+def drop_dead_letters_of(
+    client: Any, namespace: str, queue: str, transfer_ids: Iterable[int]
+) -> None:
+    """Drop the dead-letter messages of the given transfers (sent again, or ended)."""
+    wanted = set(transfer_ids)
+    if not wanted:
+        return
+    queued = dead_letters(client, namespace, queue)
+    discard_dead_letters(
+        client, namespace, queue, [rid for tid in wanted & set(queued) for rid in queued[tid]]
+    )

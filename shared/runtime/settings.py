@@ -62,6 +62,26 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return raw
 
 
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise InvalidSetting(f"{name}={raw!r} is not a boolean (true or false)")
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if len(raw) < 32:
+        raise InvalidSetting(f"{name} must be at least 32 characters long")
+    return raw
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -124,6 +144,11 @@ class Settings:
             tempfile.gettempdir(), f"settle-metrics-{self.port}"
         )
 
+    dashboard_idle_seconds: float = 1800.0
+    dashboard_secure_cookie: bool = False
+    dashboard_session_secret: str | None = None  # None: made once, kept in the database
+    dashboard_pending_threshold_seconds: float = 300.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings from `env` (default: the process environment).
@@ -180,6 +205,14 @@ class Settings:
             hostname=env.get("SETTLE_HOSTNAME") or d.hostname,
             log_format=_choice(env, "LOG_FORMAT", d.log_format, ("auto", "json", "text")),
             metrics_dir=env.get("METRICS_DIR") or d.metrics_dir,
+            dashboard_idle_seconds=_float(env, "DASHBOARD_IDLE_SECONDS", d.dashboard_idle_seconds),
+            dashboard_secure_cookie=_bool(
+                env, "DASHBOARD_SECURE_COOKIE", d.dashboard_secure_cookie
+            ),
+            dashboard_session_secret=_secret(env, "DASHBOARD_SESSION_SECRET"),
+            dashboard_pending_threshold_seconds=_float(
+                env, "DASHBOARD_PENDING_THRESHOLD_SECONDS", d.dashboard_pending_threshold_seconds
+            ),
         )
 
     @property

@@ -102,11 +102,20 @@ def post_account(w: World) -> tuple[str, dict[str, object]]:
     return "/accounts", {"json": {"user_id": w.owner, "currency": "EUR"}}
 
 
+def dashboard_post(
+    template: str, body: Callable[[World], dict[str, object]] | None = None
+) -> Request:
+    """A POST to the dashboard's JSON twin naming the funding transfer, with `body(w)`."""
+    return lambda w: (template.format(w.funding), {} if body is None else {"json": body(w)})
+
+
 def public(path: str) -> Request:
     return lambda w: (path, {})
 
 
 UNAUTHENTICATED = (401, 401, 401)
+#: The dashboard's JSON twin: operator keys only (a user's key is 403 operator_only).
+OPERATORS_ONLY = (*UNAUTHENTICATED, 403, 403, 200)
 #: (method, route, how to build the request, statuses for CALLERS in order)
 MATRIX: list[tuple[str, str, Request, tuple[int, ...]]] = [
     ("GET", "/users/{user_id}", get("/users/{}", "owner"), (*UNAUTHENTICATED, 404, 200, 200)),
@@ -131,6 +140,33 @@ MATRIX: list[tuple[str, str, Request, tuple[int, ...]]] = [
     ("POST", "/transfers", post_transfer, (*UNAUTHENTICATED, 422, 202, 202)),
     ("POST", "/users", post_user, (*UNAUTHENTICATED, 403, 403, 201)),
     ("POST", "/accounts", post_account, (*UNAUTHENTICATED, 403, 403, 201)),
+    *[
+        ("GET", route, get(route.replace("{transfer_id}", "{}"), "funding"), OPERATORS_ONLY)
+        for route in (
+            "/dashboard/api/overview",
+            "/dashboard/api/transfers",
+            "/dashboard/api/transfers/count",
+            "/dashboard/api/transfers/{transfer_id}",
+            "/dashboard/api/actions",
+        )
+    ],
+    *[
+        ("POST", route, dashboard_post(route.replace("{transfer_id}", "{}")), OPERATORS_ONLY)
+        for route in (
+            "/dashboard/api/transfers/{transfer_id}/retry",
+            "/dashboard/api/transfers/{transfer_id}/cancel",
+        )
+    ],
+    (
+        "POST",
+        "/dashboard/api/transfers/retry",
+        # A filter nothing else in the suite's database matches: the owner's dead letters.
+        dashboard_post(
+            "/dashboard/api/transfers/retry",
+            lambda w: {"state": "dead", "account": w.owner_account},
+        ),
+        OPERATORS_ONLY,
+    ),
     ("GET", "/healthz", public("/healthz"), (200,) * 6),
     ("GET", "/readyz", public("/readyz"), (200,) * 6),
     ("GET", "/openapi.json", public("/openapi.json"), (200,) * 6),

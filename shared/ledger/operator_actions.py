@@ -1,0 +1,114 @@
+"""What operators do to transfers from the dashboard, and the record of it.
+
+Retrying is what `settle dead-letters retry` does: clear a dead-lettered transfer's mark
+(`shared.ledger.dead_letters.release`) and let the caller send it a fresh message after the
+commit. Cancelling ends a dead-lettered transfer `failed` with `failure_code =
+cancelled_by_operator`, moving no money. Both are idempotent: a transfer that is not
+dead-lettered (settled, failed, or sent again already) is left as it is. Every change is
+recorded in `operator_actions`, in the same transaction, with the key that asked for it.
+Functions raise `ReadOnlyKey` for a read-only principal, `OperatorOnly` for a user's;
+driver errors propagate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from shared.ledger import dead_letters
+from shared.ledger.attention import TransferFilter, dead_lettered_ids
+from shared.ledger.auth import Principal, require_operator, require_writer
+
+CANCELLED = "cancelled_by_operator"
+
+#: Transfers released per transaction by a bulk retry: small enough that a batch holds its
+#: row locks briefly, large enough that thousands take a handful of round trips.
+BATCH = 500
+
+
+def require_acting(by: Principal) -> None:
+    """Raises `OperatorOnly` or `ReadOnlyKey` unless `by` may act on transfers."""
+    require_operator(by)
+    require_writer(by)
+
+
+def record(
+    conn: psycopg.Connection, by: Principal, action: str, transfer_ids: Sequence[int], detail: str
+) -> None:
+    """Add one row to the operator action record."""
+    conn.execute(
+        "INSERT INTO operator_actions (key_id, action, transfer_ids, detail)"
+        " VALUES (%s, %s, %s, %s)",
+        (by.key_id, action, list(transfer_ids), detail),
+    )
+
+
+def retry(conn: psycopg.Connection, transfer_ids: Sequence[int], *, by: Principal) -> list[int]:
+    """Release those of `transfer_ids` that are dead-lettered and record it; return the ids
+    released (the caller sends each a message once this transaction has committed)."""
+    require_acting(by)
+    with conn.transaction():
+        released = dead_letters.release(conn, list(transfer_ids))
+        if released:
+            record(conn, by, "retry", released, f"retried {len(released)} transfer(s)")
+    return released
+
+
+def retry_batch(
+    conn: psycopg.Connection, wanted: TransferFilter, *, after: int, by: Principal
+) -> list[int]:
+    """Release the next batch of dead-lettered transfers matching `wanted` with ids above
+    `after`, recording it with the filter; return the ids released (empty: none left)."""
+    require_acting(by)
+    with conn.transaction():
+        ids = dead_lettered_ids(conn, wanted, after=after, limit=BATCH)
+        released = dead_letters.release(conn, ids) if ids else []
+        if released:
+            shown = " ".join(f"{k}={v}" for k, v in sorted(wanted.params().items()))
+            record(
+                conn,
+                by,
+                "retry",
+                released,
+                f"bulk retry of {len(released)} transfer(s) matching: {shown or 'all'}",
+            )
+    return released
+
+
+def cancel(conn: psycopg.Connection, transfer_id: int, *, by: Principal) -> bool:
+    """End a dead-lettered transfer `failed` (`cancelled_by_operator`), moving no money, and
+    record it. False when it was not dead-lettered (nothing changed)."""
+    require_acting(by)
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE transfers SET status = 'failed', failure_code = %s, dead_lettered_at = NULL,"
+            " finished_at = now() WHERE id = %s AND dead_lettered_at IS NOT NULL RETURNING id",
+            (CANCELLED, transfer_id),
+        ).fetchone()
+        if row is not None:
+            record(conn, by, "cancel", [transfer_id], "cancelled a dead-lettered transfer")
+    return row is not None
+
+
+def recent(
+    conn: psycopg.Connection,
+    *,
+    limit: int = 50,
+    before: int | None = None,
+    transfer_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """The latest operator actions, newest first (`before`: only those with a smaller id;
+    `transfer_id`: only those naming it): id, key_id, key_label, action, transfer_ids,
+    detail, created_at."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT a.id, a.key_id, k.label AS key_label, a.action, a.transfer_ids, a.detail,"
+            " a.created_at FROM operator_actions a LEFT JOIN api_keys k ON k.id = a.key_id"
+            " WHERE a.id < %s AND (%s::bigint IS NULL OR a.transfer_ids @> ARRAY[%s::bigint])"
+            " ORDER BY a.id DESC LIMIT %s",
+            (before if before is not None else 2**63 - 1, transfer_id, transfer_id, limit),
+        )
+        return cur.fetchall()

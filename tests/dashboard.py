@@ -1,0 +1,93 @@
+"""Helpers for the dashboard's tests: log in through the real form, read CSRF tokens, and
+make dead-lettered transfers in bulk."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import psycopg
+from falcon.testing import Result, TestClient
+
+from shared.ledger import dead_letters
+from tests.helpers import make_account, submit
+
+COOKIE = "settle_dashboard"
+LOGIN_COOKIE = "settle_dashboard_login"
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def csrf_of(page: Result) -> str:
+    """The CSRF token a page's forms carry."""
+    found = _CSRF.search(page.text)
+    assert found, f"no CSRF token on the page: {page.text[:300]}"
+    return found.group(1)
+
+
+def log_in(client: TestClient, key: str) -> Result:
+    """Submit the login form with `key` as a browser would (login cookie and its token)."""
+    form = client.simulate_get("/dashboard/login")
+    token = form.cookies[LOGIN_COOKIE].value
+    return client.simulate_post(
+        "/dashboard/login",
+        body=f"key={key}&csrf={token}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        cookies={LOGIN_COOKIE: token},
+    )
+
+
+class Browser:
+    """A logged-in session: its cookie, and its CSRF token."""
+
+    def __init__(self, client: TestClient, key: str) -> None:
+        self.client = client
+        answer = log_in(client, key)
+        assert answer.status_code == 303, answer.text
+        self.cookie = answer.cookies[COOKIE].value
+        self.csrf = csrf_of(self.get("/dashboard/actions"))
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        return {COOKIE: self.cookie}
+
+    def get(self, path: str, **kw: object) -> Result:
+        return self.client.simulate_get(path, cookies=self.cookies, **kw)  # type: ignore[arg-type]
+
+    def post(
+        self, path: str, fields: dict[str, object] | None = None, *, csrf: str | None = ""
+    ) -> Result:
+        """POST a form; the session's CSRF token unless `csrf` is given (None: none sent)."""
+        data = dict(fields or {})
+        token = self.csrf if csrf == "" else csrf
+        if token is not None:
+            data["csrf"] = token
+        from urllib.parse import urlencode
+
+        return self.client.simulate_post(
+            path,
+            body=urlencode(data),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            cookies=self.cookies,
+        )
+
+
+def dead_lettered(conn: psycopg.Connection, *, amount: int = 100, error: str = "boom") -> int:
+    """A pending transfer out of a fresh treasury account, parked with `error`."""
+    source, target = make_account(conn, treasury=True), make_account(conn)
+    transfer = submit(conn, source, target, amount)
+    assert dead_letters.mark(conn, transfer, error)
+    return transfer
+
+
+def many_dead_lettered(conn: psycopg.Connection, count: int, *, error: str) -> list[int]:
+    """`count` parked transfers between two fresh accounts (the first a treasury), made in
+    one statement."""
+    source, target = make_account(conn, treasury=True), make_account(conn)
+    rows = conn.execute(
+        "INSERT INTO transfers (idempotency_key, request_hash, from_account_id, to_account_id,"
+        " amount, currency, idempotency_scope, attempts, last_error, dead_lettered_at)"
+        " SELECT %s || g, 'bulk', %s, %s, 1 + g, 'EUR', 'operator', 11, %s, now()"
+        " FROM generate_series(1, %s) g RETURNING id",
+        (uuid.uuid4().hex, source, target, error, count),
+    ).fetchall()
+    return sorted(int(r[0]) for r in rows)

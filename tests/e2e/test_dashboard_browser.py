@@ -1,0 +1,181 @@
+"""The dashboard in a real browser (headless Chromium driven by Selenium) against the real
+web and worker processes: log in, find a dead-lettered transfer by its business fields,
+filter, bulk-retry it with confirmation, see it settle, log out; a read-only key sees the
+same pages and cannot act. A screenshot of the overview is kept under the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shared.ledger import auth
+from tests.dashboard import dead_lettered
+from tests.e2e.conftest import Service
+from tests.helpers import transfer_row, wait_until
+
+pytestmark = pytest.mark.e2e
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _ensure_chromium() -> None:
+    """Install Debian's chromium and chromium-driver when absent (as CI's machine can)."""
+    if Path(CHROMEDRIVER).exists() and Path(CHROMIUM).exists():
+        return
+    apt = shutil.which("apt-get")
+    if apt is None:
+        pytest.fail("chromium and chromium-driver are missing and apt-get is not available")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([apt, "update"], check=True, env=env, timeout=600)
+    subprocess.run(
+        [apt, "install", "-y", "chromium", "chromium-driver"], check=True, env=env, timeout=900
+    )
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    _ensure_chromium()
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not fetch a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1600",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _on(driver, path: str, *, showing: str) -> None:
+    """Wait until the browser has loaded `path` (the URL's path, any query) showing `showing`
+    (a click submits asynchronously)."""
+
+    def there() -> bool:
+        url = driver.current_url.split("?", 1)[0]
+        return url.endswith(path) and showing in driver.page_source
+
+    wait_until(there, timeout=10, what=f"the browser shows {path} with {showing!r}")
+
+
+def _log_in(driver, base: str, key: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/dashboard")
+    _on(driver, "/dashboard/login", showing="Operator API key")  # no session: the login form
+    driver.find_element(By.ID, "key").send_keys(key)
+    driver.find_element(By.ID, "login").click()
+    _on(driver, "/dashboard", showing="<h1>Overview</h1>")
+
+
+def test_an_operator_finds_filters_and_bulk_retries_a_dead_letter_and_a_viewer_cannot(
+    service: Service, browser, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    service.env.update(WEB_PROCESSES="1", WORKER_PROCESSES="1", WORKER_THREADS="2")
+    service.start_web()
+    service.start_worker()
+    base = f"http://127.0.0.1:{service.port}"
+    marker = f"could not serialize access {uuid.uuid4().hex[:8]}"
+    parked = dead_lettered(db, amount=123_456, error=marker)
+    untouched = dead_lettered(db, amount=777, error=f"other {uuid.uuid4().hex[:8]}")
+    row = transfer_row(db, parked)
+    operator = auth.create_key(db, user_id=None, label="browser operator").key
+    viewer = auth.create_key(db, user_id=None, read_only=True, label="browser viewer").key
+
+    _log_in(driver, base, operator)
+    assert "Transfers" in driver.page_source and "Connection budget" in driver.page_source
+    driver.save_screenshot(str(tmp_path / "overview.png"))
+    assert (tmp_path / "overview.png").stat().st_size > 0
+    # On a phone-sized screen the page fits its width (wide tables scroll inside their box).
+    driver.set_window_size(390, 844)
+    driver.refresh()
+    _on(driver, "/dashboard", showing="<h1>Overview</h1>")
+    assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    driver.save_screenshot(str(tmp_path / "overview-phone.png"))
+    driver.set_window_size(1280, 1600)
+
+    # The list, filtered by the error text, shows the transfer with its business fields.
+    driver.find_element(By.LINK_TEXT, "Transfers").click()
+    _on(driver, "/dashboard/transfers", showing="Transfers needing attention")
+    driver.find_element(By.NAME, "error").send_keys(marker)
+    driver.find_element(By.XPATH, "//button[text()='Filter']").click()
+    _on(driver, "/dashboard/transfers", showing="1 transfer(s) match")
+    table = driver.find_element(By.TAG_NAME, "table").text
+    listed = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "tbody td:first-child a")]
+    assert listed == [str(parked)]
+    for shown in (
+        "1,234.56 EUR",
+        marker,
+        f"account {row['from_account_id']}",
+        f"account {row['to_account_id']}",
+        "dead-lettered",
+    ):
+        assert shown in table, shown
+
+    # Bulk retry: the confirmation shows the count, then the batch runs.
+    driver.find_element(By.PARTIAL_LINK_TEXT, "Retry all 1 dead-lettered").click()
+    _on(driver, "/dashboard/transfers/retry", showing="retry-count")
+    assert driver.find_element(By.ID, "retry-count").text == "1"
+    driver.find_element(By.XPATH, "//button[text()='Yes, retry 1']").click()
+    _on(driver, "/dashboard/transfers/retry", showing="retry-result")
+    assert "Sent 1 transfer(s) again" in driver.find_element(By.ID, "retry-result").text
+
+    # The real worker settles it.
+    wait_until(
+        lambda: transfer_row(db, parked)["status"] == "settled",
+        timeout=30,
+        what=f"transfer {parked} settles",
+    )
+    driver.get(f"{base}/dashboard/transfers/{parked}")
+    _on(driver, f"/dashboard/transfers/{parked}", showing="bulk retry of 1 transfer(s)")
+    assert "settled" in driver.page_source
+    assert transfer_row(db, untouched)["dead_lettered_at"] is not None
+
+    # Log out: the session is over.
+    driver.find_element(By.XPATH, "//button[text()='Log out']").click()
+    _on(driver, "/dashboard/login", showing="Operator API key")
+    driver.get(f"{base}/dashboard")
+    _on(driver, "/dashboard/login", showing="Operator API key")
+
+    # A read-only key sees the dead letter, its buttons are disabled, and forcing one is 403.
+    _log_in(driver, base, viewer)
+    assert "read-only operator key" in driver.page_source
+    driver.get(f"{base}/dashboard/transfers/{untouched}")
+    _on(driver, f"/dashboard/transfers/{untouched}", showing="(read-only key)")
+    retry = driver.find_element(By.XPATH, "//button[text()='Retry']")
+    assert retry.get_attribute("disabled") is not None
+    driver.execute_script("document.querySelectorAll('button').forEach(b => b.disabled = false)")
+    driver.find_element(By.XPATH, "//button[text()='Retry']").click()
+    wait_until(lambda: "read_only_key" in driver.page_source, timeout=10, what="the refusal page")
+    assert transfer_row(db, untouched)["dead_lettered_at"] is not None
+    db.execute(
+        "UPDATE transfers SET dead_lettered_at = NULL, status = 'failed',"
+        " failure_code = 'cancelled_by_operator', finished_at = now() WHERE id = %s",
+        (untouched,),
+    )

@@ -1,0 +1,65 @@
+"""The operator dashboard at /dashboard: server-rendered pages (see `pages`) and their JSON
+twin under /dashboard/api (see `api`), served by the web front."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+from psycopg_pool import ConnectionPool
+
+from shared.runtime.settings import Settings
+from web.dashboard import api, pages
+from web.dashboard.access import Access
+from web.dashboard.data import OverviewSource, broker_functions
+from web.dashboard.pages import Enqueue
+
+
+def add_dashboard(
+    app: falcon.App,
+    settings: Settings,
+    *,
+    pool: ConnectionPool,
+    enqueue: Enqueue,
+    queue_client: Any | None,
+) -> None:
+    """Route the dashboard's pages and their JSON twin on `app`; `queue_client` (the broker's
+    Redis client, or None) is how it counts the queue and drops dead letters."""
+    queue_depths, discard_dead = broker_functions(queue_client, settings.broker_namespace)
+    access = Access(settings, pool)
+    c = (access, pool, settings)
+    source = OverviewSource(pool, settings, queue_depths)
+    routes: dict[str, object] = {
+        "/dashboard": pages.Overview(*c, source),
+        "/dashboard/login": pages.Login(*c),
+        "/dashboard/logout": pages.Logout(*c),
+        "/dashboard/static/dashboard.css": pages.Stylesheet(),
+        "/dashboard/transfers": pages.TransferList(*c),
+        "/dashboard/transfers/retry": pages.BulkRetry(
+            *c, enqueue=enqueue, discard_dead=discard_dead
+        ),
+        "/dashboard/transfers/{transfer_id}": pages.Transfer(*c),
+        "/dashboard/transfers/{transfer_id}/retry": pages.RetryOne(
+            *c, enqueue=enqueue, discard_dead=discard_dead
+        ),
+        "/dashboard/transfers/{transfer_id}/cancel": pages.Cancel(
+            *c, enqueue=enqueue, discard_dead=discard_dead
+        ),
+        "/dashboard/actions": pages.Actions(*c),
+        "/dashboard/api/overview": api.Overview(*c, source),
+        "/dashboard/api/transfers": api.Transfers(*c),
+        "/dashboard/api/transfers/count": api.TransferCount(*c),
+        "/dashboard/api/transfers/retry": api.BulkRetry(
+            *c, enqueue=enqueue, discard_dead=discard_dead
+        ),
+        "/dashboard/api/transfers/{transfer_id}": api.Transfer(*c),
+        "/dashboard/api/transfers/{transfer_id}/retry": api.RetryOne(
+            *c, enqueue=enqueue, discard_dead=discard_dead
+        ),
+        "/dashboard/api/transfers/{transfer_id}/cancel": api.Cancel(
+            *c, enqueue=enqueue, discard_dead=discard_dead
+        ),
+        "/dashboard/api/actions": api.Actions(*c),
+    }
+    for template, resource in routes.items():
+        app.add_route(template, resource)

@@ -1,0 +1,141 @@
+"""Who is asking, for the dashboard's pages and its JSON twin.
+
+Pages use a session: `POST /dashboard/login` turns an operator key into a signed cookie
+(`HttpOnly; SameSite=Strict; Path=/dashboard`, `Secure` over https or with
+DASHBOARD_SECURE_COOKIE), and every state-changing form echoes the session's CSRF token.
+The JSON twin takes an operator key as `Authorization: Bearer`, or the session cookie with
+the CSRF token in an `X-CSRF-Token` header for what changes something.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+
+import falcon
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from shared.db.pool import connection
+from shared.errors import ApiKeyMissing, CsrfRefused
+from shared.ledger import auth, sessions
+from shared.ledger.auth import Principal
+from shared.ledger.sessions import Session
+from shared.runtime.settings import Settings
+from web.auth import bearer_key
+
+COOKIE = "settle_dashboard"
+#: The login form's CSRF token is checked against this cookie (there is no session yet).
+LOGIN_COOKIE = "settle_dashboard_login"
+PATH = "/dashboard"
+
+
+class Access:
+    """Sessions and keys for the dashboard; one instance serves every thread."""
+
+    def __init__(self, settings: Settings, pool: ConnectionPool) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._secret: bytes | None = (
+            settings.dashboard_session_secret.encode()
+            if settings.dashboard_session_secret
+            else None
+        )
+        self._lock = threading.Lock()
+
+    @property
+    def idle_seconds(self) -> float:
+        return self._settings.dashboard_idle_seconds
+
+    def _signing_secret(self, conn: psycopg.Connection) -> bytes:
+        with self._lock:
+            if self._secret is None:
+                self._secret = sessions.session_secret(conn)
+            return self._secret
+
+    def session(self, req: falcon.Request) -> Session | None:
+        """The live session the request's cookie names, or None (no cookie, a forged one, an
+        expired or logged-out session, a revoked key)."""
+        values = req.get_cookie_values(COOKIE) or []
+        if not values:
+            return None
+        with connection(self._pool) as conn:
+            secret = self._signing_secret(conn)
+            for value in values:
+                session_id = sessions.unsign(secret, value)
+                if session_id is not None:
+                    return sessions.resume(conn, session_id, idle_seconds=self.idle_seconds)
+        return None
+
+    def log_in(self, key: str) -> tuple[Session, str]:
+        """A new session for an operator `key`, and the cookie value naming it. Raises
+        `ApiKeyInvalid` or `OperatorOnly`."""
+        auth.check_well_formed(key)
+        with connection(self._pool) as conn:
+            secret = self._signing_secret(conn)
+            session = sessions.start(conn, key, idle_seconds=self.idle_seconds)
+        return session, sessions.sign(secret, session.id)
+
+    def log_out(self, session: Session) -> None:
+        with connection(self._pool) as conn:
+            sessions.end(conn, session.id)
+
+    def _secure(self, req: falcon.Request) -> bool:
+        return self._settings.dashboard_secure_cookie or req.scheme == "https"
+
+    def set_cookie(self, req: falcon.Request, resp: falcon.Response, value: str) -> None:
+        # No Max-Age: the browser keeps it for its session, and the server decides when the
+        # session is over (idle time, logout, a revoked key).
+        resp.set_cookie(
+            COOKIE,
+            value,
+            path=PATH,
+            secure=self._secure(req),
+            http_only=True,
+            same_site="Strict",
+        )
+
+    def clear_cookie(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.unset_cookie(COOKIE, path=PATH, same_site="Strict")
+
+    def login_token(self, req: falcon.Request, resp: falcon.Response) -> str:
+        """The login form's CSRF token: the one in the browser's login cookie, or a new one."""
+        current = (req.get_cookie_values(LOGIN_COOKIE) or [""])[0]
+        token = current if len(current) == 43 else secrets.token_urlsafe(32)
+        resp.set_cookie(
+            LOGIN_COOKIE,
+            token,
+            path=PATH,
+            secure=self._secure(req),
+            http_only=True,
+            same_site="Strict",
+        )
+        return token
+
+    @staticmethod
+    def check_login_token(req: falcon.Request, sent: str | None) -> None:
+        """Raises `CsrfRefused` unless the login form echoed the login cookie's token."""
+        current = (req.get_cookie_values(LOGIN_COOKIE) or [""])[0]
+        if not current or not sent or not secrets.compare_digest(current, sent):
+            raise CsrfRefused("the form is stale or was not sent by the dashboard; log in again")
+
+    def api_principal(self, req: falcon.Request, *, changes: bool) -> Principal:
+        """Who a JSON twin request acts for: an operator key as Bearer, or a session (with
+        the CSRF token in `X-CSRF-Token` when it `changes` something). Raises
+        `ApiKeyMissing`, `ApiKeyInvalid`, `OperatorOnly` or `CsrfRefused`."""
+        header = req.get_header("Authorization")
+        if header is None:
+            session = self.session(req)
+            if session is None:
+                raise ApiKeyMissing(
+                    "send an operator key as `Authorization: Bearer <key>`, or log in"
+                )
+            if changes and not sessions.csrf_matches(session, req.get_header("X-CSRF-Token")):
+                raise CsrfRefused("send the session's CSRF token in X-CSRF-Token")
+            return session.principal
+        key = bearer_key(header)
+        auth.check_well_formed(key)
+        with connection(self._pool) as conn:
+            found = auth.authenticate(conn, key)
+        auth.require_operator(found)
+        return found

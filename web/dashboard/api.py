@@ -1,0 +1,195 @@
+"""The dashboard's JSON twin under /dashboard/api: the same data and actions as the pages,
+for scripts. An operator key as `Authorization: Bearer` (read-only keys read, and get 403
+`read_only_key` for actions), or the dashboard's session cookie with its CSRF token in
+`X-CSRF-Token` for what changes something. Documented in web/openapi.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+from psycopg_pool import ConnectionPool
+
+from shared.db.pool import connection
+from shared.errors import InvalidCursor, TransferNotFound
+from shared.ledger import attention, commands, operator_actions
+from shared.ledger.operations import decode_cursor, encode_cursor
+from shared.runtime.settings import Settings
+from web.dashboard import pages
+from web.dashboard.access import Access
+from web.dashboard.data import DiscardDead, OverviewSource
+from web.resources import path_id, read_json
+
+
+class _Api:
+    public = True  # authenticated by `Access.api_principal`, which also takes a session
+
+    def __init__(self, access: Access, pool: ConnectionPool, settings: Settings) -> None:
+        self._access = access
+        self._pool = pool
+        self._settings = settings
+
+    @property
+    def _threshold(self) -> float:
+        return self._settings.dashboard_pending_threshold_seconds
+
+
+class _Acting(_Api):
+    def __init__(
+        self,
+        access: Access,
+        pool: ConnectionPool,
+        settings: Settings,
+        *,
+        enqueue: pages.Enqueue,
+        discard_dead: DiscardDead | None,
+    ) -> None:
+        super().__init__(access, pool, settings)
+        self._enqueue = enqueue
+        self._discard_dead = discard_dead
+
+
+class Overview(_Api):
+    def __init__(
+        self, access: Access, pool: ConnectionPool, settings: Settings, source: OverviewSource
+    ) -> None:
+        super().__init__(access, pool, settings)
+        self._source = source
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._access.api_principal(req, changes=False)
+        resp.media = {"data": self._source.gather()}
+
+
+def _listed(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in TRANSFER_FIELDS}
+
+
+TRANSFER_FIELDS = (
+    "id",
+    "status",
+    "state",
+    "from_account_id",
+    "from_user_id",
+    "to_account_id",
+    "to_user_id",
+    "amount",
+    "currency",
+    "attempts",
+    "failure_code",
+    "last_error",
+    "created_at",
+    "dead_lettered_at",
+    "settled_at",
+    "age_seconds",
+)
+_PAGING = ("limit", "cursor")
+
+
+def _filter(req: falcon.Request) -> attention.TransferFilter:
+    params = pages.query_params(req)
+    return attention.transfer_filter(
+        {k: v for k, v in params.items() if k not in _PAGING}, strict=True
+    )
+
+
+class Transfers(_Api):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._access.api_principal(req, changes=False)
+        wanted = _filter(req)
+        limit = commands.limit(req.get_param("limit"))
+        with connection(self._pool) as conn:
+            found = attention.needing_attention(
+                conn,
+                wanted,
+                stuck_after_seconds=self._threshold,
+                limit=limit,
+                cursor=req.get_param("cursor"),
+            )
+        resp.media = {"data": [_listed(r) for r in found.items], "next_cursor": found.next_cursor}
+
+
+class TransferCount(_Api):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._access.api_principal(req, changes=False)
+        wanted = _filter(req)
+        with connection(self._pool) as conn:
+            counts = attention.count_matching(conn, wanted, stuck_after_seconds=self._threshold)
+        resp.media = {"data": counts}
+
+
+def _transfer_id(raw: str) -> int:
+    return path_id(raw, TransferNotFound, "transfer")
+
+
+class Transfer(_Api):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
+        self._access.api_principal(req, changes=False)
+        tid = _transfer_id(transfer_id)
+        with connection(self._pool) as conn:
+            resp.media = {"data": attention.transfer_detail(conn, tid)}
+
+
+class RetryOne(_Acting):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
+        by = self._access.api_principal(req, changes=True)
+        operator_actions.require_acting(by)
+        tid = _transfer_id(transfer_id)
+        with connection(self._pool) as conn:
+            released = operator_actions.retry(conn, [tid], by=by)
+            if not released:
+                attention.transfer_detail(conn, tid)  # 404 for an unknown id
+        notice = pages.send_released(self._enqueue, self._discard_dead, released)
+        resp.media = {"data": {"id": tid, "retried": bool(released), "notice": notice}}
+
+
+class Cancel(_Acting):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
+        by = self._access.api_principal(req, changes=True)
+        operator_actions.require_acting(by)
+        tid = _transfer_id(transfer_id)
+        with connection(self._pool) as conn:
+            done = operator_actions.cancel(conn, tid, by=by)
+            if not done:
+                attention.transfer_detail(conn, tid)
+        if done:
+            pages.drop_dead_letters(self._discard_dead, [tid])
+        resp.media = {"data": {"id": tid, "cancelled": done, "notice": None}}
+
+
+class BulkRetry(_Acting):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        by = self._access.api_principal(req, changes=True)
+        operator_actions.require_acting(by)
+        wanted = attention.transfer_filter_from_json(read_json(req, self._settings.max_body_bytes))
+        sent, batches, notice = pages.bulk_retry(
+            self._pool, wanted, by, enqueue=self._enqueue, discard_dead=self._discard_dead
+        )
+        with connection(self._pool) as conn:
+            left = attention.count_matching(conn, wanted, stuck_after_seconds=self._threshold)
+        resp.media = {
+            "data": {
+                "sent": sent,
+                "batches": batches,
+                "remaining": left["retryable"],
+                "notice": notice,
+            }
+        }
+
+
+class Actions(_Api):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._access.api_principal(req, changes=False)
+        limit = commands.limit(req.get_param("limit"))
+        cursor = req.get_param("cursor")
+        before = decode_cursor(cursor) if cursor else None
+        if before is not None and before < 1:
+            raise InvalidCursor("cursor was not issued by this service")
+        with connection(self._pool) as conn:
+            rows = operator_actions.recent(conn, limit=limit + 1, before=before)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        resp.media = {
+            "data": rows,
+            "next_cursor": encode_cursor(rows[-1]["id"]) if more else None,
+        }
