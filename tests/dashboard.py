@@ -1,4 +1,4 @@
-"""Helpers for the dashboard's tests: log in through the real form, read CSRF tokens, and
+"""What the dashboard's tests share: log in through the real form, read CSRF tokens, and
 make dead-lettered transfers in bulk."""
 
 from __future__ import annotations

@@ -248,7 +248,11 @@ SCHEMAS["Overview"] = _object(
         "transfers": _object(
             {"pending": _COUNT, "settled": _COUNT, "failed": _COUNT, "dead_lettered": _COUNT}
         ),
-        "oldest_pending_seconds": _NULLABLE_NUMBER,
+        "transfers_exact": {
+            "type": "boolean",
+            "description": "false on a large ledger: settled and failed are estimates",
+        },
+        "oldest_pending_seconds": {"type": "number", "minimum": 0},
         "last_hour": {
             "type": "array",
             "items": _object(

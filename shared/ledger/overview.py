@@ -1,9 +1,10 @@
-"""The database side of the operator's overview: what the dashboard shows and `settle status`
-prints. The broker side (queue depths) is the caller's to add; see `web.dashboard`.
+"""The database side of the dashboard's overview beyond the vital signs (`vitals.py`, which
+`/metrics` and `settle status` read too): the last hour per minute, the processes alive with
+their connections, and the connection budget per role. The broker side (queue depths) is
+the caller's to add; see `web.dashboard`.
 
 Each function reads on the connection it is given, with queries served by indexes where the
-table grows (pending and failed transfers, the last hour's outcomes), and raises only
-driver errors.
+table grows (the last hour's outcomes), and raises only driver errors.
 """
 
 from __future__ import annotations
@@ -21,38 +22,6 @@ from shared.db.budget import BudgetExceeded, Capacity, capacity_from_server, mak
 from shared.runtime.settings import Settings
 
 Row = dict[str, Any]
-
-
-def transfers_by_status(conn: psycopg.Connection) -> dict[str, int]:
-    """How many transfers are pending, settled and failed, and how many of the pending are
-    dead-lettered (`dead_lettered`). Pending, dead-lettered and failed transfers are counted
-    through their partial indexes; settled is the rest of an index-only count of all."""
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM transfers),"
-        " (SELECT count(*) FROM transfers WHERE status = 'pending' AND dead_lettered_at IS NULL),"
-        " (SELECT count(*) FROM transfers WHERE dead_lettered_at IS NOT NULL),"
-        " (SELECT count(*) FROM transfers WHERE status = 'failed')"
-    ).fetchone()
-    assert row is not None
-    total, waiting, parked, failed = (int(n) for n in row)
-    return {
-        "pending": waiting + parked,
-        "settled": max(total - waiting - parked - failed, 0),
-        "failed": failed,
-        "dead_lettered": parked,
-    }
-
-
-def oldest_pending_age(conn: psycopg.Connection) -> float | None:
-    """Seconds since the oldest pending transfer (parked ones included) was accepted; None
-    when nothing is pending. Each half reads only the rows of its partial index."""
-    row = conn.execute(
-        "SELECT extract(epoch FROM now() - least("
-        "(SELECT min(created_at) FROM transfers"
-        " WHERE status = 'pending' AND dead_lettered_at IS NULL),"
-        " (SELECT min(created_at) FROM transfers WHERE dead_lettered_at IS NOT NULL)))::float8"
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
 
 
 def last_hour(conn: psycopg.Connection, *, since: datetime.datetime | None = None) -> list[Row]:

@@ -15,7 +15,7 @@ import redis
 from psycopg_pool import ConnectionPool
 
 from shared.db.pool import connection
-from shared.ledger import overview
+from shared.ledger import overview, vitals
 from shared.runtime import queues
 from shared.runtime.settings import Settings
 
@@ -98,8 +98,8 @@ def gather(
     """The overview as plain data (JSON-ready but for timestamps)."""
     with connection(pool) as conn:
         database = str(conn.info.dbname)
-        statuses = overview.transfers_by_status(conn)
-        oldest = overview.oldest_pending_age(conn)
+        counts = vitals.transfer_counts(conn)
+        oldest = vitals.oldest_pending_age(conn)
         minutes = last_hour.rows(conn)
         workers = overview.workers_alive(conn, ttl_seconds=settings.lease_ttl_seconds)
         budget = overview.budget_use(conn, settings, database)
@@ -116,7 +116,9 @@ def gather(
     return {
         "queues": queues,
         "queue_error": queue_error,
-        "transfers": statuses,
+        "transfers": {**counts.by_status, "dead_lettered": counts.dead_lettered},
+        # False on a large ledger: settled and failed are then Postgres's estimates.
+        "transfers_exact": counts.exact,
         "oldest_pending_seconds": oldest,
         "last_hour": [
             {

@@ -227,19 +227,20 @@ def render_overview(data: dict[str, Any], threshold: float) -> str:
             + "</div>"
         )
     t = data["transfers"]
+    about = "" if data["transfers_exact"] else "~"  # estimated from Postgres's statistics
     oldest = data["oldest_pending_seconds"]
     transfer_cards = (
         '<div class="cards">'
         + "".join(
             [
                 _card("pending", t["pending"]),
-                _card("settled", t["settled"]),
-                _card("failed", t["failed"]),
+                _card("settled", f"{about}{t['settled']}"),
+                _card("failed", f"{about}{t['failed']}"),
                 _card("dead-lettered", t["dead_lettered"], bad=t["dead_lettered"] > 0),
                 _card(
                     "oldest pending",
                     html.age(oldest),
-                    bad=oldest is not None and oldest > threshold,
+                    bad=oldest > threshold,
                 ),
             ]
         )
