@@ -122,7 +122,11 @@ def queued_transfer_ids(broker, queue: str = TRANSFER_QUEUE) -> list[int]:
     import json
 
     raw = broker.client.hvals(f"{broker.namespace}:{queue}.msgs")
-    return sorted(int(json.loads(value)["args"][0]) for value in raw)
+    ids: list[int] = []
+    for value in raw:
+        arg = json.loads(value)["args"][0]  # one id, or a batch of them
+        ids.extend(int(tid) for tid in (arg if isinstance(arg, list) else [arg]))
+    return sorted(ids)
 
 
 def transfer_row(conn: psycopg.Connection, transfer_id: int) -> dict[str, object]:

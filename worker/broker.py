@@ -13,9 +13,15 @@ which the idempotent actor ignores.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from uuid import uuid4
+
 import dramatiq
 import redis
+from dramatiq import Message
+from dramatiq.broker import Consumer
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
 from dramatiq.middleware import AgeLimit, Retries
 
 from shared.db.pool import TRANSIENT
@@ -25,8 +31,10 @@ from worker.metrics import Telemetry
 from worker.middleware import DeadLetterMarks, Heartbeat
 from worker.pool import DatabasePool
 
-#: The settle actor's name (worker.actors declares it; the middleware needs it first).
+#: The settle actors' names (worker.actors declares them; the middleware needs them first):
+#: one id per message (as sent before batches), and a batch of ids per message.
 SETTLE_ACTOR = "settle_transfer"
+SETTLE_BATCH_ACTOR = "settle_transfers"
 
 #: A worker process whose last heartbeat is older than this is taken for dead and the
 #: messages it had fetched are requeued. Five beats: a live worker is never that late unless
@@ -34,13 +42,62 @@ SETTLE_ACTOR = "settle_transfer"
 HEARTBEAT_TIMEOUT_MS = 5_000
 HEARTBEAT_INTERVAL = 1.0
 
+#: Longest pause of a worker's consumer between two polls of an empty queue. Dramatiq's
+#: Redis consumer backs off exponentially up to the worker timeout (1 s by default) while its
+#: queue stays empty, so under a light, steady load a transfer could wait hundreds of
+#: milliseconds before its worker looked; capped, an idle worker process polls about 150 times
+#: a second, one cheap script call each.
+IDLE_POLL_MS = 10
+
 #: The broker command a heartbeat sends: dramatiq's dispatch script records the heartbeat of
 #: every command, runs maintenance when asked, and does nothing else for an unknown one.
 _BEAT = "heartbeat"
 
 
 class SettleRedisBroker(RedisBroker):
-    """dramatiq's Redis broker, plus `beat()`: a heartbeat that always runs maintenance."""
+    """dramatiq's Redis broker, plus `beat()`: a heartbeat that always runs maintenance;
+    `enqueue_many`: several messages in one round trip; and a capped idle poll.
+
+    It leans on dramatiq's internals (the dispatch script's arguments, the consumer's use of
+    `timeout`), checked against dramatiq 2.2.1 and pinned by tests/integration/
+    test_settle_actor.py (batches sent with `enqueue_many` are consumed and settled).
+    """
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
+        # The consumer uses `timeout` only as the cap of its back-off between empty polls.
+        # Delay queues (retries) keep dramatiq's pace: nothing there is urgent to the ms.
+        if not queue_name.endswith(".DQ"):
+            timeout = min(timeout, IDLE_POLL_MS)
+        return super().consume(queue_name, prefetch, timeout)
+
+    def enqueue_many(self, messages: Sequence[Message]) -> list[Message]:
+        """Enqueue `messages` (none delayed) in one pipeline: one round trip for all of them
+        (plus redis-py's check that the script is loaded), where `enqueue` costs one each.
+        Raises redis errors; then some messages may have been enqueued."""
+        prepared = [m.copy(options={"redis_message_id": str(uuid4())}) for m in messages]
+        for message in prepared:
+            self.emit_before("enqueue", message, None)
+        dispatch = self.scripts["dispatch"]
+        with self.client.pipeline(transaction=False) as pipe:
+            for message in prepared:
+                # The arguments of dramatiq's `_dispatch("enqueue")`, in its order.
+                args = [
+                    "enqueue",
+                    current_millis(),
+                    message.queue_name,
+                    self.broker_id,
+                    self.heartbeat_timeout,
+                    self.dead_message_ttl,
+                    self._should_do_maintenance("enqueue"),
+                    self._max_unpack_size(),
+                    message.options["redis_message_id"],
+                    message.encode(),
+                ]
+                dispatch(keys=[self.namespace], args=args, client=pipe)
+            pipe.execute()
+        for message in prepared:
+            self.emit_after("enqueue", message, None)
+        return prepared
 
     def _should_do_maintenance(self, command: str) -> int:
         # dramatiq 2.2 decides per command; other commands keep its random chance.
@@ -86,7 +143,7 @@ def create_broker(settings: Settings) -> tuple[SettleRedisBroker, DatabasePool]:
             Telemetry(database, SETTLE_ACTOR),
             AgeLimit(),
             # Before Retries: after-hooks run in reverse, and Retries decides "failed".
-            DeadLetterMarks(database, SETTLE_ACTOR),
+            DeadLetterMarks(database, {SETTLE_ACTOR, SETTLE_BATCH_ACTOR}),
             Retries(
                 max_retries=max_retries,
                 min_backoff=settings.transfer_min_backoff_ms,

@@ -18,12 +18,12 @@ import psycopg
 import redis
 
 from shared.db.pool import connect_once
-from shared.errors import first_line
+from shared.errors import BrokerUnavailable, first_line
 from shared.ledger import dead_letters
 from shared.runtime import queues
 from shared.runtime.lifecycle import load_settings
 from shared.runtime.settings import Settings
-from worker.actors import settle_transfer
+from worker.actors import send_batches
 from worker.broker import SettleRedisBroker, broker
 from worker.queues import TRANSFER_QUEUE
 
@@ -79,19 +79,26 @@ def retry_command(settings: Settings, ids: list[int] | None) -> int:
     for tid in unknown:
         print(f"transfer {tid}: no such transfer; skipped")
     try:
+        send_batches(broker, released)
         for tid in released:
-            settle_transfer.send(tid)
             print(f"transfer {tid}: sent again")
         queued = dead_messages(broker)
-        if ids is None:
-            with connect_once(settings, "dead-letters") as conn:
-                still = dead_letters.statuses(conn, list(queued))
-            # Parked again since we released (a new failure) keeps its message.
-            drop = [tid for tid in queued if still.get(tid) != "dead-lettered"]
-        else:
-            drop = [tid for tid in released if tid in queued]
-        discard(broker, [rid for tid in drop for rid in queued[tid]])
-    except (redis.RedisError, OSError) as exc:
+        with connect_once(settings, "dead-letters") as conn:
+            still = dead_letters.statuses(conn, list(queued))
+        # Parked again since we released (a new failure) keeps its message. A message may
+        # carry several transfers: it is kept while any of them is parked.
+        parked_now = {tid for tid, state in still.items() if state == "dead-lettered"}
+        holders: dict[str, set[int]] = {}
+        for tid, redis_ids in queued.items():
+            for rid in redis_ids:
+                holders.setdefault(rid, set()).add(tid)
+        drop = [
+            rid
+            for rid, tids in holders.items()
+            if not tids & parked_now and (ids is None or tids & set(released))
+        ]
+        discard(broker, drop)
+    except (redis.RedisError, OSError, BrokerUnavailable) as exc:
         print(
             f"settle dead-letters: Redis failed ({exc}); the released transfers are no longer"
             " dead-lettered, so the sweeper sends them after SWEEPER_GRACE_SECONDS",

@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import dramatiq
 import redis
@@ -78,16 +78,17 @@ class Heartbeat(Middleware):
 
 class DeadLetterMarks(Middleware):
     """When a settle message fails for good (retries exhausted, or an error not worth
-    retrying), parks its transfer in Postgres: `dead_lettered_at` and `last_error`. The
-    message itself goes to the dead-letter queue as dramatiq does it.
+    retrying), parks every transfer it carries that is still pending, in Postgres:
+    `dead_lettered_at` and `last_error`. The message itself goes to the dead-letter queue as
+    dramatiq does it.
 
     It must come before Retries in the middleware list: `after_*` hooks run in reverse
     order, and Retries is what decides that the message failed.
     """
 
-    def __init__(self, database: DatabasePool, actor_name: str) -> None:
+    def __init__(self, database: DatabasePool, actor_names: Collection[str]) -> None:
         self._database = database
-        self._actor_name = actor_name
+        self._actor_names = frozenset(actor_names)
 
     def after_process_message(
         self,
@@ -97,9 +98,9 @@ class DeadLetterMarks(Middleware):
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
-        if not message.failed or message.actor_name != self._actor_name:
+        if not message.failed or message.actor_name not in self._actor_names:
             return
-        transfer_id = int(message.args[0])
+        transfer_ids = message_transfer_ids(message)
         if isinstance(exception, dramatiq.Retry):
             error = str(exception)  # the actor put the transient error's name and text there
         elif exception is not None:
@@ -110,18 +111,27 @@ class DeadLetterMarks(Middleware):
         attempts = message.options.get("retries", 1)
         try:
             with connection(self._database.pool) as conn:
-                parked = dead_letters.mark(conn, transfer_id, error)
+                parked = dead_letters.mark_all(conn, transfer_ids, error)
         except Exception as exc:  # Postgres may be why it failed; the sweeper re-drives it
-            log.error(
-                "transfer %s: gave up after %s attempt(s) (%s) but could not mark it"
-                " dead-lettered (%s); the sweeper will send it again",
-                transfer_id,
-                attempts,
-                error,
-                exc,
-            )
+            for transfer_id in transfer_ids:
+                log.error(
+                    "transfer %s: gave up after %s attempt(s) (%s) but could not mark it"
+                    " dead-lettered (%s); the sweeper will send it again",
+                    transfer_id,
+                    attempts,
+                    error,
+                    exc,
+                )
             return
-        if parked:
+        for transfer_id in parked:
             log.error(
                 "transfer %s: dead-lettered after %s attempt(s): %s", transfer_id, attempts, error
             )
+
+
+def message_transfer_ids(message: dramatiq.Message | MessageProxy) -> list[int]:
+    """The transfer ids a settle message carries: one id, or a list of them."""
+    arg = message.args[0]
+    if isinstance(arg, list):
+        return [int(tid) for tid in arg]
+    return [int(arg)]

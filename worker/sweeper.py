@@ -30,7 +30,8 @@ def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
     """Re-send every transfer pending past the grace period; return how many were sent."""
     # Imported here, not at the top: the broker module builds the broker from the
     # environment, which `main` first vets with one clear line for a bad setting.
-    from worker.actors import settle_transfer
+    from worker.actors import send_batches
+    from worker.broker import broker
 
     sent = 0
     while True:
@@ -38,8 +39,8 @@ def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
             ids = ledger.claim_stale_pending(
                 conn, grace_seconds=settings.sweeper_grace_seconds, batch=settings.sweeper_batch
             )
-        for transfer_id in ids:
-            settle_transfer.send(transfer_id)
+        if ids:
+            send_batches(broker, ids)
         sent += len(ids)
         if len(ids) < settings.sweeper_batch:
             return sent

@@ -21,12 +21,19 @@ Row = dict[str, Any]
 def mark(conn: psycopg.Connection, transfer_id: int, error: str) -> bool:
     """Park a pending transfer whose retries ran out, keeping `error` as its last error.
     False when the transfer is no longer pending (a duplicate message settled it)."""
-    row = conn.execute(
+    return bool(mark_all(conn, [transfer_id], error))
+
+
+def mark_all(conn: psycopg.Connection, transfer_ids: Sequence[int], error: str) -> list[int]:
+    """Park those of `transfer_ids` still pending (a batch whose retries ran out), keeping
+    `error` as their last error; return the ids parked, in order. The others were settled
+    or failed meanwhile, by this batch's earlier attempts or by another message."""
+    rows = conn.execute(
         "UPDATE transfers SET dead_lettered_at = now(), last_error = %s"
-        " WHERE id = %s AND status = 'pending' RETURNING id",
-        (error[:500], transfer_id),
-    ).fetchone()
-    return row is not None
+        " WHERE id = ANY(%s) AND status = 'pending' RETURNING id",
+        (error[:500], list(transfer_ids)),
+    ).fetchall()
+    return sorted(int(row[0]) for row in rows)
 
 
 def parked(conn: psycopg.Connection) -> list[Row]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -257,6 +258,16 @@ def get_transfer(conn: psycopg.Connection, transfer_id: int, *, by: Principal) -
     return row
 
 
+class Outcome(NamedTuple):
+    """What settling did to one transfer: its status and failure code, and the seconds from
+    its acceptance to its settlement when this call is what settled it (None otherwise:
+    already final, failed, or missing)."""
+
+    status: str
+    failure_code: str | None
+    latency: float | None
+
+
 def settle_transfer(conn: psycopg.Connection, transfer_id: int) -> tuple[str, str | None]:
     """Settle (or fail, for insufficient funds) one pending transfer in one transaction.
 
@@ -264,43 +275,40 @@ def settle_transfer(conn: psycopg.Connection, transfer_id: int) -> tuple[str, st
     is no longer pending is left alone, so delivering the same message twice is harmless.
     Transient driver errors (deadlock, serialization, lost connection) propagate.
     """
-    row = _one(conn, "SELECT status, failure_code FROM settle_transfer(%s)", (transfer_id,))
-    assert row is not None
-    return row["status"], row["failure_code"]
+    outcome = settle_transfers(conn, [transfer_id])[transfer_id]
+    return outcome.status, outcome.failure_code
 
 
-def settle_transfer_timed(
-    conn: psycopg.Connection, transfer_id: int
-) -> tuple[str, str | None, float | None]:
-    """`settle_transfer`, plus the seconds from the transfer's acceptance to its settlement
-    when this call is what settled it (None otherwise: already final, failed, or missing).
+def settle_transfers(conn: psycopg.Connection, transfer_ids: Sequence[int]) -> dict[int, Outcome]:
+    """Settle a batch of pending transfers in one transaction and one round trip (the SQL
+    function `settle_transfers`), each with its own outcome.
 
-    The outer query reads the transfer as it was when the statement began (the function's
-    update comes later in the same statement and is not visible to it), so `before` tells a
-    settlement made now from one made earlier. Still one round trip. Raises like
-    `settle_transfer`.
+    Returns an `Outcome` for every distinct id: 'settled', 'failed' with 'insufficient_funds'
+    (decided in ascending id order, so a transfer sees the balances the earlier ones left),
+    or 'missing'. Transfers already settled or failed, or named twice, are left alone and
+    reported as they are. Transient driver errors (lost connection, lock timeout) propagate
+    and nothing of the batch is written.
     """
     with conn.cursor() as cur:
         cur.execute(
-            "WITH s AS MATERIALIZED (SELECT status, failure_code FROM settle_transfer(%s))"
-            " SELECT s.status, s.failure_code, t.status AS before,"
-            " extract(epoch FROM now() - t.created_at)::float8"
-            " FROM s LEFT JOIN transfers t ON t.id = %s",
-            (transfer_id, transfer_id),
+            "SELECT id, status, failure_code, latency FROM settle_transfers(%s::bigint[])",
+            (list(transfer_ids),),
         )
-        row = cur.fetchone()
-    assert row is not None
-    status, failure_code, before, age = row
-    latency = float(age) if status == "settled" and before == "pending" else None
-    return status, failure_code, latency
+        return {
+            int(tid): Outcome(str(status), code, None if latency is None else float(latency))
+            for tid, status, code, latency in cur.fetchall()
+        }
 
 
-def record_failed_attempt(conn: psycopg.Connection, transfer_id: int, error: str) -> None:
-    """Count a failed settlement attempt and keep its error, if the transfer is pending."""
+def record_failed_attempt(
+    conn: psycopg.Connection, transfer_ids: Sequence[int], error: str
+) -> None:
+    """Count a failed settlement attempt and keep its error, on each of `transfer_ids` still
+    pending."""
     conn.execute(
         "UPDATE transfers SET attempts = attempts + 1, last_error = %s"
-        " WHERE id = %s AND status = 'pending'",
-        (error[:500], transfer_id),
+        " WHERE id = ANY(%s) AND status = 'pending'",
+        (error[:500], list(transfer_ids)),
     )
 
 

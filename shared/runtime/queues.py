@@ -40,14 +40,24 @@ def queue_counts(client: Any, namespace: str, queue: str) -> dict[str, int]:
 
 def dead_letters(client: Any, namespace: str, queue: str) -> dict[int, list[str]]:
     """Transfer id -> the broker ids of its messages in `queue`'s dead-letter queue (the hash
-    `ns:q.XQ.msgs` holds their bodies; a settle message's first argument is the transfer id).
+    `ns:q.XQ.msgs` holds their bodies; a settle message's first argument is a transfer id or a
+    list of them).
     Reads the whole hash: one command, as long as the dead-letter queue."""
     found: dict[int, list[str]] = {}
     for redis_id, data in client.hgetall(f"{namespace}:{queue}.XQ.msgs").items():
         message = Message.decode(data if isinstance(data, bytes) else data.encode())
         rid = redis_id.decode() if isinstance(redis_id, bytes) else str(redis_id)
-        found.setdefault(int(message.args[0]), []).append(rid)
+        for transfer_id in message_transfer_ids(message.args):
+            found.setdefault(transfer_id, []).append(rid)
     return found
+
+
+def message_transfer_ids(args: Any) -> list[int]:
+    """The transfer ids a settle message's arguments carry: one id, or a list of them."""
+    first = args[0]
+    if isinstance(first, list):
+        return [int(tid) for tid in first]
+    return [int(first)]
 
 
 def discard_dead_letters(client: Any, namespace: str, queue: str, redis_ids: Iterable[str]) -> None:
@@ -66,11 +76,18 @@ def discard_dead_letters(client: Any, namespace: str, queue: str, redis_ids: Ite
 def drop_dead_letters_of(
     client: Any, namespace: str, queue: str, transfer_ids: Iterable[int]
 ) -> None:
-    """Drop the dead-letter messages of the given transfers (sent again, or ended)."""
+    """Drop the dead-letter messages of the given transfers (sent again, or ended). A message
+    carrying several transfers is kept while it carries any transfer not given."""
     wanted = set(transfer_ids)
     if not wanted:
         return
-    queued = dead_letters(client, namespace, queue)
+    holders: dict[str, set[int]] = {}
+    for tid, redis_ids in dead_letters(client, namespace, queue).items():
+        for rid in redis_ids:
+            holders.setdefault(rid, set()).add(tid)
     discard_dead_letters(
-        client, namespace, queue, [rid for tid in wanted & set(queued) for rid in queued[tid]]
+        client,
+        namespace,
+        queue,
+        [rid for rid, tids in holders.items() if tids <= wanted and tids & wanted],
     )

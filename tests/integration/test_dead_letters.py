@@ -37,7 +37,7 @@ from tests.helpers import (
     transfer_row,
 )
 from tests.scratch import scratch_database, settle
-from worker.actors import settle_transfer
+from worker.actors import send_batches, settle_transfer, settle_transfers
 from worker.broker import SettleRedisBroker, create_broker
 from worker.dead_letters import dead_messages
 from worker.sweeper import sweep_once
@@ -76,6 +76,7 @@ def short_broker(short_settings: Settings) -> Iterator[SettleRedisBroker]:
     """The settle actor on a broker of its own namespace (dropped afterwards)."""
     built, _ = create_broker(short_settings)
     built.declare_actor(settle_transfer)
+    built.declare_actor(settle_transfers)
     yield built
     keys = list(built.client.scan_iter(match=f"{built.namespace}*", count=1000))
     if keys:
@@ -282,6 +283,42 @@ def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_q
         join_queue(short_broker)
     assert [transfer_row(db, t)["status"] for t in (first, second)] == ["settled", "settled"]
     assert dead_letters.parked(db) == []
+
+
+def test_a_dead_letter_carrying_several_transfers_stays_until_none_of_them_is_parked(
+    db: psycopg.Connection,
+    short_settings: Settings,
+    short_broker: SettleRedisBroker,
+    accounts: tuple[int, int],
+) -> None:
+    payer, payee = accounts
+    first, second = submit(db, payer, payee, 100), submit(db, payer, payee, 200)
+    with psycopg.connect(short_settings.database_url) as holder, running_worker(short_broker):
+        holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
+        send_batches(short_broker, [first, second])
+        join_queue(short_broker)  # returns once the message is dead-lettered
+        holder.rollback()
+    assert [transfer_row(db, t)["dead_lettered_at"] is not None for t in (first, second)] == [
+        True,
+        True,
+    ]
+    held = dead_messages(short_broker)
+    assert sorted(held) == [first, second] and held[first] == held[second]  # one message
+    env = settle_env(short_settings)
+
+    retried = settle("dead-letters", "retry", str(first), env=env)
+    assert retried.returncode == 0, retried.stdout
+    assert dead_messages(short_broker) == held  # kept: `second` is still parked
+    assert queued_transfer_ids(short_broker) == [first]
+
+    retried = settle("dead-letters", "retry", str(second), env=env)
+    assert retried.returncode == 0, retried.stdout
+    assert dead_messages(short_broker) == {}
+    assert queued_transfer_ids(short_broker) == [first, second]
+    with running_worker(short_broker):
+        join_queue(short_broker)
+    assert [transfer_row(db, t)["status"] for t in (first, second)] == ["settled", "settled"]
+    assert (balance(db, payer), balance(db, payee)) == (700, 300)
 
 
 def test_retrying_needs_ids_or_all() -> None:

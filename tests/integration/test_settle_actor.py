@@ -4,9 +4,11 @@ real Redis broker (the one `python -m dramatiq worker.actors` loads)."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import dramatiq
 import psycopg
@@ -25,8 +27,10 @@ from tests.helpers import (
     transfer_row,
     wait_until,
 )
-from worker.actors import settle_transfer
+from shared.ledger import operations as ledger
+from worker.actors import send_batches, settle_transfer, settle_transfers
 from worker.broker import broker, create_broker
+from worker.middleware import message_transfer_ids
 
 
 class RecordedOutcomes(Middleware):
@@ -45,7 +49,8 @@ class RecordedOutcomes(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         with self._lock:
-            self._outcomes.append((int(message.args[0]), exception))
+            for transfer_id in message_transfer_ids(message):
+                self._outcomes.append((transfer_id, exception))
 
     def of(self, transfer_id: int) -> list[BaseException | None]:
         """The exception (or None) of each time the actor ran for `transfer_id`."""
@@ -230,6 +235,7 @@ def quick_broker(quick_settings: Settings) -> Iterator[dramatiq.Broker]:
     """A second broker running the same actor with `quick_settings`."""
     built, _ = create_broker(quick_settings)
     built.declare_actor(settle_transfer)
+    built.declare_actor(settle_transfers)
     yield built
     built.close()
 
@@ -288,3 +294,168 @@ def test_a_transfer_that_keeps_failing_is_given_up_after_the_configured_retries(
     assert (row["status"], row["attempts"]) == ("pending", 3)
     assert "lock timeout" in str(row["last_error"])
     assert entry_amounts(db, transfer) == []
+
+
+# --- Batches: one message, one transaction, many transfers ------------------------------------
+
+
+def test_a_batch_settles_each_transfer_in_id_order_with_its_own_outcome(
+    db: psycopg.Connection, treasury: int, outcomes: RecordedOutcomes
+) -> None:
+    payer, payee, other = make_account(db), make_account(db), make_account(db)
+    fund(db, treasury, payer, 1_000)
+    first = submit(db, payer, payee, 600)
+    second = submit(db, payer, other, 600)  # 400 left after the first: insufficient
+    third = submit(db, payer, other, 400)
+    refill = submit(db, treasury, payee, 50)
+
+    assert send_batches(broker, [third, refill, second, first]) == 1
+    join_queue(broker)
+
+    rows = {tid: transfer_row(db, tid) for tid in (first, second, third, refill)}
+    assert [(rows[t]["status"], rows[t]["failure_code"]) for t in (first, second, third)] == [
+        ("settled", None),
+        ("failed", "insufficient_funds"),
+        ("settled", None),
+    ]
+    assert rows[refill]["status"] == "settled"
+    assert all(row["attempts"] == 1 and row["last_error"] is None for row in rows.values())
+    assert entry_amounts(db, second) == []
+    assert entry_amounts(db, first) == [(payer, -600), (payee, 600)]
+    assert entry_amounts(db, third) == [(payer, -400), (other, 400)]
+    assert (balance(db, payer), balance(db, payee), balance(db, other)) == (0, 650, 400)
+    # Insufficient funds is an outcome: the message ran once and was not retried.
+    assert outcomes.of(second) == [None]
+
+
+def test_a_transfer_named_twice_in_one_batch_and_again_later_settles_once(
+    db: psycopg.Connection, treasury: int, outcomes: RecordedOutcomes
+) -> None:
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 1_000)
+    transfer = submit(db, payer, payee, 300)
+
+    settle_transfers.send([transfer, transfer, transfer])
+    join_queue(broker)
+    settled = transfer_row(db, transfer)
+    settle_transfers.send([transfer])
+    join_queue(broker)
+
+    assert (settled["status"], settled["attempts"]) == ("settled", 1)
+    assert transfer_row(db, transfer) == settled
+    assert entry_amounts(db, transfer) == [(payer, -300), (payee, 300)]
+    assert (balance(db, payer), balance(db, payee)) == (700, 300)
+
+
+def _waiting_for_a_lock(db: psycopg.Connection, pid: int) -> bool:
+    row = db.execute(
+        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_transfer_in_two_concurrent_batches_gets_exactly_one_outcome(
+    db: psycopg.Connection, settings: Settings, treasury: int
+) -> None:
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 1_000)
+    first, shared, last = (submit(db, payer, payee, amount) for amount in (100, 200, 300))
+
+    with (
+        psycopg.connect(settings.database_url) as one,
+        psycopg.connect(settings.database_url, autocommit=True) as two,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        # The first batch holds `shared` (and the accounts) in its open transaction...
+        assert ledger.settle_transfers(one, [first, shared]) == {
+            first: ("settled", None),
+            shared: ("settled", None),
+        }
+        # ...so the second waits for it, then finds `shared` settled and leaves it alone.
+        second = pool.submit(ledger.settle_transfers, two, [shared, last])
+        wait_until(
+            lambda: _waiting_for_a_lock(db, two.info.backend_pid),
+            timeout=5.0,
+            what="the second batch waits for the first",
+        )
+        one.commit()
+        assert second.result(timeout=10) == {
+            shared: ("settled", None),
+            last: ("settled", None),
+        }
+
+    for tid, amount in ((first, 100), (shared, 200), (last, 300)):
+        assert (transfer_row(db, tid)["attempts"], entry_amounts(db, tid)) == (
+            1,
+            [(payer, -amount), (payee, amount)],
+        )
+    assert (balance(db, payer), balance(db, payee)) == (400, 600)
+
+
+def test_concurrent_batches_over_shared_accounts_never_deadlock(
+    db: psycopg.Connection, settings: Settings, treasury: int
+) -> None:
+    accounts = [make_account(db) for _ in range(6)]
+    for account in accounts:
+        fund(db, treasury, account, 5_000)
+    rng = random.Random(8)
+    transfers = []
+    for _ in range(240):
+        source, target = rng.sample(accounts, 2)
+        transfers.append(submit(db, source, target, rng.randint(1, 3_000)))
+    # Overlapping batches in every order, and single ids (the one-transfer function) too.
+    batches = [rng.sample(transfers, rng.randint(1, 40)) for _ in range(60)]
+    batches += [[tid] for tid in rng.sample(transfers, 40)] + [transfers]
+    rng.shuffle(batches)
+
+    def settle(batch: list[int]) -> dict[int, ledger.Outcome]:
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            if len(batch) == 1:
+                return {batch[0]: ledger.settle_transfer(conn, batch[0])}
+            return ledger.settle_transfers(conn, batch)
+
+    with ThreadPoolExecutor(6) as pool:
+        # A deadlock would raise psycopg.errors.DeadlockDetected out of result().
+        results = [
+            future.result(timeout=60) for future in [pool.submit(settle, b) for b in batches]
+        ]
+
+    assert all(status in ("settled", "failed") for r in results for status, _ in r.values())
+    rows = [transfer_row(db, tid) for tid in transfers]
+    assert {row["status"] for row in rows} <= {"settled", "failed"}
+    assert [(row["attempts"], row["last_error"]) for row in rows] == [(1, None)] * len(rows)
+    assert sum(balance(db, account) for account in accounts) == 6 * 5_000
+
+
+def test_a_batch_that_keeps_failing_is_retried_whole_then_parks_what_is_still_pending(
+    db: psycopg.Connection, settings: Settings, quick_settings: Settings, treasury: int
+) -> None:
+    limited, _ = create_broker(quick_settings.with_(transfer_max_retries=1))
+    limited.declare_actor(settle_transfers)
+    payer, payee, other = make_account(db), make_account(db), make_account(db)
+    fund(db, treasury, payer, 1_000)
+    fund(db, treasury, other, 1_000)
+    blocked = [submit(db, payer, payee, 100), submit(db, payee, payer, 1)]
+    done = submit(db, other, payee, 100)
+    ledger.settle_transfer(db, done)
+
+    try:
+        with (
+            psycopg.connect(settings.database_url) as holder,
+            running_worker(limited, threads=2),
+        ):
+            holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
+            send_batches(limited, [*blocked, done])
+            join_queue(limited)  # returns once the message is dead-lettered
+            holder.rollback()
+    finally:
+        limited.close()
+        limited.client.connection_pool.disconnect()  # dramatiq's close() leaves it open
+
+    for tid in blocked:
+        row = transfer_row(db, tid)
+        assert (row["status"], row["attempts"]) == ("pending", 2)
+        assert row["dead_lettered_at"] is not None
+        assert "lock timeout" in str(row["last_error"])
+    row = transfer_row(db, done)
+    assert (row["status"], row["attempts"], row["dead_lettered_at"]) == ("settled", 1, None)

@@ -137,3 +137,24 @@ def test_a_transfer_settled_meanwhile_is_not_resent(
     backdate(db, transfer, GRACE + 5)
     sweep_once(sweeper_pool, sweeper_settings)
     assert transfer not in queued_transfer_ids(broker)
+
+
+def test_stale_transfers_are_resent_together_in_one_message(
+    db: psycopg.Connection,
+    sweeper_pool: ConnectionPool,
+    sweeper_settings: Settings,
+    payer_and_payee: tuple[int, int],
+) -> None:
+    payer, payee = payer_and_payee
+    transfers = [submit(db, payer, payee, amount) for amount in (100, 200, 300)]
+    for transfer in transfers:
+        backdate(db, transfer, GRACE + 5)
+    messages = broker.client.hlen(f"{broker.namespace}:transfers.msgs")
+
+    assert sweep_once(sweeper_pool, sweeper_settings) >= 3
+
+    assert broker.client.hlen(f"{broker.namespace}:transfers.msgs") == messages + 1
+    assert [t for t in queued_transfer_ids(broker) if t in transfers] == transfers
+    with running_worker(broker):
+        join_queue(broker)
+    assert [transfer_row(db, t)["status"] for t in transfers] == ["settled"] * 3
