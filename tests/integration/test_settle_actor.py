@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from dramatiq.middleware import Middleware, TimeLimit
 
+from shared.ledger import operations as ledger
 from shared.runtime.settings import Settings
 from tests.helpers import (
     balance,
@@ -27,7 +28,6 @@ from tests.helpers import (
     transfer_row,
     wait_until,
 )
-from shared.ledger import operations as ledger
 from worker.actors import send_batches, settle_transfer, settle_transfers
 from worker.broker import broker, create_broker
 from worker.middleware import message_transfer_ids
