@@ -347,6 +347,10 @@ def test_a_transfer_named_twice_in_one_batch_and_again_later_settles_once(
     assert (balance(db, payer), balance(db, payee)) == (700, 300)
 
 
+def statuses(outcomes: dict[int, ledger.Outcome]) -> dict[int, tuple[str, str | None]]:
+    return {tid: (o.status, o.failure_code) for tid, o in outcomes.items()}
+
+
 def _waiting_for_a_lock(db: psycopg.Connection, pid: int) -> bool:
     row = db.execute(
         "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)
@@ -367,7 +371,7 @@ def test_a_transfer_in_two_concurrent_batches_gets_exactly_one_outcome(
         ThreadPoolExecutor(1) as pool,
     ):
         # The first batch holds `shared` (and the accounts) in its open transaction...
-        assert ledger.settle_transfers(one, [first, shared]) == {
+        assert statuses(ledger.settle_transfers(one, [first, shared])) == {
             first: ("settled", None),
             shared: ("settled", None),
         }
@@ -379,10 +383,10 @@ def test_a_transfer_in_two_concurrent_batches_gets_exactly_one_outcome(
             what="the second batch waits for the first",
         )
         one.commit()
-        assert second.result(timeout=10) == {
-            shared: ("settled", None),
-            last: ("settled", None),
-        }
+        outcomes = second.result(timeout=10)
+        assert statuses(outcomes) == {shared: ("settled", None), last: ("settled", None)}
+        # Only what this batch settled counts towards the settlement latency.
+        assert (outcomes[shared].latency, outcomes[last].latency is not None) == (None, True)
 
     for tid, amount in ((first, 100), (shared, 200), (last, 300)):
         assert (transfer_row(db, tid)["attempts"], entry_amounts(db, tid)) == (
@@ -408,11 +412,11 @@ def test_concurrent_batches_over_shared_accounts_never_deadlock(
     batches += [[tid] for tid in rng.sample(transfers, 40)] + [transfers]
     rng.shuffle(batches)
 
-    def settle(batch: list[int]) -> dict[int, ledger.Outcome]:
+    def settle(batch: list[int]) -> dict[int, tuple[str, str | None]]:
         with psycopg.connect(settings.database_url, autocommit=True) as conn:
             if len(batch) == 1:
                 return {batch[0]: ledger.settle_transfer(conn, batch[0])}
-            return ledger.settle_transfers(conn, batch)
+            return statuses(ledger.settle_transfers(conn, batch))
 
     with ThreadPoolExecutor(6) as pool:
         # A deadlock would raise psycopg.errors.DeadlockDetected out of result().
