@@ -140,7 +140,7 @@ def create_broker(settings: Settings) -> tuple[SettleRedisBroker, DatabasePool]:
         heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
         middleware=[
             # First: its after-hook runs last, once Retries has marked a message failed.
-            Telemetry(database, SETTLE_ACTOR),
+            Telemetry(database, {SETTLE_ACTOR, SETTLE_BATCH_ACTOR}),
             AgeLimit(),
             # Before Retries: after-hooks run in reverse, and Retries decides "failed".
             DeadLetterMarks(database, {SETTLE_ACTOR, SETTLE_BATCH_ACTOR}),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 import dramatiq
@@ -61,12 +62,13 @@ SETTLE_LATENCY = Histogram(
 
 
 class Telemetry(Middleware):
-    """Counts messages per actor, binds the settle actor's transfer id to log lines, and
-    publishes the worker pool's stats while a worker runs in this process."""
+    """Counts messages per actor, binds a settle message's transfer id to log lines (when it
+    carries one id), and publishes the worker pool's stats while a worker runs in this
+    process."""
 
-    def __init__(self, database: DatabasePool, settle_actor: str) -> None:
+    def __init__(self, database: DatabasePool, settle_actors: Collection[str]) -> None:
         self._database = database
-        self._settle_actor = settle_actor
+        self._settle_actors = frozenset(settle_actors)
         self._local = threading.local()
         self._publisher: Publisher | None = None
 
@@ -82,8 +84,11 @@ class Telemetry(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._local.started = time.perf_counter()
         IN_PROGRESS.labels(message.actor_name).inc()
-        if message.actor_name == self._settle_actor and message.args:
-            self._local.token = logs.transfer_id.set(_as_id(message.args[0]))
+        if message.actor_name in self._settle_actors and message.args:
+            # A batch's log lines name their transfers themselves.
+            ids = message.args[0] if isinstance(message.args[0], list) else [message.args[0]]
+            if len(ids) == 1:
+                self._local.token = logs.transfer_id.set(_as_id(ids[0]))
 
     def after_process_message(
         self,
@@ -105,8 +110,10 @@ class Telemetry(Middleware):
                 DEAD.labels(actor).inc()
             else:
                 RETRIES.labels(actor).inc()
-                if actor == self._settle_actor:
-                    TRANSFER_RETRIES.inc()
+                if actor in self._settle_actors and message.args:
+                    # Every transfer of a batch is attempted again.
+                    arg = message.args[0]
+                    TRANSFER_RETRIES.inc(len(arg) if isinstance(arg, list) else 1)
         self._done()
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:

@@ -176,7 +176,8 @@ def test_metrics_add_up_across_both_web_processes_and_include_the_workers(
 
     # The workers' own series, served by the web's /metrics of the same host.
     processed = "settle_worker_messages_processed_total"
-    assert value(after, processed, actor="settle_transfer") >= 12
+    # Web sends its transfers in batch messages (as many as it grouped, at most 12).
+    assert value(after, processed, actor="settle_transfers") >= 1
     assert (
         value(after, "settle_transfer_settle_latency_seconds_count")
         - value(before, "settle_transfer_settle_latency_seconds_count")
