@@ -42,6 +42,9 @@ SETTLE_BATCH_ACTOR = "settle_transfers"
 HEARTBEAT_TIMEOUT_MS = 5_000
 HEARTBEAT_INTERVAL = 1.0
 
+#: The dramatiq release whose Redis broker internals `SettleRedisBroker` was checked against.
+DRAMATIQ_CHECKED_VERSION = "2.2.1"
+
 #: Longest pause of a worker's consumer between two polls of an empty queue. Dramatiq's
 #: Redis consumer backs off exponentially up to the worker timeout (1 s by default) while its
 #: queue stays empty, so under a light, steady load a transfer could wait hundreds of
@@ -58,9 +61,9 @@ class SettleRedisBroker(RedisBroker):
     """dramatiq's Redis broker, plus `beat()`: a heartbeat that always runs maintenance;
     `enqueue_many`: several messages in one round trip; and a capped idle poll.
 
-    It leans on dramatiq's internals (the dispatch script's arguments, the consumer's use of
-    `timeout`), checked against dramatiq 2.2.1 and pinned by tests/integration/
-    test_settle_actor.py (batches sent with `enqueue_many` are consumed and settled).
+    It leans on dramatiq's internals (`_should_do_maintenance`, the dispatch script's
+    arguments, `_max_unpack_size`, the consumer's use of `timeout`), checked against dramatiq
+    `DRAMATIQ_CHECKED_VERSION`; tests/integration/test_adapters.py fails on another release.
     """
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:

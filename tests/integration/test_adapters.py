@@ -119,3 +119,29 @@ def test_an_elastic_pool_grown_back_before_its_busy_surplus_returns_opens_no_ext
         assert count_connections(db, name, 4) == 4
     finally:
         pool.close()
+
+
+def test_the_installed_dramatiq_is_the_release_the_broker_adapter_was_checked_against() -> None:
+    import dramatiq
+    from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+
+    from worker.broker import DRAMATIQ_CHECKED_VERSION
+
+    assert dramatiq.__version__ == DRAMATIQ_CHECKED_VERSION, (
+        f"dramatiq {dramatiq.__version__} is installed; worker/broker.py was checked against"
+        f" {DRAMATIQ_CHECKED_VERSION}: re-read RedisBroker._dispatch, enqueue and"
+        " _RedisConsumer.__next__"
+    )
+    for name in ("_should_do_maintenance", "_max_unpack_size", "_dispatch"):
+        assert hasattr(RedisBroker, name), name
+    # The consumer's `timeout` is only its back-off cap between empty polls.
+    assert "compute_backoff(self.misses, max_backoff=self.timeout)" in inspect.getsource(
+        _RedisConsumer.__next__
+    )
+    # enqueue_many repeats _dispatch's argument order.
+    source = inspect.getsource(RedisBroker._dispatch)
+    source = source[source.index("args = [") :]
+    order = ["command", "timestamp", "queue_name", "self.broker_id", "self.heartbeat_timeout"]
+    order += ["self.dead_message_ttl", "self._should_do_maintenance", "self._max_unpack_size"]
+    positions = [source.index(name) for name in order]
+    assert positions == sorted(positions)
