@@ -11,7 +11,7 @@ from psycopg_pool import ConnectionPool
 from shared.db.pool import connection
 from shared.errors import ApiKeyInvalid, ApiKeyMissing
 from shared.ledger import auth
-from shared.ledger.auth import Principal
+from shared.ledger.auth import Principal, PrincipalCache
 
 
 def bearer_key(header: str | None) -> str:
@@ -26,11 +26,15 @@ def bearer_key(header: str | None) -> str:
 
 class RequireApiKey:
     """Falcon middleware. It runs after routing, so an unknown path is still a 404, and before
-    the responder, so a request without a valid key reads no body and touches no data. The
-    lookup borrows a pooled connection of its own and returns it before the responder runs."""
+    the responder, so a request without a valid key reads no body and touches no data.
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    A key found in `cache` costs no database work; otherwise the lookup borrows a pooled
+    connection of its own, returns it before the responder runs, and a key found live is
+    remembered for the cache's TTL (at most a second, the revocation contract)."""
+
+    def __init__(self, pool: ConnectionPool, cache: PrincipalCache) -> None:
         self._pool = pool
+        self._cache = cache
 
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: object, params: Any
@@ -39,8 +43,14 @@ class RequireApiKey:
             return
         key = bearer_key(req.get_header("Authorization"))
         auth.check_well_formed(key)
-        with connection(self._pool) as conn:
-            req.context.principal = auth.authenticate(conn, key)
+        digest = auth.hash_key(key)
+        found = self._cache.get(digest)
+        if found is None:
+            looked_up_at = self._cache.clock()
+            with connection(self._pool) as conn:
+                found = auth.authenticate(conn, key)
+            self._cache.put(digest, found, looked_up_at=looked_up_at)
+        req.context.principal = found
 
 
 def principal(req: falcon.Request) -> Principal:

@@ -6,6 +6,10 @@ that authenticates. A user's key acts for that user alone; an operator key acts 
 and may do everything, unless it is read-only: then it sees everything and changes nothing.
 Functions here raise `ApiKeyInvalid`, `OperatorOnly`, `ReadOnlyKey`, `UserNotFound` or
 `ApiKeyNotFound`; driver errors propagate.
+
+A process may remember the principal of a key it has just looked up for a fraction of a
+second (`PrincipalCache`), so that a busy key costs no lookup per request; revoking a key
+takes effect in every process within that time.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +105,65 @@ def authenticate(conn: psycopg.Connection, key: str) -> Principal:
     if row is None:
         raise ApiKeyInvalid("the API key is unknown or revoked")
     return Principal(user_id=row[1], key_id=row[0], read_only=row[2])
+
+
+#: The longest a process may go on trusting a key it looked up: revoking a key must take
+#: effect everywhere within one second.
+MAX_CACHE_SECONDS = 1.0
+
+
+class PrincipalCache:
+    """Principals of keys this process looked up, each trusted for `ttl` seconds from the
+    moment its lookup *began* (a lookup that saw the key live began before the revocation
+    committed, so the key is refused everywhere within `ttl` of that commit). Only successful
+    lookups are kept: a key just created works at once. Entries are keyed by the key's
+    digest, never by the key. `ttl` 0 keeps nothing. Safe to share between threads.
+
+    Raises `ValueError` for a `ttl` outside 0..`MAX_CACHE_SECONDS`.
+    """
+
+    def __init__(
+        self, ttl: float, *, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not 0 <= ttl <= MAX_CACHE_SECONDS:
+            raise ValueError(f"a key may be trusted for 0 to {MAX_CACHE_SECONDS}s, not {ttl}s")
+        self.ttl = ttl
+        self.clock = clock
+        self._max_entries = max_entries
+        self._entries: dict[bytes, tuple[float, Principal]] = {}
+        self._sweeping = threading.Lock()
+
+    def get(self, digest: bytes) -> Principal | None:
+        """The principal remembered for `digest`, or None when none is, or no longer."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        expires, found = entry
+        if self.clock() >= expires:
+            self._entries.pop(digest, None)
+            return None
+        return found
+
+    def put(self, digest: bytes, found: Principal, *, looked_up_at: float) -> None:
+        """Remember `found` for `digest` until `ttl` after `looked_up_at`, a `clock()` reading
+        taken before the lookup started."""
+        expires = looked_up_at + self.ttl
+        if self.ttl == 0 or self.clock() >= expires:
+            return
+        if len(self._entries) >= self._max_entries:
+            self._sweep()
+        self._entries[digest] = (expires, found)
+
+    def _sweep(self) -> None:
+        # Under a flood of distinct keys, drop the expired entries, and everything if that is
+        # not enough: a miss costs one lookup, an unbounded dict costs the process.
+        with self._sweeping:
+            now = self.clock()
+            for digest, (expires, _) in list(self._entries.items()):
+                if now >= expires:
+                    self._entries.pop(digest, None)
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _cache_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidSetting(f"{name}={raw!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise InvalidSetting(f"{name}={value} must be between 0 and 1 (revocation within 1 s)")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the service; see the README's settings table for meanings."""
@@ -124,6 +137,7 @@ class Settings:
     web_share: float | None = None
     lease_ttl_seconds: float = 10.0
     pool_timeout: float = 2.0
+    api_key_cache_seconds: float = 0.5  # at most 1: revocation takes effect within a second
     statement_timeout_ms: int = 5000
     lock_timeout_ms: int = 3000
     idle_in_transaction_timeout_ms: int = 10000
@@ -183,6 +197,9 @@ class Settings:
             web_share=_share(env, "WEB_SHARE"),
             lease_ttl_seconds=_float(env, "LEASE_TTL_SECONDS", d.lease_ttl_seconds),
             pool_timeout=_float(env, "POOL_TIMEOUT", d.pool_timeout),
+            api_key_cache_seconds=_cache_seconds(
+                env, "API_KEY_CACHE_SECONDS", d.api_key_cache_seconds
+            ),
             statement_timeout_ms=_int(
                 env, "STATEMENT_TIMEOUT_MS", d.statement_timeout_ms, minimum=1
             ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ import falcon.testing
 import psycopg
 import pytest
 from falcon.testing import TestClient
+from psycopg_pool import ConnectionPool
 
 from shared.ledger import auth
+from shared.runtime.settings import Settings
 from tests.contract import documented
 from tests.helpers import (
     CountingInput,
@@ -26,6 +29,7 @@ from tests.helpers import (
     submit,
     unique_email,
 )
+from web.app import create_app
 
 
 @dataclass(frozen=True)
@@ -252,17 +256,57 @@ def test_the_bearer_scheme_is_case_insensitive(client: TestClient, world: World)
     assert resp.status_code == 200
 
 
-def test_a_key_works_until_it_is_revoked_and_not_a_request_longer(
+def test_a_key_works_until_it_is_revoked_and_not_a_second_longer(
     client: TestClient, db: psycopg.Connection, world: World
 ) -> None:
     created = auth.create_key(db, user_id=world.owner)
     path = f"/accounts/{world.owner_account}"
-    assert call(client, "GET", path, created.key).status_code == 200
+    assert call(client, "GET", path, created.key).status_code == 200  # looked up, remembered
     assert auth.revoke_key(db, created.id) is True
-    resp = call(client, "GET", path, created.key)
-    assert resp.status_code == 401
-    assert resp.json["error"]["code"] == "api_key_invalid"
+    row = db.execute("SELECT revoked_at FROM api_keys WHERE id = %s", (created.id,)).fetchone()
+    assert row is not None
+    # The contract is one second from the revocation, whatever this process remembers.
+    time.sleep(max(0.0, row[0].timestamp() + 1.0 - time.time()))
+    for _ in range(2):
+        resp = call(client, "GET", path, created.key)
+        assert resp.status_code == 401
+        assert resp.json["error"]["code"] == "api_key_invalid"
     assert auth.revoke_key(db, created.id) is False  # revoking twice changes nothing
+
+
+class FrozenClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_remembered_key_costs_a_read_one_pooled_connection_until_it_expires(
+    settings: Settings, pool: ConnectionPool, db: psycopg.Connection, world: World
+) -> None:
+    clock = FrozenClock()
+    keys = auth.PrincipalCache(0.5, clock=clock)
+    app = create_app(
+        settings, pool=pool, enqueue=lambda _: None, ping_broker=lambda: True, keys=keys
+    )
+    client = TestClient(app)
+    created = auth.create_key(db, user_id=world.owner)
+    path = f"/users/{world.owner}"
+
+    def checkouts(times: int) -> tuple[int, list[int]]:
+        before = pool.get_stats().get("requests_num", 0)
+        statuses = [call(client, "GET", path, created.key).status_code for _ in range(times)]
+        return pool.get_stats().get("requests_num", 0) - before, statuses
+
+    assert checkouts(1) == (2, [200])  # the lookup, then the read
+    assert checkouts(5) == (5, [200] * 5)  # remembered: the read alone
+    assert auth.revoke_key(db, created.id) is True
+    assert checkouts(1) == (1, [200])  # still within the half second it is trusted for
+    clock.now += 0.5
+    assert checkouts(2) == (2, [401, 401])  # looked up again, refused, and not remembered
 
 
 def test_keys_are_stored_only_as_their_sha256(db: psycopg.Connection, world: World) -> None:
