@@ -123,7 +123,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     web_processes: int = 2
-    web_threads: int = 4
+    web_threads: int = 8
     web_pool_size: int = 0  # 0: one connection per web thread
     web_queue_limit: int = 64
     web_shutdown_timeout: float = 30.0

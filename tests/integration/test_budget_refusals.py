@@ -45,7 +45,7 @@ def test_settle_budget_prints_the_plan_without_a_database() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["role", "instances", "processes", "threads", "pool", "total"]
-    assert lines[-1] == "total 17 of 40 available (DB_CONNECTION_BUDGET); headroom 23"
+    assert lines[-1] == "total 25 of 40 available (DB_CONNECTION_BUDGET); headroom 15"
 
 
 def test_settle_budget_exits_2_with_the_arithmetic_when_the_plan_does_not_fit() -> None:
