@@ -25,6 +25,8 @@ pytestmark = pytest.mark.e2e
 REVOCATION_SECONDS = 1.0
 #: How long after the revocation the test keeps asking, to see it hold.
 WATCH_SECONDS = 2.0
+#: Connections opened, at most, until each web process has accepted one.
+MAX_CONNECTIONS = 200
 
 
 @dataclass
@@ -74,14 +76,16 @@ def connections_to_every_process(port: int, pids: list[int], path: str, key: str
     """Keep-alive connections until each of `pids` serves at least one, each having answered
     `path` with `key` once (so every process has looked the key up)."""
     served: list[Served] = []
-    for _ in range(60):
+    for _ in range(MAX_CONNECTIONS):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.connect()
         pid = serving_pid_after_request(conn, pids, path, key)
         served.append(Served(conn, pid))
         if {s.pid for s in served} >= set(pids):
             return served
-    raise AssertionError(f"60 connections, yet not every web process {pids} accepted one")
+    raise AssertionError(
+        f"{MAX_CONNECTIONS} connections, yet not every web process {pids} accepted one"
+    )
 
 
 def serving_pid_after_request(
@@ -101,6 +105,7 @@ def test_a_revoked_key_is_refused_by_every_web_process_within_a_second(
     service: Service, db: psycopg.Connection
 ) -> None:
     web = service.start_web()
+    web.wait_for_log("serving on", count=2)  # both processes accept connections
     pids = [pid for pid in descendants(web.pid) if pid != web.pid]
     assert len(pids) == int(service.env["WEB_PROCESSES"]) == 2
     user = make_user(db, "Revoked Soon")
