@@ -90,6 +90,7 @@ def test_settle_budget_behind_pgbouncer_shows_clients_pgbouncer_and_postgres() -
         DB_POOLER_POOL_SIZE="20",
         DB_CONNECTION_BUDGET="40",
         DATABASE_URL="postgresql://nowhere:1/x",
+        WEB_THREADS="4",
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-3:] == [

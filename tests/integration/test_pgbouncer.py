@@ -135,6 +135,7 @@ def test_settle_budget_reads_pgbouncers_limits_from_its_admin_console(
         "DB_POOLER_ADMIN_URL": pgbouncer.admin_url(settings.database_url),
         "DB_CONNECTION_BUDGET": "40",
         "WEB_PROCESSES": "2",
+        "WEB_THREADS": "4",
         "WORKER_PROCESSES": "2",
     }
     done = settle("budget", env=env)
