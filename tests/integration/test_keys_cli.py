@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -79,6 +80,8 @@ def test_keys_revoke_refuses_the_key_from_then_on_and_lists_it_revoked(
     assert client.simulate_get(f"/users/{user}", headers=bearer(key)).status_code == 200
     done = settle("keys", "revoke", str(key_id[0]))
     assert (done.returncode, done.stdout.strip()) == (0, f"settle keys: key {key_id[0]} revoked")
+    # A process may trust a key it looked up for up to a second (API_KEY_CACHE_SECONDS).
+    time.sleep(1.0)
     assert client.simulate_get(f"/users/{user}", headers=bearer(key)).status_code == 401
     line = next(
         line
