@@ -13,6 +13,7 @@ import argparse
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -33,14 +34,30 @@ from shared.runtime.embedded import free_port
 from shared.runtime.settings import Settings
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=int, default=12, help="DB_CONNECTION_BUDGET")
-    parser.add_argument("--transfers", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--accounts", type=int, default=20)
-    args = parser.parse_args()
+@dataclass
+class Measured:
+    """The plan beside the sampled peaks of one bounded load."""
 
+    transfers: int
+    seconds: float
+    samples: int
+    budget: int
+    plan: dict[str, int]  # role -> connections the plan gives it
+    peak: dict[str, int]  # role -> most connections seen at once
+    plan_total: int
+    peak_total: int
+    exit_codes: dict[str, int]
+
+    @property
+    def over(self) -> list[str]:
+        return [role for role, planned in self.plan.items() if self.peak[role] > planned]
+
+
+def measure(
+    *, budget: int = 12, transfers: int = 1000, concurrency: int = 16, accounts: int = 20
+) -> Measured:
+    """Start web, worker and sweeper on a scratch database with DB_CONNECTION_BUDGET=`budget`,
+    submit `transfers` over HTTP, wait until they settle, sampling pg_stat_activity."""
     with bench_servers() as (url, name, redis_url):
         env = {
             **os.environ,
@@ -48,20 +65,20 @@ def main() -> None:
             "REDIS_URL": redis_url,
             "BROKER_NAMESPACE": f"bench-{name}",
             "PORT": str(free_port()),
-            "DB_CONNECTION_BUDGET": str(args.budget),
+            "DB_CONNECTION_BUDGET": str(budget),
             "WEB_PROCESSES": os.environ.get("WEB_PROCESSES", "2"),
             "WEB_THREADS": os.environ.get("WEB_THREADS", "4"),
             "WORKER_PROCESSES": os.environ.get("WORKER_PROCESSES", "2"),
             "WORKER_THREADS": os.environ.get("WORKER_THREADS", "3"),
         }
         settings = Settings.from_env(env)
-        plan = make_plan(settings, Capacity(args.budget, "DB_CONNECTION_BUDGET"))
+        plan = make_plan(settings, Capacity(budget, "DB_CONNECTION_BUDGET"))
         with psycopg.connect(url, autocommit=True) as conn:
-            accounts = funded_accounts(conn, args.accounts, balance=1_000_000)
+            funded = funded_accounts(conn, accounts, balance=1_000_000)
             headers = operator_headers(conn)
         pairs = [
-            (accounts[i % len(accounts)], accounts[(i + 1) % len(accounts)], 1 + i % 100)
-            for i in range(args.transfers)
+            (funded[i % len(funded)], funded[(i + 1) % len(funded)], 1 + i % 100)
+            for i in range(transfers)
         ]
         port = int(env["PORT"])
         with tempfile.TemporaryDirectory(prefix="settle-bench-") as logs:
@@ -73,25 +90,49 @@ def main() -> None:
                 with Sampler(url, name) as sampler:
                     started = time.monotonic()
                     ids = post_transfers(
-                        port, pairs, concurrency=args.concurrency, timeout=120, headers=headers
+                        port, pairs, concurrency=concurrency, timeout=120, headers=headers
                     )
                     wait_terminal(url, ids, timeout=120)
                     elapsed = time.monotonic() - started
             finally:
                 codes = procs.stop_all()
+    return Measured(
+        transfers=len(ids),
+        seconds=elapsed,
+        samples=sampler.samples,
+        budget=budget,
+        plan={role.role: role.total for role in plan.roles},
+        peak={role.role: sampler.peak[role.role] for role in plan.roles},
+        plan_total=plan.total,
+        peak_total=sampler.peak_total,
+        exit_codes=codes,
+    )
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=int, default=12, help="DB_CONNECTION_BUDGET")
+    parser.add_argument("--transfers", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--accounts", type=int, default=20)
+    args = parser.parse_args()
+    m = measure(
+        budget=args.budget,
+        transfers=args.transfers,
+        concurrency=args.concurrency,
+        accounts=args.accounts,
+    )
     print(
-        f"{len(ids)} transfers accepted and settled in {elapsed:.1f}s"
-        f" ({len(ids) / elapsed:.0f}/s); {sampler.samples} samples of pg_stat_activity"
+        f"{m.transfers} transfers accepted and settled in {m.seconds:.1f}s"
+        f" ({m.transfers / m.seconds:.0f}/s); {m.samples} samples of pg_stat_activity"
     )
     print(f"{'role':8} {'plan':>5} {'peak':>5}")
-    for role in plan.roles:
-        print(f"{role.role:8} {role.total:5d} {sampler.peak[role.role]:5d}")
-    print(f"{'total':8} {plan.total:5d} {sampler.peak_total:5d}   budget {args.budget}")
-    over = [role.role for role in plan.roles if sampler.peak[role.role] > role.total]
-    print("exit codes:", codes)
-    if over or sampler.peak_total > args.budget:
-        raise SystemExit(f"bench: over the plan for {over or 'the total'}")
+    for role, planned in m.plan.items():
+        print(f"{role:8} {planned:5d} {m.peak[role]:5d}")
+    print(f"{'total':8} {m.plan_total:5d} {m.peak_total:5d}   budget {m.budget}")
+    print("exit codes:", m.exit_codes)
+    if m.over or m.peak_total > m.budget:
+        raise SystemExit(f"bench: over the plan for {m.over or 'the total'}")
 
 
 if __name__ == "__main__":
