@@ -95,9 +95,11 @@ class Processes:
         self.env = env
         self.log_dir = log_dir
         self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.logs: dict[int, Path] = {}  # pid -> its log
 
     def start(self, role: str) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{role}-{len(self.running)}.log").open("wb")
+        path = self.log_dir / f"{role}-{len(self.running)}.log"
+        log = path.open("wb")
         proc = subprocess.Popen(
             [str(SETTLE), role],
             env=self.env,
@@ -107,6 +109,7 @@ class Processes:
             start_new_session=True,
         )
         self.running.append((role, proc))
+        self.logs[proc.pid] = path
         return proc
 
     def stop_all(self, timeout: float = 60) -> dict[str, int]:
@@ -202,3 +205,53 @@ def wait_terminal(url: str, ids: list[int], timeout: float) -> None:
             return row is not None and row[0] == 0
 
         wait_until(done, timeout=timeout, what="every transfer is terminal")
+
+
+def bulk_accounts(conn: psycopg.Connection, count: int, *, balance: int) -> tuple[range, range]:
+    """(user ids, account ids): `count` users with one EUR account each, every account funded
+    with `balance` from a new treasury account. Set-based, so thousands take a second: the
+    funding transfers are inserted pending and settled by the ledger's own
+    `settle_transfer(id)` in one statement, so every invariant holds as usual."""
+    tag = uuid.uuid4().hex[:8]
+    with conn.transaction():
+        treasury = conn.execute(
+            "WITH u AS (INSERT INTO users (email, name) VALUES (%s, 'Treasury') RETURNING id)"
+            " INSERT INTO accounts (user_id, currency, allow_negative_balance)"
+            " SELECT id, 'EUR', true FROM u RETURNING id",
+            (f"treasury-{tag}@bench.example",),
+        ).fetchall()[0][0]
+        rows = conn.execute(
+            "WITH u AS (INSERT INTO users (email, name)"
+            " SELECT format('user%%s-%%s@bench.example', g, %s::text), format('U%%s', g)"
+            " FROM generate_series(1, %s) AS g RETURNING id)"
+            " INSERT INTO accounts (user_id, currency) SELECT id, 'EUR' FROM u ORDER BY id"
+            " RETURNING user_id, id",
+            (tag, count),
+        ).fetchall()
+    users = sorted(row[0] for row in rows)
+    accounts = sorted(row[1] for row in rows)
+    # Identity columns in one statement on a fresh database: consecutive ids, which the
+    # load generators pick at random between the first and the last.
+    assert users[-1] - users[0] == accounts[-1] - accounts[0] == count - 1
+    funding = insert_pending(
+        conn, [(treasury, account, balance) for account in accounts], tag=f"fund-{tag}"
+    )
+    conn.execute("SELECT settle_transfer(id) FROM unnest(%s::bigint[]) AS id", (funding,))
+    return range(users[0], users[-1] + 1), range(accounts[0], accounts[-1] + 1)
+
+
+def insert_pending(
+    conn: psycopg.Connection, transfers: list[tuple[int, int, int]], *, tag: str
+) -> list[int]:
+    """Insert (from, to, amount) EUR transfers as pending, in the operator's idempotency scope,
+    in one statement; their ids. Nothing queues them."""
+    payers, payees, amounts = (list(column) for column in zip(*transfers, strict=True))
+    rows = conn.execute(
+        "INSERT INTO transfers (idempotency_scope, idempotency_key, request_hash,"
+        " from_account_id, to_account_id, amount, currency)"
+        " SELECT 'operator', %s || '-' || n, 'bench', payer, payee, amount, 'EUR'"
+        " FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[])"
+        " WITH ORDINALITY AS t(payer, payee, amount, n) ORDER BY n RETURNING id",
+        (tag, payers, payees, amounts),
+    ).fetchall()
+    return [int(row[0]) for row in rows]

@@ -1,0 +1,644 @@
+"""The bench suite: Settle beside its baselines, every figure a ratio measured in one command.
+
+    make bench                 # or: .venv/bin/python -m bench.suite [--quick] [--rate 300]
+    BENCH_QUICK=1 make bench   # a short smoke pass (small counts, a few seconds per round)
+
+Sections: 1 reads (wrk against `settle web` and the Express peer), 2 settlement (`settle
+worker` draining pending transfers, against pgbench tpcb-like), 3 intake and end-to-end
+(POST /transfers at a fixed offered rate), 4 the cost of not pooling (pgbench with and
+without a new connection per transaction), 5 peak RSS per process, 6 the connection budget
+(bench.connections). Baseline and subject alternate, A B A B, and medians are quoted, since
+absolute figures drift on a shared machine. Everything runs on scratch databases and a
+broker namespace of its own (DATABASE_URL / REDIS_URL's servers, or embedded ones), dropped
+afterwards. Prints a table and writes bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from bench import connections
+from bench.harness import (
+    SETTLE,
+    Processes,
+    bench_servers,
+    bulk_accounts,
+    insert_pending,
+    operator_headers,
+    ready,
+    wait_terminal,
+    wait_until,
+)
+from bench.load import Offered, Wrk, offer_transfers, pgbench, pgbench_env, require, wrk
+from bench.memory import RssSampler
+from shared.db.budget import capacity, make_plan
+from shared.runtime.embedded import free_port
+from shared.runtime.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT / "bench" / "peers" / "express"
+RESULTS = ROOT / "bench" / "results.json"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Counts and durations of one run."""
+
+    quick: bool
+    accounts: int = 2000  # users, each with one account: the read ids and the payers
+    read_seconds: float = 8.0
+    rounds: int = 2  # A B A B
+    settle_transfers: int = 10_000
+    pgbench_seconds: float = 8.0
+    intake_rate: float = 300.0
+    intake_seconds: float = 30.0
+    pool_seconds: float = 5.0
+    pool_clients: int = 8
+    budget_transfers: int = 1000
+
+    @classmethod
+    def make(cls, *, quick: bool, rate: float | None, intake_seconds: float | None) -> Config:
+        base = (
+            cls(
+                quick=True,
+                accounts=1000,
+                read_seconds=2,
+                settle_transfers=2000,
+                pgbench_seconds=2,
+                intake_rate=100,
+                intake_seconds=5,
+                pool_seconds=2,
+                budget_transfers=200,
+            )
+            if quick
+            else cls(quick=False)
+        )
+        return cls(
+            **{
+                **asdict(base),
+                "intake_rate": rate or base.intake_rate,
+                "intake_seconds": intake_seconds or base.intake_seconds,
+            }
+        )
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def service_env(url: str, name: str, redis_url: str) -> dict[str, str]:
+    """The processes' environment: the default settings (any setting exported in this shell
+    is dropped), the scratch database, a broker namespace of its own and a free port."""
+    env = dict(os.environ)
+    for f in fields(Settings):
+        env.pop(f.name.upper(), None)
+    env.update(
+        DATABASE_URL=url,
+        REDIS_URL=redis_url,
+        BROKER_NAMESPACE=f"bench-{name}",
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """SIGTERM to the process group (as honcho does), then its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def random_transfers(rng: random.Random, accounts: range, count: int) -> list[tuple[int, int, int]]:
+    """`count` (from, to, amount) between two distinct random accounts, 1..100 cents each:
+    the funded balances cover every one, so each settles."""
+    out = []
+    for _ in range(count):
+        payer, payee = rng.sample(accounts, 2)
+        out.append((payer, payee, rng.randint(1, 100)))
+    return out
+
+
+def worker_ready(procs: Processes, worker: subprocess.Popen[bytes], processes: int) -> bool:
+    """Whether every dramatiq process of this `settle worker` is consuming."""
+    log = procs.logs[worker.pid].read_text(errors="replace")
+    return log.count("Worker process is ready for action.") >= processes
+
+
+@contextlib.contextmanager
+def express_peer(url: str, logs: Path, rss: RssSampler) -> Iterator[int]:
+    """The Express peer on a free port, reading `url`'s database; stopped on exit."""
+    require("node", "nodejs")
+    if not (PEER / "node_modules").is_dir():
+        raise SystemExit(f"bench: run `npm ci` in {PEER} first (`make bench` does)")
+    port = free_port()
+    with (logs / "express.log").open("wb") as log:
+        proc = subprocess.Popen(
+            ["node", "server.js"],
+            cwd=PEER,
+            env={**os.environ, **pgbench_env(url), "PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    rss.watch("express", proc.pid)
+    try:
+        wait_until(lambda: answers(port, "/users/0") == 404, timeout=30, what="the peer listens")
+        yield port
+    finally:
+        stop(proc)
+
+
+def answers(port: int, path: str) -> int | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+# 1. Reads ------------------------------------------------------------------------------------
+
+
+def reads(cfg: Config, web: int, peer: int, users: range, accounts: range, key: str) -> dict:
+    targets: dict[str, Callable[[float], Wrk]] = {
+        "express GET /users/{id}": lambda s: wrk(peer, "/users/", (users[0], users[-1]), None, s),
+        "settle GET /users/{id}": lambda s: wrk(web, "/users/", (users[0], users[-1]), key, s),
+        "settle GET /accounts/{id}": lambda s: wrk(
+            web, "/accounts/", (accounts[0], accounts[-1]), key, s
+        ),
+    }
+    for run in targets.values():  # warm-up: pools filled, code paths hot; not counted
+        run(1)
+    runs: dict[str, list[Wrk]] = {label: [] for label in targets}
+    for _ in range(cfg.rounds):
+        for label, run in targets.items():
+            runs[label].append(run(cfg.read_seconds))
+            w = runs[label][-1]
+            print(
+                f"  {label:28} {w.rps:8.0f} req/s  p50 {w.p50_ms:6.1f} ms  p99 {w.p99_ms:6.1f} ms"
+            )
+    peer_runs = runs["express GET /users/{id}"]
+    out: dict[str, Any] = {"wrk": "-t2 -c32", "seconds_per_round": cfg.read_seconds}
+    for label, done in runs.items():
+        out[label] = {
+            "rps": median([w.rps for w in done]),
+            "p50_ms": median([w.p50_ms for w in done]),
+            "p99_ms": median([w.p99_ms for w in done]),
+            "requests": sum(w.requests for w in done),
+            "non_2xx": sum(w.non_2xx for w in done),
+            "socket_errors": sum(w.socket_errors for w in done),
+            "ratio_vs_express": median(
+                [ratio(w.rps, p.rps) for w, p in zip(done, peer_runs, strict=True)]
+            ),
+        }
+    return out
+
+
+# 2. Settlement -------------------------------------------------------------------------------
+
+
+def settlement(
+    cfg: Config,
+    env: dict[str, str],
+    procs: Processes,
+    rss: RssSampler,
+    url: str,
+    conn: psycopg.Connection,
+    accounts: range,
+) -> dict:
+    # Imported here: importing the actor module builds the process's default broker.
+    from worker.actors import sender, settle_transfer
+    from worker.broker import create_broker
+
+    settings = Settings.from_env(env)
+    plan = make_plan(settings, capacity(settings))
+    clients = next(role.total for role in plan.roles if role.role == "worker")
+    broker, _ = create_broker(settings)
+    broker.declare_actor(settle_transfer)
+    send = sender(broker)
+    rng = random.Random(8)
+    pg_name = f"{conninfo_dbname(url)}_pgbench"
+    pg_url = make_conninfo(url, dbname=pg_name)
+    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(pg_name)))
+    rounds: list[dict[str, float]] = []
+    try:
+        pgbench(pg_url, ["-i", "-q", "-s", str(clients)], timeout=300)
+        for n in range(cfg.rounds):
+            pairs = random_transfers(rng, accounts, cfg.settle_transfers)
+            ids = insert_pending(conn, pairs, tag=f"bench-settle-{n}-{uuid.uuid4().hex[:6]}")
+            started = time.monotonic()
+            for transfer_id in ids:
+                send(transfer_id)
+            enqueue_rate = len(ids) / (time.monotonic() - started)
+            booted = time.monotonic()
+            worker = procs.start("worker")
+            rss.watch("worker", worker.pid)
+            wait_terminal(url, ids, timeout=300)
+            wall = time.monotonic() - booted
+            stop(worker)
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 'settled'),"
+                " extract(epoch FROM max(finished_at) - min(finished_at))"
+                " FROM transfers WHERE id = ANY(%s)",
+                (ids,),
+            ).fetchone()
+            assert row is not None
+            settled, window = int(row[0]), float(row[1])
+            rate = (len(ids) - 1) / window if window else float("nan")
+            tps = pgbench(
+                pg_url,
+                ["-n", "-b", "tpcb-like", "-c", str(clients), "-j", "2"]
+                + ["-T", str(max(1, round(cfg.pgbench_seconds)))],
+                timeout=cfg.pgbench_seconds + 60,
+            )
+            rounds.append(
+                {
+                    "transfers_per_s": rate,
+                    "settled": settled,
+                    "enqueue_per_s": enqueue_rate,
+                    "seconds_from_worker_start": wall,
+                    "pgbench_tps": tps,
+                    "ratio": ratio(rate, tps),
+                }
+            )
+            print(
+                f"  round {n + 1}: {rate:6.0f} transfers/s ({settled} of {len(ids)} settled),"
+                f" pgbench {tps:6.0f} tps, enqueue {enqueue_rate:5.0f} msg/s from one thread"
+            )
+    finally:
+        broker.close()
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(pg_name))
+        )
+    return {
+        "transfers_per_round": cfg.settle_transfers,
+        "accounts": len(accounts),
+        "workers": f"{settings.worker_processes} processes x {settings.worker_threads} threads",
+        "pgbench": f"-b tpcb-like -c {clients} -j 2 -T {round(cfg.pgbench_seconds)} -s {clients}",
+        "transfers_per_s": median([r["transfers_per_s"] for r in rounds]),
+        "pgbench_tps": median([r["pgbench_tps"] for r in rounds]),
+        "ratio_vs_pgbench": median([r["ratio"] for r in rounds]),
+        "enqueue_per_s_one_thread": median([r["enqueue_per_s"] for r in rounds]),
+        "rounds": rounds,
+    }
+
+
+def conninfo_dbname(url: str) -> str:
+    return str(conninfo_to_dict(url)["dbname"])
+
+
+# 3. Intake and end-to-end --------------------------------------------------------------------
+
+
+def intake(
+    cfg: Config,
+    port: int,
+    headers: dict[str, str],
+    url: str,
+    conn: psycopg.Connection,
+    accounts: range,
+) -> dict:
+    pairs = random_transfers(random.Random(3), accounts, int(cfg.intake_rate * cfg.intake_seconds))
+    offered: Offered = offer_transfers(
+        port,
+        headers,
+        lambda i: pairs[i],
+        rate=cfg.intake_rate,
+        seconds=cfg.intake_seconds,
+    )
+    wait_terminal(url, offered.accepted, timeout=120)
+    row = conn.execute(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d),"
+        " percentile_cont(0.99) WITHIN GROUP (ORDER BY d), max(d), count(*)"
+        " FROM (SELECT extract(epoch FROM settled_at - created_at) * 1000 AS d"
+        " FROM transfers WHERE id = ANY(%s) AND settled_at IS NOT NULL) AS s",
+        (offered.accepted,),
+    ).fetchone()
+    assert row is not None
+    lat = sorted(offered.latencies)
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000 if lat else float("nan")
+
+    out = {
+        "offered_per_s": cfg.intake_rate,
+        "seconds": cfg.intake_seconds,
+        "achieved_per_s": offered.achieved_rate,
+        "late_sends": offered.late,
+        "accepted_per_s": offered.accepted_rate,
+        "accepted_vs_offered": ratio(offered.accepted_rate, cfg.intake_rate),
+        "refused": {str(k): v for k, v in offered.refused.items()},
+        "submit_p50_ms": pct(0.5),
+        "submit_p99_ms": pct(0.99),
+        "settle_p50_ms": float(row[0] or "nan"),
+        "settle_p99_ms": float(row[1] or "nan"),
+        "settle_max_ms": float(row[2] or "nan"),
+        "settled": int(row[3]),
+    }
+    print(
+        f"  offered {cfg.intake_rate:.0f}/s, achieved {offered.achieved_rate:.0f}/s"
+        f" ({offered.late} late), accepted {offered.accepted_rate:.0f}/s, refused"
+        f" {out['refused'] or 'none'},"
+        f" submit p50 {out['submit_p50_ms']:.1f} p99 {out['submit_p99_ms']:.1f} ms,"
+        f" accepted->settled p50 {out['settle_p50_ms']:.1f} p99 {out['settle_p99_ms']:.1f}"
+        f" max {out['settle_max_ms']:.1f} ms"
+    )
+    return out
+
+
+# 4. The cost of not pooling ------------------------------------------------------------------
+
+
+def pooling(cfg: Config, url: str, users: range) -> dict:
+    """The web's read, `SELECT id, email, name FROM users WHERE id = $1`, from pgbench's
+    clients over connections kept open (a pool) and over a new connection per read (-C:
+    connect, authenticate, read, disconnect), alternated."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(
+            f"\\set id random({users[0]}, {users[-1]})\n"
+            "SELECT id, email, name FROM users WHERE id = :id;\n"
+        )
+    base = ["-n", "-f", script.name, "-c", str(cfg.pool_clients), "-j", "2"]
+    base += ["-T", str(max(1, round(cfg.pool_seconds)))]
+    pooled: list[float] = []
+    fresh: list[float] = []
+    try:
+        for _ in range(cfg.rounds):
+            pooled.append(pgbench(url, base, timeout=cfg.pool_seconds + 60))
+            fresh.append(pgbench(url, [*base, "-C"], timeout=cfg.pool_seconds + 60))
+            print(f"  pooled {pooled[-1]:8.0f} reads/s   new connection each {fresh[-1]:7.0f}/s")
+    finally:
+        os.unlink(script.name)
+    return {
+        "clients": cfg.pool_clients,
+        "pooled_reads_per_s": median(pooled),
+        "new_connection_reads_per_s": median(fresh),
+        "pooled_vs_new_connection": median(
+            [ratio(p, f) for p, f in zip(pooled, fresh, strict=True)]
+        ),
+    }
+
+
+# The run ------------------------------------------------------------------------------------
+
+
+def machine(url: str) -> dict:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT version(), current_setting('max_connections')").fetchone()
+    assert row is not None
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "postgres": str(row[0]).split(" on ")[0],
+        "max_connections": int(row[1]),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+
+
+def run(cfg: Config) -> dict:
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "quick": cfg.quick,
+        "config": asdict(cfg),
+    }
+    started = time.monotonic()
+    rss = RssSampler()
+    with (
+        bench_servers() as (url, name, redis_url),
+        tempfile.TemporaryDirectory(prefix="settle-bench-") as tmp,
+        rss,
+    ):
+        logs = Path(tmp)
+        results["machine"] = machine(url)
+        env = service_env(url, name, redis_url)
+        port = int(env["PORT"])
+        with psycopg.connect(url, autocommit=True) as conn:
+            users, accounts = bulk_accounts(conn, cfg.accounts, balance=10_000_000)
+            headers = operator_headers(conn)
+            key = headers["Authorization"].removeprefix("Bearer ")
+            procs = Processes(env, logs)
+            try:
+                web = procs.start("web")
+                rss.watch("web", web.pid)
+                wait_until(lambda: ready(port), timeout=60, what="settle web is ready")
+                with express_peer(url, logs, rss) as peer:
+                    print(f"1. reads: wrk -t2 -c32, {cfg.read_seconds:.0f} s per round")
+                    results["reads"] = reads(cfg, port, peer, users, accounts, key)
+                print(f"2. settlement: {cfg.settle_transfers} pending among {len(accounts)}")
+                results["settlement"] = settlement(cfg, env, procs, rss, url, conn, accounts)
+                print(f"3. intake: POST /transfers at {cfg.intake_rate:.0f}/s")
+                worker = procs.start("worker")
+                rss.watch("worker", worker.pid)
+                sweeper = procs.start("sweeper")
+                rss.watch("sweeper", sweeper.pid)
+                processes = Settings.from_env(env).worker_processes
+                wait_until(
+                    lambda: worker_ready(procs, worker, processes),
+                    timeout=60,
+                    what="settle worker is ready",
+                )
+                results["intake"] = intake(cfg, port, headers, url, conn, accounts)
+            finally:
+                results["exit_codes"] = procs.stop_all()
+            audit = subprocess.run(
+                [str(SETTLE), "audit"], env=env, capture_output=True, text=True, timeout=300
+            )
+            results["audit"] = {"exit_code": audit.returncode, "report": audit.stdout.strip()}
+            print(f"   settle audit: exit {audit.returncode}")
+            print(f"4. the cost of not pooling: pgbench -c {cfg.pool_clients}, with and without -C")
+            results["pooling"] = pooling(cfg, url, users)
+    results["memory"] = rss.by_role()
+    print(f"6. connection budget: python -m bench.connections ({cfg.budget_transfers} transfers)")
+    m = connections.measure(transfers=cfg.budget_transfers)
+    results["connections"] = {**asdict(m), "over": m.over}
+    results["seconds"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def table(r: dict) -> str:
+    """The figures as a Markdown table (printed, and pasted into the README)."""
+    rd, st, it, pl = r["reads"], r["settlement"], r["intake"], r["pooling"]
+    refused = (
+        ", ".join(
+            f"{n} x {status if status != '0' else 'no answer'}"
+            for status, n in sorted(it["refused"].items())
+        )
+        or "none"
+    )
+    ex = rd["express GET /users/{id}"]
+    rows: list[tuple[str, ...]] = [("figure", "Settle", "baseline", "ratio", "goal")]
+
+    def read_row(label: str) -> tuple[str, ...]:
+        s = rd[label]
+        return (
+            f"{label.removeprefix('settle ')}, authenticated (wrk -t2 -c32)",
+            f"{s['rps']:.0f} req/s, p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms,"
+            f" {s['non_2xx']} non-2xx",
+            f"Express + pg (no auth) {ex['rps']:.0f} req/s, p50 {ex['p50_ms']:.1f} /"
+            f" p99 {ex['p99_ms']:.1f} ms, {ex['non_2xx']} non-2xx",
+            f"{s['ratio_vs_express']:.2f}x",
+            ">= 1.0x",
+        )
+
+    rows.append(read_row("settle GET /users/{id}"))
+    rows.append(read_row("settle GET /accounts/{id}"))
+    rows.append(
+        (
+            f"settlement, {st['transfers_per_round']} pending among {st['accounts']} accounts,"
+            f" {st['workers']}",
+            f"{st['transfers_per_s']:.0f} transfers/s",
+            f"pgbench {st['pgbench']}: {st['pgbench_tps']:.0f} tps",
+            f"{st['ratio_vs_pgbench']:.2f}x",
+            ">= 0.8x",
+        )
+    )
+    rows.append(
+        (
+            "enqueue from one thread (the product's sender)",
+            f"{st['enqueue_per_s_one_thread']:.0f} msg/s",
+            "",
+            "",
+            "not the bottleneck",
+        )
+    )
+    rows.append(
+        (
+            f"intake: POST /transfers offered {it['offered_per_s']:.0f}/s for"
+            f" {it['seconds']:.0f} s (achieved {it['achieved_per_s']:.0f}/s)",
+            f"{it['accepted_per_s']:.0f} accepted/s, submit p50 {it['submit_p50_ms']:.1f} /"
+            f" p99 {it['submit_p99_ms']:.1f} ms; refused: {refused}",
+            "the offered rate",
+            f"{it['accepted_vs_offered']:.2f}x",
+            "1.0x",
+        )
+    )
+    rows.append(
+        (
+            "accepted -> settled (created_at -> settled_at)",
+            f"p50 {it['settle_p50_ms']:.0f} / p99 {it['settle_p99_ms']:.0f} /"
+            f" max {it['settle_max_ms']:.0f} ms",
+            "",
+            "",
+            "p99 <= 50 ms",
+        )
+    )
+    rows.append(
+        (
+            f"the same read, pooled vs a new connection each (pgbench -c {pl['clients']})",
+            f"{pl['pooled_reads_per_s']:.0f} reads/s pooled",
+            f"{pl['new_connection_reads_per_s']:.0f} reads/s with -C",
+            f"{pl['pooled_vs_new_connection']:.1f}x",
+            "",
+        )
+    )
+    for role in ("web", "worker", "sweeper", "express"):
+        procs = r["memory"].get(role, [])
+        if procs:
+            each = [float(p["peak_rss_mb"]) for p in procs]
+            rows.append(
+                (
+                    f"peak RSS per process, {role}",
+                    f"max {max(each):.0f} MB, median {median(each):.0f} MB ({len(each)} processes)",
+                    "",
+                    "",
+                    "<= 80 MB" if role != "express" else "",
+                )
+            )
+    c = r["connections"]
+    for role, planned in c["plan"].items():
+        rows.append(
+            (
+                f"connections, {role} (budget {c['budget']})",
+                f"peak {c['peak'][role]}",
+                f"plan {planned}",
+                "",
+                "peak <= plan",
+            )
+        )
+    rows.append(
+        (
+            f"connections, total ({c['transfers']} transfers)",
+            f"peak {c['peak_total']}",
+            f"plan {c['plan_total']}",
+            "",
+            f"<= {c['budget']}",
+        )
+    )
+    rows.append(("settle audit after the run", f"exit {r['audit']['exit_code']}", "", "", "0"))
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines.insert(1, "| " + " | ".join("---" for _ in rows[0]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench.suite", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke pass")
+    parser.add_argument("--rate", type=float, help="offered POST /transfers per second")
+    parser.add_argument("--intake-seconds", type=float, help="how long intake is offered")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    quick = args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    cfg = Config.make(quick=quick, rate=args.rate, intake_seconds=args.intake_seconds)
+    results = run(cfg)
+    results["table"] = table(results)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    m = results["machine"]
+    print()
+    print(
+        f"{results['date']}, {m['cores']} cores ({m['cpu']}), {m['postgres']},"
+        f" {results['seconds']:.0f} s{' (quick)' if quick else ''}"
+    )
+    print(results["table"])
+    print(f"written to {args.out}")
+    if results["audit"]["exit_code"] != 0:
+        print(results["audit"]["report"], file=sys.stderr)
+        raise SystemExit("bench: settle audit failed after the run")
+    if results["connections"]["over"]:
+        raise SystemExit("bench: a role held more connections than the plan gives it")
+
+
+if __name__ == "__main__":
+    main()
