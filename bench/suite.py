@@ -69,7 +69,7 @@ class Config:
     quick: bool
     accounts: int = 2000  # users, each with one account: the read ids and the payers
     read_seconds: float = 8.0
-    rounds: int = 2  # A B A B
+    rounds: int = 3  # A B A B A B: the median of three
     settle_transfers: int = 10_000
     pgbench_seconds: float = 8.0
     intake_rate: float = 300.0
@@ -89,6 +89,7 @@ class Config:
                 pgbench_seconds=2,
                 intake_rate=100,
                 intake_seconds=5,
+                rounds=2,
                 pool_seconds=2,
                 budget_transfers=200,
             )
