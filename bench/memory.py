@@ -1,4 +1,5 @@
-"""Peak resident memory of the service's processes, sampled while the bench runs."""
+"""What the service's processes use: peak resident memory, sampled while the bench runs, and
+CPU time, read around a load."""
 
 from __future__ import annotations
 
@@ -65,3 +66,22 @@ class RssSampler:
                 {"pid": pid, "command": cmd, "peak_rss_mb": round(peak / 2**20, 1)}
             )
         return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by `pid` and every living process it started.
+    Read before and after a load, the difference is that load's CPU cost, which depends far
+    less than throughput on what else the machine runs."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in family:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total

@@ -52,7 +52,7 @@ from bench.harness import (
     wait_until,
 )
 from bench.load import Offered, Wrk, offer_transfers, pgbench, pgbench_env, require, wrk
-from bench.memory import RssSampler
+from bench.memory import RssSampler, cpu_seconds
 from shared.db.budget import capacity, make_plan
 from shared.runtime.embedded import free_port
 from shared.runtime.settings import Settings
@@ -158,8 +158,9 @@ def worker_ready(procs: Processes, worker: subprocess.Popen[bytes], processes: i
 
 
 @contextlib.contextmanager
-def express_peer(url: str, logs: Path, rss: RssSampler) -> Iterator[int]:
-    """The Express peer on a free port, reading `url`'s database; stopped on exit."""
+def express_peer(url: str, logs: Path, rss: RssSampler) -> Iterator[tuple[int, int]]:
+    """(port, pid) of the Express peer on a free port, reading `url`'s database; stopped on
+    exit."""
     require("node", "nodejs")
     if not (PEER / "node_modules").is_dir():
         raise SystemExit(f"bench: run `npm ci` in {PEER} first (`make bench` does)")
@@ -177,7 +178,7 @@ def express_peer(url: str, logs: Path, rss: RssSampler) -> Iterator[int]:
     rss.watch("express", proc.pid)
     try:
         wait_until(lambda: answers(port, "/users/0") == 404, timeout=30, what="the peer listens")
-        yield port
+        yield port, proc.pid
     finally:
         stop(proc)
 
@@ -196,23 +197,44 @@ def answers(port: int, path: str) -> int | None:
 # 1. Reads ------------------------------------------------------------------------------------
 
 
-def reads(cfg: Config, web: int, peer: int, users: range, accounts: range, key: str) -> dict:
-    targets: dict[str, Callable[[float], Wrk]] = {
-        "express GET /users/{id}": lambda s: wrk(peer, "/users/", (users[0], users[-1]), None, s),
-        "settle GET /users/{id}": lambda s: wrk(web, "/users/", (users[0], users[-1]), key, s),
-        "settle GET /accounts/{id}": lambda s: wrk(
-            web, "/accounts/", (accounts[0], accounts[-1]), key, s
+def reads(
+    cfg: Config,
+    web: tuple[int, int],
+    peer: tuple[int, int],
+    users: range,
+    accounts: range,
+    key: str,
+) -> dict:
+    """wrk against each target in turn, `cfg.rounds` times; `web` and `peer` are (port, pid):
+    the pid's process tree is charged the CPU time each run costs."""
+    (web_port, web_pid), (peer_port, peer_pid) = web, peer
+    targets: dict[str, tuple[int, Callable[[float], Wrk]]] = {
+        "express GET /users/{id}": (
+            peer_pid,
+            lambda s: wrk(peer_port, "/users/", (users[0], users[-1]), None, s),
+        ),
+        "settle GET /users/{id}": (
+            web_pid,
+            lambda s: wrk(web_port, "/users/", (users[0], users[-1]), key, s),
+        ),
+        "settle GET /accounts/{id}": (
+            web_pid,
+            lambda s: wrk(web_port, "/accounts/", (accounts[0], accounts[-1]), key, s),
         ),
     }
-    for run in targets.values():  # warm-up: pools filled, code paths hot; not counted
+    for _, run in targets.values():  # warm-up: pools filled, code paths hot; not counted
         run(1)
     runs: dict[str, list[Wrk]] = {label: [] for label in targets}
+    cpu_ms: dict[str, list[float]] = {label: [] for label in targets}
     for _ in range(cfg.rounds):
-        for label, run in targets.items():
-            runs[label].append(run(cfg.read_seconds))
-            w = runs[label][-1]
+        for label, (pid, run) in targets.items():
+            before = cpu_seconds(pid)
+            w = run(cfg.read_seconds)
+            runs[label].append(w)
+            cpu_ms[label].append((cpu_seconds(pid) - before) * 1000 / max(1, w.requests))
             print(
                 f"  {label:28} {w.rps:8.0f} req/s  p50 {w.p50_ms:6.1f} ms  p99 {w.p99_ms:6.1f} ms"
+                f"  {cpu_ms[label][-1]:5.2f} CPU ms/request"
             )
     peer_runs = runs["express GET /users/{id}"]
     out: dict[str, Any] = {"wrk": "-t2 -c32", "seconds_per_round": cfg.read_seconds}
@@ -224,6 +246,7 @@ def reads(cfg: Config, web: int, peer: int, users: range, accounts: range, key: 
             "requests": sum(w.requests for w in done),
             "non_2xx": sum(w.non_2xx for w in done),
             "socket_errors": sum(w.socket_errors for w in done),
+            "app_cpu_ms_per_request": median(cpu_ms[label]),
             "ratio_vs_express": median(
                 [ratio(w.rps, p.rps) for w, p in zip(done, peer_runs, strict=True)]
             ),
@@ -434,6 +457,7 @@ def machine(url: str) -> dict:
         "cpu": cpu,
         "postgres": str(row[0]).split(" on ")[0],
         "max_connections": int(row[1]),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "os": platform.platform(),
     }
@@ -467,7 +491,7 @@ def run(cfg: Config) -> dict:
                 wait_until(lambda: ready(port), timeout=60, what="settle web is ready")
                 with express_peer(url, logs, rss) as peer:
                     print(f"1. reads: wrk -t2 -c32, {cfg.read_seconds:.0f} s per round")
-                    results["reads"] = reads(cfg, port, peer, users, accounts, key)
+                    results["reads"] = reads(cfg, (port, web.pid), peer, users, accounts, key)
                 print(f"2. settlement: {cfg.settle_transfers} pending among {len(accounts)}")
                 results["settlement"] = settlement(cfg, env, procs, rss, url, conn, accounts)
                 print(f"3. intake: POST /transfers at {cfg.intake_rate:.0f}/s")
@@ -496,6 +520,7 @@ def run(cfg: Config) -> dict:
     m = connections.measure(transfers=cfg.budget_transfers)
     results["connections"] = {**asdict(m), "over": m.over}
     results["seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
 
@@ -517,9 +542,10 @@ def table(r: dict) -> str:
         return (
             f"{label.removeprefix('settle ')}, authenticated (wrk -t2 -c32)",
             f"{s['rps']:.0f} req/s, p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms,"
-            f" {s['non_2xx']} non-2xx",
+            f" {s['non_2xx']} non-2xx, {s['app_cpu_ms_per_request']:.2f} CPU ms/req",
             f"Express + pg (no auth) {ex['rps']:.0f} req/s, p50 {ex['p50_ms']:.1f} /"
-            f" p99 {ex['p99_ms']:.1f} ms, {ex['non_2xx']} non-2xx",
+            f" p99 {ex['p99_ms']:.1f} ms, {ex['non_2xx']} non-2xx,"
+            f" {ex['app_cpu_ms_per_request']:.2f} CPU ms/req",
             f"{s['ratio_vs_express']:.2f}x",
             ">= 1.0x",
         )
@@ -582,7 +608,8 @@ def table(r: dict) -> str:
             rows.append(
                 (
                     f"peak RSS per process, {role}",
-                    f"max {max(each):.0f} MB, median {median(each):.0f} MB ({len(each)} processes)",
+                    f"max {max(each):.0f} MB, median {median(each):.0f} MB"
+                    f" ({len(each)} process{'es' if len(each) != 1 else ''})",
                     "",
                     "",
                     "<= 80 MB" if role != "express" else "",
@@ -630,7 +657,8 @@ def main() -> None:
     print()
     print(
         f"{results['date']}, {m['cores']} cores ({m['cpu']}), {m['postgres']},"
-        f" {results['seconds']:.0f} s{' (quick)' if quick else ''}"
+        f" {results['seconds']:.0f} s{' (quick)' if quick else ''}, load average"
+        f" {m['load_average_at_start'][0]:.1f} at start, {m['load_average_at_end'][0]:.1f} at end"
     )
     print(results["table"])
     print(f"written to {args.out}")
