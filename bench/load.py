@@ -80,7 +80,7 @@ def wrk(port: int, prefix: str, ids: tuple[int, int], key: str | None, seconds: 
     )
 
 
-def pgbench_env(url: str) -> dict[str, str]:
+def libpq_env(url: str) -> dict[str, str]:
     """libpq's PG* variables for the conninfo `url` (pgbench and node-postgres read them)."""
     names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD"}
     params = conninfo_to_dict(url)
@@ -93,7 +93,7 @@ def pgbench(url: str, args: list[str], *, timeout: float) -> float:
     """Run pgbench with `args` against `url`'s database; the tps it reports (0 for -i)."""
     out = subprocess.run(
         [require("pgbench", "postgresql-client"), *args],
-        env={**os.environ, **pgbench_env(url)},
+        env={**os.environ, **libpq_env(url)},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -51,7 +51,7 @@ from bench.harness import (
     wait_terminal,
     wait_until,
 )
-from bench.load import Offered, Wrk, offer_transfers, pgbench, pgbench_env, require, wrk
+from bench.load import Offered, Wrk, libpq_env, offer_transfers, pgbench, require, wrk
 from bench.memory import RssSampler, cpu_seconds
 from shared.db.budget import capacity, make_plan
 from shared.runtime.embedded import free_port
@@ -169,7 +169,7 @@ def express_peer(url: str, logs: Path, rss: RssSampler) -> Iterator[tuple[int, i
         proc = subprocess.Popen(
             ["node", "server.js"],
             cwd=PEER,
-            env={**os.environ, **pgbench_env(url), "PORT": str(port)},
+            env={**os.environ, **libpq_env(url), "PORT": str(port)},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
