@@ -298,9 +298,10 @@ def _add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     status.add_argument(
         "--pending-threshold",
         type=float,
-        default=DEFAULT_PENDING_THRESHOLD,
+        default=None,
         metavar="SECONDS",
-        help="a transfer pending longer than this needs attention (default %(default)g)",
+        help="a transfer pending longer than this needs attention (default: the dashboard's,"
+        " DASHBOARD_PENDING_THRESHOLD_SECONDS)",
     )
     status.set_defaults(func=cmd_status)
     log = sub.add_parser(

@@ -76,10 +76,24 @@ def capacity(settings: Settings) -> Capacity:
     `psycopg.OperationalError` when it cannot be reached). Behind a pooler, the client side
     with the pooler's side attached (see the module's docstring)."""
     if settings.db_connection_budget is not None:
+        return _pooled(settings, Capacity(settings.db_connection_budget, "DB_CONNECTION_BUDGET"))
+    with connect_once(settings, "budget", session=True) as conn:
+        return capacity_on(conn, settings)
+
+
+def capacity_on(conn: psycopg.Connection, settings: Settings) -> Capacity:
+    """`capacity`, reading Postgres's side over `conn` (a connection already held: the
+    dashboard's, a scrape's, `settle status`'s) rather than a new one. Behind a pooler the
+    same two sides as `capacity`: a query over PgBouncer reaches Postgres's settings."""
+    if settings.db_connection_budget is not None:
         server = Capacity(settings.db_connection_budget, "DB_CONNECTION_BUDGET")
     else:
-        with connect_once(settings, "budget", session=True) as conn:
-            server = capacity_from_server(conn, settings.db_reserved_connections)
+        server = capacity_from_server(conn, settings.db_reserved_connections)
+    return _pooled(settings, server)
+
+
+def _pooled(settings: Settings, server: Capacity) -> Capacity:
+    """`server` alone without a pooler; behind one, its client side with `server` attached."""
     if not settings.pooled:
         return server
     reserved = settings.db_reserved_connections

@@ -18,7 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from shared.db.activity import ROLES, connections_by_role
-from shared.db.budget import BudgetExceeded, Capacity, capacity_from_server, make_plan
+from shared.db.budget import BudgetExceeded, Capacity, capacity_on, make_plan
 from shared.runtime.settings import Settings
 
 Row = dict[str, Any]
@@ -88,10 +88,7 @@ class BudgetUse:
 
 def budget_use(conn: psycopg.Connection, settings: Settings, database: str) -> BudgetUse:
     """Plan vs live leases vs `pg_stat_activity` for each role of the service on `database`."""
-    if settings.db_connection_budget is not None:
-        cap = Capacity(settings.db_connection_budget, "DB_CONNECTION_BUDGET")
-    else:
-        cap = capacity_from_server(conn, settings.db_reserved_connections)
+    cap = capacity_on(conn, settings)
     planned: dict[str, int | None] = dict.fromkeys(ROLES)
     refusal = None
     try:

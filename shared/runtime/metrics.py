@@ -37,7 +37,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from shared.db.budget import BudgetExceeded, Capacity, capacity_from_server, make_plan
+from shared.db.budget import BudgetExceeded, capacity_on, make_plan
 from shared.db.pool import connection
 from shared.errors import SettleError
 from shared.ledger import vitals
@@ -233,7 +233,7 @@ class OverviewCollector(Collector):
                 counts = vitals.transfer_counts(conn)
                 oldest = vitals.oldest_pending_age(conn)
                 leases = vitals.leases(conn, self._settings.lease_ttl_seconds)
-                cap = self._capacity(conn)
+                cap = capacity_on(conn, self._settings)
         except (SettleError, psycopg.Error) as exc:
             log.warning("metrics: database series left out of this scrape: %s", exc)
             SCRAPE_ERRORS.labels("database").inc()
@@ -269,11 +269,6 @@ class OverviewCollector(Collector):
             budget.add_metric(["planned"], make_plan(self._settings, cap).total)
         budget.add_metric(["leased"], leases.leased)
         yield budget
-
-    def _capacity(self, conn: psycopg.Connection) -> Capacity:
-        if self._settings.db_connection_budget is not None:
-            return Capacity(self._settings.db_connection_budget, "DB_CONNECTION_BUDGET")
-        return capacity_from_server(conn, self._settings.db_reserved_connections)
 
 
 class _HostFiles(Collector):

@@ -17,9 +17,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from shared.db.activity import ROLES, connections_by_role
-from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_from_server, make_plan
+from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_on, make_plan
 from shared.ledger import vitals
-from shared.ledger.audit import DEFAULT_PENDING_THRESHOLD
 from shared.runtime.queues import queue_counts
 from shared.runtime.settings import Settings
 
@@ -97,9 +96,13 @@ def gather(
     conn: psycopg.Connection,
     redis_client: Any,
     *,
-    pending_threshold: float = DEFAULT_PENDING_THRESHOLD,
+    pending_threshold: float | None = None,
 ) -> Status:
-    """Read everything `settle status` shows and decide what needs attention."""
+    """Read everything `settle status` shows and decide what needs attention; a transfer
+    pending longer than `pending_threshold` does (None: the dashboard's threshold,
+    DASHBOARD_PENDING_THRESHOLD_SECONDS)."""
+    if pending_threshold is None:
+        pending_threshold = settings.dashboard_pending_threshold_seconds
     queues = {q: queue_counts(redis_client, settings.broker_namespace, q) for q in QUEUES}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -111,10 +114,7 @@ def gather(
             row = conn.execute("SELECT current_database()").fetchone()
             database = str(row[0]) if row else ""
         connections = dict(connections_by_role(conn, database))
-        if settings.db_connection_budget is not None:
-            cap = Capacity(settings.db_connection_budget, "DB_CONNECTION_BUDGET")
-        else:
-            cap = capacity_from_server(conn, settings.db_reserved_connections)
+        cap = capacity_on(conn, settings)
     status = Status(
         queues=queues,
         transfers=counts,
