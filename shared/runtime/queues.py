@@ -11,10 +11,14 @@ is four O(1) commands in one round trip. Every function raises redis errors.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dramatiq import Message
+from dramatiq.errors import DecodeError
+
+log = logging.getLogger(__name__)
 
 #: The states counted, in the order `settle status` prints them.
 STATES = ("ready", "in_flight", "delayed", "dead")
@@ -38,6 +42,10 @@ def queue_counts(client: Any, namespace: str, queue: str) -> dict[str, int]:
     }
 
 
+#: Dead letters read per HSCAN round trip when looking for a few transfers' messages.
+SCAN_BATCH = 500
+
+
 def dead_letters(client: Any, namespace: str, queue: str) -> dict[int, list[str]]:
     """Transfer id -> the broker ids of its messages in `queue`'s dead-letter queue (the hash
     `ns:q.XQ.msgs` holds their bodies; a settle message's first argument is a transfer id or a
@@ -50,6 +58,22 @@ def dead_letters(client: Any, namespace: str, queue: str) -> dict[int, list[str]
         for transfer_id in message_transfer_ids(message.args):
             found.setdefault(transfer_id, []).append(rid)
     return found
+
+
+def _scan_dead(client: Any, namespace: str, queue: str) -> Iterator[tuple[str, list[int]]]:
+    """(broker id, transfer ids) of each dead letter of `queue`, read by HSCAN in batches of
+    about SCAN_BATCH (never the whole hash in one command). A body that is not a settle
+    message (undecodable, or arguments that carry no transfer id) is skipped: it is not one
+    of ours to drop."""
+    for redis_id, data in client.hscan_iter(f"{namespace}:{queue}.XQ.msgs", count=SCAN_BATCH):
+        rid = redis_id.decode() if isinstance(redis_id, bytes) else str(redis_id)
+        try:
+            message = Message.decode(data if isinstance(data, bytes) else data.encode())
+            ids = message_transfer_ids(message.args)
+        except (DecodeError, IndexError, TypeError, ValueError):
+            log.warning("dead letter %s in %s is not a settle message; left as it is", rid, queue)
+            continue
+        yield rid, ids
 
 
 def message_transfer_ids(args: Any) -> list[int]:
@@ -77,17 +101,12 @@ def drop_dead_letters_of(
     client: Any, namespace: str, queue: str, transfer_ids: Iterable[int]
 ) -> None:
     """Drop the dead-letter messages of the given transfers (sent again, or ended). A message
-    carrying several transfers is kept while it carries any transfer not given."""
+    carrying several transfers is kept while it carries any transfer not given; one that is
+    not a settle message is kept. Scans the hash in batches (HSCAN), not in one command."""
     wanted = set(transfer_ids)
     if not wanted:
         return
-    holders: dict[str, set[int]] = {}
-    for tid, redis_ids in dead_letters(client, namespace, queue).items():
-        for rid in redis_ids:
-            holders.setdefault(rid, set()).add(tid)
-    discard_dead_letters(
-        client,
-        namespace,
-        queue,
-        [rid for rid, tids in holders.items() if tids <= wanted and tids & wanted],
-    )
+    dropped = [
+        rid for rid, tids in _scan_dead(client, namespace, queue) if tids and set(tids) <= wanted
+    ]
+    discard_dead_letters(client, namespace, queue, dropped)
