@@ -156,8 +156,10 @@ def _like(text: str) -> str:
 def _where(
     wanted: TransferFilter, *, stuck_after_seconds: float, dead_only: bool = False
 ) -> tuple[sql.Composable, list[object]]:
+    """The WHERE clause of `wanted`; `dead_only`: of its dead-lettered transfers only (the
+    state clause is kept, so `failed` or `stuck` select none: neither is dead-lettered)."""
     params: list[object] = []
-    if dead_only or wanted.state == "dead":
+    if wanted.state == "dead":
         clauses: list[sql.Composable] = [_DEAD]
     elif wanted.state == "failed":
         clauses = [_FAILED]
@@ -168,6 +170,8 @@ def _where(
         either = sql.SQL(" OR ").join([_DEAD, _FAILED, _STUCK])
         clauses = [sql.SQL("({})").format(either)]
         params.append(stuck_after_seconds)
+    if dead_only and wanted.state != "dead":
+        clauses.append(_DEAD)
     # (value, fragment, how many placeholders the fragment has)
     optional: list[tuple[object, str, int]] = [
         (wanted.account, "(t.from_account_id = %s OR t.to_account_id = %s)", 2),
@@ -226,7 +230,8 @@ def dead_lettered_ids(
     conn: psycopg.Connection, wanted: TransferFilter, *, after: int, limit: int
 ) -> list[int]:
     """The next `limit` dead-lettered transfers matching `wanted` with ids above `after`,
-    locked for the caller's transaction (others' locked rows are skipped)."""
+    locked for the caller's transaction (others' locked rows are skipped): those
+    `count_matching` counts as `retryable`, so none for state `failed` or `stuck`."""
     where, params = _where(wanted, stuck_after_seconds=0, dead_only=True)
     query = sql.SQL(
         "SELECT t.id{} WHERE {} AND t.id > %s ORDER BY t.id LIMIT %s FOR UPDATE OF t SKIP LOCKED"
