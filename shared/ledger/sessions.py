@@ -1,8 +1,9 @@
 """Dashboard sessions: an operator logs in with an operator API key and gets a signed cookie.
 
 The cookie carries a random session id and its HMAC-SHA256 under the service's signing secret
-(made once and kept in `service_secrets`, unless DASHBOARD_SESSION_SECRET is set), so a forged
-or altered cookie is refused without a database read. The session row names the key it was
+(made once and kept in `service_secrets`, unless DASHBOARD_SESSION_SECRET is set; each web
+process reads it once and keeps it), so a forged or altered cookie is refused without a
+database read. The session row names the key it was
 opened with; looking a session up joins `api_keys`, so revoking the key ends every session
 it opened, and a session idle longer than the configured time is over. Each session has its
 own CSRF token, which every state-changing form must echo. Functions raise `ApiKeyInvalid`
@@ -93,15 +94,19 @@ def start(conn: psycopg.Connection, key: str, *, idle_seconds: float) -> Session
     return Session(session_id, csrf, principal)
 
 
-def resume(conn: psycopg.Connection, session_id: bytes, *, idle_seconds: float) -> Session | None:
-    """The session `session_id`, seen now; None when it does not exist, was idle longer than
-    `idle_seconds`, or its key has been revoked since."""
+def resume(
+    conn: psycopg.Connection, session_id: bytes, *, idle_seconds: float, seen: bool = True
+) -> Session | None:
+    """The session `session_id`, seen now unless `seen` is False (a page refreshing itself
+    is not the operator at work: it must not keep an idle session alive); None when it does
+    not exist, was idle longer than `idle_seconds`, or its key has been revoked since."""
     row = conn.execute(
-        "UPDATE dashboard_sessions s SET last_seen_at = now() FROM api_keys k"
+        "UPDATE dashboard_sessions s"
+        " SET last_seen_at = CASE WHEN %s THEN now() ELSE s.last_seen_at END FROM api_keys k"
         " WHERE s.id = %s AND k.id = s.key_id AND k.revoked_at IS NULL AND k.user_id IS NULL"
         " AND s.last_seen_at >= now() - make_interval(secs => %s)"
         " RETURNING s.csrf_token, k.id, k.read_only",
-        (session_id, idle_seconds),
+        (seen, session_id, idle_seconds),
     ).fetchone()
     if row is None:
         return None

@@ -3,6 +3,7 @@ list of transfers needing attention, retry, bulk retry and cancel, and the actio
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -545,9 +546,19 @@ def test_bulk_retry_confirms_the_count_then_sends_thousands_in_batches(
     assert '<b id="retry-count">3000</b>' in confirm.text
 
     try:
-        done = browser.post("/dashboard/transfers/retry", {"error": tag})
-        assert done.status_code == 200, done.text
-        assert "Sent 3000 transfer(s) again in 6 batch(es)" in done.text
+        # Each click works for at most BULK_SECONDS; on a slow machine it may take more
+        # than one, so click until nothing is left and add up what each one sent.
+        sent, clicks = 0, 0
+        while True:
+            done = browser.post("/dashboard/transfers/retry", {"error": tag})
+            assert done.status_code == 200, done.text
+            found = re.search(r"Sent (\d+) transfer\(s\) again", done.text)
+            assert found is not None, done.text
+            if found[1] == "0":
+                break
+            sent, clicks = sent + int(found[1]), clicks + 1
+            assert clicks <= 6
+        assert sent == 3000
         assert sorted(sent_ids) == ids
         # Each one's message is in the broker's queue (others' messages may be there too).
         assert set(ids) <= set(queued_transfer_ids(broker, TRANSFER_QUEUE))
@@ -561,12 +572,11 @@ def test_bulk_retry_confirms_the_count_then_sends_thousands_in_batches(
             " WHERE transfer_ids && %s::bigint[] ORDER BY id",
             (ids,),
         ).fetchall()
-        assert [b[0] for b in batches] == [500] * 6
+        assert sum(b[0] for b in batches) == 3000 and all(b[0] <= 500 for b in batches)
         assert {b[1] for b in batches} == {_key_id(db, keys["operator"])}
         assert all(f"error={tag}" in b[2] for b in batches)
-        # Nothing left to retry: a second run sends nothing.
-        again = browser.post("/dashboard/transfers/retry", {"error": tag})
-        assert "Sent 0 transfer(s) again" in again.text and len(sent_ids) == 3000
+        # Nothing left to retry: the last click sent nothing.
+        assert len(sent_ids) == 3000
     finally:
         # Nobody consumes these here; leave the queue as other tests expect it.
         broker.flush(TRANSFER_QUEUE)

@@ -11,8 +11,8 @@ from psycopg_pool import ConnectionPool
 from shared.runtime.settings import Settings
 from web.dashboard import api, pages
 from web.dashboard.access import Access
+from web.dashboard.actions import Enqueue
 from web.dashboard.data import OverviewSource, broker_functions
-from web.dashboard.pages import Enqueue
 
 
 def add_dashboard(

@@ -53,18 +53,31 @@ class Access:
                 self._secret = sessions.session_secret(conn)
             return self._secret
 
-    def session(self, req: falcon.Request) -> Session | None:
+    def _known_secret(self) -> bytes:
+        """The signing secret, read from the database by the first request of this process
+        that needs it and kept for the process's life (README: rotating it)."""
+        with self._lock:
+            if self._secret is not None:
+                return self._secret
+        with connection(self._pool) as conn:
+            return self._signing_secret(conn)
+
+    def session(self, req: falcon.Request, *, seen: bool = True) -> Session | None:
         """The live session the request's cookie names, or None (no cookie, a forged one, an
-        expired or logged-out session, a revoked key)."""
+        expired or logged-out session, a revoked key). A cookie is checked against the
+        signing secret before any connection is taken: a forged one costs no checkout.
+        `seen=False` (a page refreshing itself) does not count as the operator's activity."""
         values = req.get_cookie_values(COOKIE) or []
         if not values:
             return None
-        with connection(self._pool) as conn:
-            secret = self._signing_secret(conn)
-            for value in values:
-                session_id = sessions.unsign(secret, value)
-                if session_id is not None:
-                    return sessions.resume(conn, session_id, idle_seconds=self.idle_seconds)
+        secret = self._known_secret()
+        for value in values:
+            session_id = sessions.unsign(secret, value)
+            if session_id is not None:
+                with connection(self._pool) as conn:
+                    return sessions.resume(
+                        conn, session_id, idle_seconds=self.idle_seconds, seen=seen
+                    )
         return None
 
     def log_in(self, key: str) -> tuple[Session, str]:

@@ -11,14 +11,14 @@ import falcon
 from psycopg_pool import ConnectionPool
 
 from shared.db.pool import connection
-from shared.errors import InvalidCursor, TransferNotFound
+from shared.errors import InvalidCursor
 from shared.ledger import attention, commands, operator_actions
 from shared.ledger.operations import decode_cursor, encode_cursor
 from shared.runtime.settings import Settings
-from web.dashboard import pages
+from web.dashboard import actions, pages
 from web.dashboard.access import Access
 from web.dashboard.data import DiscardDead, OverviewSource
-from web.resources import path_id, read_json
+from web.resources import read_json
 
 
 class _Api:
@@ -41,7 +41,7 @@ class _Acting(_Api):
         pool: ConnectionPool,
         settings: Settings,
         *,
-        enqueue: pages.Enqueue,
+        enqueue: actions.Enqueue,
         discard_dead: DiscardDead | None,
     ) -> None:
         super().__init__(access, pool, settings)
@@ -118,14 +118,10 @@ class TransferCount(_Api):
         resp.media = {"data": counts}
 
 
-def _transfer_id(raw: str) -> int:
-    return path_id(raw, TransferNotFound, "transfer")
-
-
 class Transfer(_Api):
     def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         self._access.api_principal(req, changes=False)
-        tid = _transfer_id(transfer_id)
+        tid = actions.transfer_id(transfer_id)
         with connection(self._pool) as conn:
             resp.media = {"data": attention.transfer_detail(conn, tid)}
 
@@ -134,26 +130,19 @@ class RetryOne(_Acting):
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         by = self._access.api_principal(req, changes=True)
         operator_actions.require_acting(by)
-        tid = _transfer_id(transfer_id)
-        with connection(self._pool) as conn:
-            released = operator_actions.retry(conn, [tid], by=by)
-            if not released:
-                attention.transfer_detail(conn, tid)  # 404 for an unknown id
-        notice = pages.send_released(self._enqueue, self._discard_dead, released)
-        resp.media = {"data": {"id": tid, "retried": bool(released), "notice": notice}}
+        tid = actions.transfer_id(transfer_id)
+        retried, notice = actions.retry_one(
+            self._pool, tid, by, enqueue=self._enqueue, discard_dead=self._discard_dead
+        )
+        resp.media = {"data": {"id": tid, "retried": retried, "notice": notice}}
 
 
 class Cancel(_Acting):
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         by = self._access.api_principal(req, changes=True)
         operator_actions.require_acting(by)
-        tid = _transfer_id(transfer_id)
-        with connection(self._pool) as conn:
-            done = operator_actions.cancel(conn, tid, by=by)
-            if not done:
-                attention.transfer_detail(conn, tid)
-        if done:
-            pages.drop_dead_letters(self._discard_dead, [tid])
+        tid = actions.transfer_id(transfer_id)
+        done = actions.cancel_one(self._pool, tid, by, discard_dead=self._discard_dead)
         resp.media = {"data": {"id": tid, "cancelled": done, "notice": None}}
 
 
@@ -162,7 +151,7 @@ class BulkRetry(_Acting):
         by = self._access.api_principal(req, changes=True)
         operator_actions.require_acting(by)
         wanted = attention.transfer_filter_from_json(read_json(req, self._settings.max_body_bytes))
-        sent, batches, notice = pages.bulk_retry(
+        sent, batches, notice = actions.bulk_retry(
             self._pool, wanted, by, enqueue=self._enqueue, discard_dead=self._discard_dead
         )
         with connection(self._pool) as conn:

@@ -90,9 +90,14 @@ def layout(
     principal: Principal | None = None,
     csrf: str | None = None,
     refresh_seconds: int | None = None,
+    refresh_url: str | None = None,
 ) -> str:
-    """A whole page. With a principal: the navigation, who is logged in, and logout."""
-    refresh = f'<meta http-equiv="refresh" content="{refresh_seconds}">' if refresh_seconds else ""
+    """A whole page. With a principal: the navigation, who is logged in, and logout. With
+    `refresh_seconds`, the browser loads `refresh_url` (else the page itself) that often."""
+    refresh = ""
+    if refresh_seconds:
+        target = f"; url={refresh_url}" if refresh_url else ""
+        refresh = f'<meta http-equiv="refresh" content="{refresh_seconds}{esc(target)}">'
     nav = ""
     if principal is not None and csrf is not None:
         kind = "read-only operator" if principal.read_only else "operator"

@@ -10,43 +10,34 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import falcon
-import redis
 from psycopg_pool import ConnectionPool
 
 from shared.db.pool import connection
 from shared.errors import (
     BodyTooLarge,
-    BrokerUnavailable,
     CsrfRefused,
     OperatorOnly,
     SettleError,
-    TransferNotFound,
     Unauthenticated,
     UnsupportedMediaType,
 )
 from shared.ledger import attention, commands, operator_actions
 from shared.ledger.attention import TransferFilter
-from shared.ledger.auth import Principal
 from shared.ledger.sessions import Session, csrf_matches
 from shared.runtime.settings import Settings
-from web.dashboard import html
+from web.dashboard import actions, html
 from web.dashboard.access import Access
 from web.dashboard.data import DiscardDead, OverviewSource
 from web.errors import headers_of, status_of
-from web.resources import path_id
 
 log = logging.getLogger(__name__)
 
-Enqueue = Callable[[int], None]
 HTML = "text/html; charset=utf-8"
 LOGIN = "/dashboard/login"
-#: A bulk retry answers after this many seconds at most; what is left is one click away.
-BULK_SECONDS = 20.0
 #: Form bodies are small: a key, a CSRF token, a filter.
 MAX_FORM_BYTES = 8192
 
@@ -112,8 +103,8 @@ class _Page:
         self._pool = pool
         self._settings = settings
 
-    def _session(self, req: falcon.Request, resp: falcon.Response) -> Session:
-        session = self._access.session(req)
+    def _session(self, req: falcon.Request, resp: falcon.Response, *, seen: bool = True) -> Session:
+        session = self._access.session(req, seen=seen)
         if session is None:
             self._access.clear_cookie(req, resp)
             raise LoginRequired
@@ -320,6 +311,11 @@ def render_overview(data: dict[str, Any], threshold: float) -> str:
     )
 
 
+#: How often the overview reloads itself, and the query parameter marking such a reload.
+REFRESH_SECONDS = 10
+REFRESH_PARAM = "refresh"
+
+
 class Overview(_Page):
     def __init__(
         self, access: Access, pool: ConnectionPool, settings: Settings, source: OverviewSource
@@ -329,10 +325,19 @@ class Overview(_Page):
 
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        session = self._session(req, resp)
+        # The page reloads itself with REFRESH_PARAM: that is not the operator at work, so
+        # it does not keep an idle session alive.
+        session = self._session(req, resp, seen=req.get_param(REFRESH_PARAM) is None)
         data = self._source.gather()
         body = render_overview(data, self._settings.dashboard_pending_threshold_seconds)
-        self._render(resp, session, "Overview", body, refresh_seconds=10)
+        self._render(
+            resp,
+            session,
+            "Overview",
+            body,
+            refresh_seconds=REFRESH_SECONDS,
+            refresh_url=f"/dashboard?{REFRESH_PARAM}=1",
+        )
 
 
 _FILTER_FIELDS = (
@@ -445,7 +450,7 @@ class Transfer(_Page):
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         session = self._session(req, resp)
-        tid = _transfer_id(transfer_id)
+        tid = actions.transfer_id(transfer_id)
         with connection(self._pool) as conn:
             t = attention.transfer_detail(conn, tid)
         fields = [
@@ -468,9 +473,9 @@ class Transfer(_Page):
             ([html.esc(k), f'<span class="mono">{html.esc(v)}</span>'] for k, v in fields),
         )
         read_only = session.principal.read_only
-        actions = ""
+        buttons = ""
         if t["dead_lettered_at"] is not None:
-            actions = (
+            buttons = (
                 "<p>"
                 + html.button_form(
                     f"/dashboard/transfers/{tid}/retry",
@@ -516,7 +521,7 @@ class Transfer(_Page):
             empty="no operator action yet",
         )
         body = (
-            actions
+            buttons
             + summary
             + "<h2>Ledger entries</h2>"
             + entries
@@ -526,36 +531,6 @@ class Transfer(_Page):
         self._render(resp, session, f"Transfer {tid}", body)
 
 
-def send_released(
-    enqueue: Enqueue, discard_dead: DiscardDead | None, ids: Sequence[int]
-) -> str | None:
-    """Send each released transfer a message, then drop its dead letters; a notice when the
-    broker failed (they are plain pending again: the sweeper sends them after its grace
-    period)."""
-    try:
-        for tid in ids:
-            enqueue(tid)
-    except BrokerUnavailable:
-        log.warning("dashboard: the broker failed while sending %d retried transfer(s)", len(ids))
-        return (
-            "The message broker failed; the retried transfers are plain pending again and the"
-            " sweeper sends them after its grace period."
-        )
-    drop_dead_letters(discard_dead, ids)
-    return None
-
-
-def drop_dead_letters(discard_dead: DiscardDead | None, ids: Sequence[int]) -> None:
-    """Drop the dead letters of `ids`. A failure only leaves them to expire on their own
-    (the broker keeps dead letters seven days), so it is logged, not raised."""
-    if discard_dead is None or not ids:
-        return
-    try:
-        discard_dead(ids)
-    except (redis.RedisError, OSError) as exc:
-        log.warning("dashboard: could not drop %d dead letter(s): %s", len(ids), exc)
-
-
 class _Action(_Page):
     def __init__(
         self,
@@ -563,7 +538,7 @@ class _Action(_Page):
         pool: ConnectionPool,
         settings: Settings,
         *,
-        enqueue: Enqueue,
+        enqueue: actions.Enqueue,
         discard_dead: DiscardDead | None,
     ) -> None:
         super().__init__(access, pool, settings)
@@ -571,70 +546,38 @@ class _Action(_Page):
         self._discard_dead = discard_dead
 
 
-def _transfer_id(raw: str) -> int:
-    return path_id(raw, TransferNotFound, "transfer")
-
-
 class RetryOne(_Action):
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         session, _ = self._posted(req, resp)
-        tid = _transfer_id(transfer_id)
-        with connection(self._pool) as conn:
-            released = operator_actions.retry(conn, [tid], by=session.principal)
-            if not released:
-                attention.transfer_detail(conn, tid)  # a 404 for an unknown id
-        send_released(self._enqueue, self._discard_dead, released)
-        resp.status = falcon.HTTP_303
-        resp.location = f"/dashboard/transfers/{tid}"
+        tid = actions.transfer_id(transfer_id)
+        _, notice = actions.retry_one(
+            self._pool,
+            tid,
+            session.principal,
+            enqueue=self._enqueue,
+            discard_dead=self._discard_dead,
+        )
+        if notice is None:
+            resp.status = falcon.HTTP_303
+            resp.location = f"/dashboard/transfers/{tid}"
+            return
+        # The transfer is released (the change has committed); say why no message went out.
+        body = (
+            f'<p class="notice error" id="retry-notice">{html.esc(notice)}</p>'
+            f'<p><a href="/dashboard/transfers/{tid}">Back to transfer {tid}</a></p>'
+        )
+        self._render(resp, session, f"Retry of transfer {tid}", body)
 
 
 class Cancel(_Action):
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         session, _ = self._posted(req, resp)
-        tid = _transfer_id(transfer_id)
-        with connection(self._pool) as conn:
-            done = operator_actions.cancel(conn, tid, by=session.principal)
-            if not done:
-                attention.transfer_detail(conn, tid)
-        if done:
-            drop_dead_letters(self._discard_dead, [tid])
+        tid = actions.transfer_id(transfer_id)
+        actions.cancel_one(self._pool, tid, session.principal, discard_dead=self._discard_dead)
         resp.status = falcon.HTTP_303
         resp.location = f"/dashboard/transfers/{tid}"
-
-
-def bulk_retry(
-    pool: ConnectionPool,
-    wanted: TransferFilter,
-    by: Principal,
-    *,
-    enqueue: Enqueue,
-    discard_dead: DiscardDead | None,
-    seconds: float = BULK_SECONDS,
-) -> tuple[int, int, str | None]:
-    """Retry the dead-lettered transfers matching `wanted`, a batch per transaction, each
-    batch sent before the next is taken, for at most `seconds`. Returns (sent, batches, a
-    notice when the broker failed)."""
-    deadline = time.monotonic() + seconds
-    after, sent, batches = 0, 0, 0
-    all_released: list[int] = []
-    notice = None
-    while time.monotonic() < deadline:
-        with connection(pool) as conn:
-            released = operator_actions.retry_batch(conn, wanted, after=after, by=by)
-        if not released:
-            break
-        batches += 1
-        sent += len(released)
-        after = released[-1]
-        notice = send_released(enqueue, None, released)
-        all_released.extend(released)
-        if notice:
-            break
-    if notice is None:
-        drop_dead_letters(discard_dead, all_released)
-    return sent, batches, notice
 
 
 class BulkRetry(_Action):
@@ -669,8 +612,7 @@ class BulkRetry(_Action):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         session, form = self._posted(req, resp)
         wanted = attention.transfer_filter(form)
-        operator_actions.require_acting(session.principal)
-        sent, batches, notice = bulk_retry(
+        sent, batches, notice = actions.bulk_retry(
             self._pool,
             wanted,
             session.principal,
