@@ -14,16 +14,20 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import FrameType
 
 import psycopg
 
-from shared.db.budget import BudgetExceeded, capacity, make_plan
 from shared.db.migrate import migrate, session_defaults
 from shared.db.pool import connect_once
 from shared.errors import first_line
 from shared.ledger.seed import Demo, DemoKeys, issue_demo_keys, seed_demo
-from shared.runtime.lifecycle import boot_check, configure_logging, load_settings
+from shared.runtime.lifecycle import (
+    boot_check,
+    configure_logging,
+    load_settings,
+    plan_or_exit,
+    stop_signals,
+)
 from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle")
@@ -57,22 +61,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_budget(args: argparse.Namespace) -> int:
     """Print the connection plan; exit 2 when it does not fit, 1 when Postgres is needed
     (no DB_CONNECTION_BUDGET) but unreachable."""
-    settings = load_settings("budget")
-    try:
-        cap = capacity(settings)
-    except psycopg.Error as exc:
-        print(
-            f"settle budget: cannot read max_connections from Postgres ({exc}); "
-            "set DB_CONNECTION_BUDGET to plan without a database",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        plan = make_plan(settings, cap)
-    except BudgetExceeded as exc:
-        print(exc.message, file=sys.stderr)
-        return 2
-    print(plan.table())
+    print(plan_or_exit(load_settings("budget"), "budget").table())
     return 0
 
 
@@ -167,20 +156,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             env=env,
         )
 
-        asked_to_stop = False
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            nonlocal asked_to_stop
-            if asked_to_stop:
-                return
-            asked_to_stop = True
+        def stop_honcho() -> None:
+            # One SIGTERM, which honcho passes on to each process; a second would make them
+            # quit at once.
             if honcho.poll() is None:
                 honcho.send_signal(signal.SIGTERM)
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        code = honcho.wait()
-        if asked_to_stop:
+        with stop_signals() as stop:
+            stop.on_set(stop_honcho)
+            code = honcho.wait()
+        if stop.is_set():
             print("settle run: stopped", flush=True)
             return 0
         # honcho stops everything when one process exits on its own: report it as a failure.

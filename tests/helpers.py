@@ -89,7 +89,7 @@ def wait_until(
 
 def running_worker(broker, *, threads: int = 2):
     """A context manager running an in-process dramatiq Worker on `broker`. Starting it fires
-    the DatabasePool middleware's before_worker_boot (which opens the pool); leaving it stops
+    the LendConnections middleware's before_worker_boot (which opens the pool); leaving it stops
     the worker threads, which closes the pool."""
     import contextlib
 

@@ -4,67 +4,45 @@ The parent binds one listening socket and forks WEB_PROCESSES children that shar
 child opens its own pool after the fork and serves with WEB_THREADS threads. Waitress has no
 signal handling of its own, so each child drives waitress's event loop itself: on SIGTERM it
 stops accepting, lets in-flight requests finish and their responses flush, closes its pool
-and exits 0. The parent passes SIGTERM on and restarts a child that dies on its own.
+and exits 0. The parent holds the socket, passes SIGTERM on and replaces a child that dies
+on its own, with the backoff and give-up rules of `shared.runtime.lifecycle.Supervisor`; the
+socket stays open meanwhile, so the other children keep answering.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
 import socket
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import waitress
-from psycopg_pool import PoolTimeout
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 
 from shared.db.budget import Plan
-from shared.db.leases import LeaseKeeper
-from shared.db.pool import create_pool
 from shared.errors import Overloaded
 from shared.runtime import multiproc
-from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
+from shared.runtime.lifecycle import (
+    EXIT_FAILED,
+    StopRequest,
+    boot_check,
+    configure_logging,
+    exit_with,
+    fork_child,
+    leased_pool,
+    load_settings,
+    plan_or_exit,
+    stop_signals,
+    supervise,
+)
 from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.web")
 
-#: The signals that ask a process to stop: SIGTERM from honcho or a supervisor, SIGINT from a
-#: terminal.
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-class StopRequest:
-    """Set from a signal handler; once the event loop runs, setting it also wakes the loop,
-    so that the drain starts now rather than at the loop's next timeout."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.wake: Callable[[], None] | None = None
-
-    def set(self) -> None:
-        self._event.set()
-        if self.wake is not None:
-            self.wake()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-
-#: Give up (stop everything, exit 1) when web processes die this often within `CRASH_WINDOW`
-#: seconds, rather than restart a process that cannot run, forever.
-MAX_CRASHES = 5
-CRASH_WINDOW = 60.0
 
 
 def shed_load(app: WSGIApp, queue_depth: Callable[[], int], limit: int) -> WSGIApp:
@@ -109,26 +87,10 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
     """
     if stop.is_set():  # asked to stop while booting: nothing was served, nothing to drain
         return 0
-    lease = LeaseKeeper(settings, "web", wanted=plan.web.pool_size, budget=plan.capacity.available)
-    size = lease.acquire(stopping=stop.is_set)
-    if size == 0:
-        return 0
-    pool = create_pool(settings, "web", size=size)
-    try:
-        pool.open(wait=True, timeout=10.0)
-    except PoolTimeout as exc:
-        log.error("web pool could not connect to Postgres: %s", exc)
-        pool.close()
-        lease.close()
-        return 1
-    lease.keep(pool)
-    try:
+    with leased_pool(settings, "web", plan, stopping=stop.is_set) as pool:
+        if pool is None:
+            return 0
         return _serve_app(settings, sock, stop, pool)
-    finally:
-        # Whatever ended serving: the pool first, then its lease (the reverse would let
-        # others grow into connections this process still holds).
-        pool.close()
-        lease.close()
 
 
 def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool: Any) -> int:
@@ -170,7 +132,7 @@ def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool:
         settings.web_threads,
         pool.max_size,
     )
-    stop.wake = server.pull_trigger
+    stop.on_set(server.pull_trigger)  # wake the loop: the drain starts now, not at its timeout
     publisher = publish_pool(pool, "web", queue_depth=lambda: len(server.task_dispatcher.queue))
     while not stop.is_set():
         wasyncore.loop(timeout=1.0, map=socket_map, use_poll=True, count=1)
@@ -204,102 +166,41 @@ def _busy(dispatcher: Any, socket_map: dict[int, Any]) -> bool:
 
 def main() -> None:
     configure_logging("web")
-    children: dict[int, int] = {}  # pid -> slot
-    stopping = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    # Installed first, so that a SIGTERM during the boot checks is a clean stop as well.
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, on_signal)
-    settings = load_settings("web")
-    boot_check(settings, "web")
-    plan = plan_or_exit(settings, "web")  # refuse before binding the port
-    multiproc.prepare(settings, "web")  # before the children import prometheus_client
-    try:
-        sock = listen(settings)
-    except OSError as exc:
-        print(
-            f"settle web: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr
+    with stop_signals() as stop:
+        settings = load_settings("web")
+        boot_check(settings, "web")
+        plan = plan_or_exit(settings, "web")  # refuse before binding the port
+        multiproc.prepare(settings, "web")  # before the children import prometheus_client
+        try:
+            sock = listen(settings)
+        except OSError as exc:
+            exit_with(
+                "web", f"cannot listen on {settings.host}:{settings.port}: {exc}", EXIT_FAILED
+            )
+        log.info(
+            "listening on http://%s:%s (%d processes)",
+            settings.host,
+            sock.getsockname()[1],
+            settings.web_processes,
         )
-        raise SystemExit(1) from None
-
-    def spawn(slot: int) -> None:
-        # Stop signals stay blocked across the fork until the child has its own handler:
-        # delivered earlier, the child would run the parent's handler (or die of SIG_DFL) and
-        # then either serve on, deaf to the stop, or exit with a failure.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            pid = os.fork()
-            if pid == 0:
-                _child(settings, sock, plan)
-            children[pid] = slot
+            code = supervise(
+                "web",
+                "web process",
+                lambda slot: fork_child("web", lambda: _child(settings, sock, plan)),
+                stop=stop,
+                slots=settings.web_processes,
+                reaped=multiproc.process_exited,
+            )
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-    for slot in range(settings.web_processes):
-        if not stopping:
-            spawn(slot)
-    log.info(
-        "listening on http://%s:%s (%d processes)",
-        settings.host,
-        sock.getsockname()[1],
-        settings.web_processes,
-    )
-
-    failed = False
-    crashes: list[float] = []
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        slot = children.pop(pid, -1)
-        multiproc.process_exited(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            failed = failed or code != 0
-            continue
-        now = time.monotonic()
-        crashes = [t for t in crashes if now - t < CRASH_WINDOW] + [now]
-        if len(crashes) >= MAX_CRASHES:
-            log.error("web processes exited %d times within %.0fs (last code %s); giving up",
-                      len(crashes), CRASH_WINDOW, code)  # fmt: skip
-            on_signal(signal.SIGTERM, None)
-            failed = True
-            continue
-        if slot >= 0:
-            log.warning("web process %d exited (code %s); starting another", pid, code)
-            time.sleep(0.5)
-            if not stopping:
-                spawn(slot)
-    sock.close()
-    raise SystemExit(1 if failed else 0)
+            sock.close()
+    raise SystemExit(code)
 
 
-def _child(settings: Settings, sock: socket.socket, plan: Plan) -> NoReturn:
-    """The forked web process: entered with stop signals blocked; never returns."""
-    stop = StopRequest()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, on_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    code = 1
-    try:
-        code = serve(settings, sock, stop, plan)
-    except BaseException:
-        log.exception("web process failed")
-    finally:
-        logging.shutdown()
-        os._exit(code)
+def _child(settings: Settings, sock: socket.socket, plan: Plan) -> int:
+    """The forked web process (entered with stop signals blocked): serve until stopped."""
+    with stop_signals() as stop:
+        return serve(settings, sock, stop, plan)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from shared.errors import Unavailable
 from shared.runtime.settings import Settings
 from worker.metrics import Telemetry
 from worker.middleware import DeadLetterMarks, Heartbeat
-from worker.pool import DatabasePool
+from worker.pool import LendConnections
 
 #: The settle actors' names (worker.actors declares them; the middleware needs them first):
 #: one id per message (as sent before batches), and a batch of ids per message.
@@ -123,7 +123,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (*TRANSIENT, Unavailable, dramatiq.Retry))
 
 
-def create_broker(settings: Settings) -> tuple[SettleRedisBroker, DatabasePool]:
+def create_broker(settings: Settings) -> tuple[SettleRedisBroker, LendConnections]:
     """A Redis broker for `settings` with retries for transient errors only, the middleware
     that owns each worker process's pool, the heartbeat, and the dead-letter mark.
     Connects lazily."""
@@ -133,7 +133,7 @@ def create_broker(settings: Settings) -> tuple[SettleRedisBroker, DatabasePool]:
         # `retries` counts the retries already made: TRANSFER_MAX_RETRIES=N allows N of them.
         return retries < max_retries and is_transient(exc)
 
-    database = DatabasePool(settings)
+    database = LendConnections(settings)
     client = redis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
     )

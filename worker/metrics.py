@@ -25,7 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from shared.runtime import logs
 from shared.runtime.metrics import PoolStats, Publisher, publish_pool
-from worker.pool import DatabasePool
+from worker.pool import LendConnections
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Telemetry(Middleware):
     carries one id), and publishes the worker pool's stats while a worker runs in this
     process."""
 
-    def __init__(self, database: DatabasePool, settle_actors: Collection[str]) -> None:
+    def __init__(self, database: LendConnections, settle_actors: Collection[str]) -> None:
         self._database = database
         self._settle_actors = frozenset(settle_actors)
         self._local = threading.local()

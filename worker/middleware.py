@@ -25,7 +25,7 @@ from dramatiq.middleware import Middleware
 
 from shared.db.pool import connection
 from shared.ledger import dead_letters
-from worker.pool import DatabasePool
+from worker.pool import LendConnections
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class DeadLetterMarks(Middleware):
     order, and Retries is what decides that the message failed.
     """
 
-    def __init__(self, database: DatabasePool, actor_names: Collection[str]) -> None:
+    def __init__(self, database: LendConnections, actor_names: Collection[str]) -> None:
         self._database = database
         self._actor_names = frozenset(actor_names)
 

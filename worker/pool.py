@@ -1,5 +1,5 @@
-"""The per-process pool of a dramatiq worker: opened after the fork, closed after the worker
-threads have been joined.
+"""The per-process pool of a dramatiq worker: leased and opened when the worker process
+boots (after the fork), closed after its worker threads have been joined.
 
 The actor reaches the pool through `current_pool()`: like dramatiq's CurrentMessage, the
 middleware hands it to the worker thread for the duration of each message, so an actor uses
@@ -9,19 +9,26 @@ broker a test builds with other settings).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from types import FrameType
 
 import dramatiq
 from dramatiq.broker import MessageProxy
-from dramatiq.middleware import Middleware, MiddlewareError
-from psycopg_pool import ConnectionPool, PoolTimeout
+from dramatiq.middleware import Middleware
+from psycopg_pool import ConnectionPool
 
-from shared.db.budget import BudgetExceeded, capacity, make_plan
-from shared.db.leases import LeaseKeeper
-from shared.db.pool import create_pool
+from shared.db.budget import BudgetExceeded
+from shared.errors import DependencyDown
+from shared.runtime.lifecycle import (
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    exit_with,
+    leased_pool,
+    make_plan_for,
+    stop_signals,
+)
 from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +39,7 @@ _current = threading.local()
 def current_pool() -> ConnectionPool:
     """The pool of the worker processing this thread's message.
 
-    Raises `RuntimeError` outside a message handled by a worker with a `DatabasePool`.
+    Raises `RuntimeError` outside a message handled by a worker with `LendConnections`.
     """
     pool: ConnectionPool | None = getattr(_current, "pool", None)
     if pool is None:
@@ -44,31 +51,22 @@ def current_pool() -> ConnectionPool:
 WORKER_POOL_TIMEOUT = 30.0
 
 
-def _acquire_unless_stopped(lease: LeaseKeeper) -> int:
-    """Wait for a share of the budget; 0 if SIGTERM arrives meanwhile. Dramatiq's own handler
-    only sets a flag it reads once booted, so ours is chained in front of it for the wait."""
-    stopped = threading.Event()
-    previous = signal.getsignal(signal.SIGTERM)
+class LendConnections(Middleware):
+    """Leases this worker process's share of the connection budget when the worker boots,
+    lends the pool it sizes to each message (`current_pool()`), and gives both back after
+    the worker threads have stopped (`shared.runtime.lifecycle.leased_pool`).
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        stopped.set()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        return lease.acquire(stopping=stopped.is_set)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class DatabasePool(Middleware):
-    """Owns this worker process's pool (one connection per worker thread)."""
+    A worker process that cannot boot ends with one line and the supervisor's boot-failure
+    code: exit 2 when the plan does not fit (the budget may have changed since `settle
+    worker` checked it), 3 when Postgres cannot be reached. dramatiq swallows every other
+    hook error (the worker would run on with no database) and reports a plain exception as
+    exit 1, the code of a killed worker process, which `settle worker` restarts forever.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._pool: ConnectionPool | None = None
-        self._lease: LeaseKeeper | None = None
+        self._held = contextlib.ExitStack()
 
     @property
     def pool(self) -> ConnectionPool:
@@ -77,41 +75,33 @@ class DatabasePool(Middleware):
         return self._pool
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        # A MiddlewareError is the one failure dramatiq does not swallow here (any other is
-        # logged and the worker runs on without a pool): every failure becomes one, so the
-        # process refuses to start instead of running threads that have no database.
+        settings = self._settings
         try:
-            self._open(self._settings)
-        except MiddlewareError:
-            raise
-        except Exception as exc:
-            raise MiddlewareError(f"worker pool could not be opened: {exc}") from exc
-
-    def _open(self, settings: Settings) -> None:
-        try:
-            plan = make_plan(settings, capacity(settings))
+            plan = make_plan_for(settings)
         except BudgetExceeded as exc:
-            raise MiddlewareError(exc.message) from None
-        lease = LeaseKeeper(
-            settings, "worker", wanted=plan.worker.pool_size, budget=plan.capacity.available
-        )
-        size = _acquire_unless_stopped(lease)
-        if size == 0:
-            # Asked to stop before it ever ran: a clean exit, not a failure. SystemExit is
-            # not an Exception, so dramatiq's hook runner lets it end the process.
+            exit_with("worker", exc.message, EXIT_REFUSED)
+        except DependencyDown as exc:
+            exit_with("worker", exc.message, EXIT_UNREACHABLE)
+        # dramatiq's own SIGTERM handler only sets a flag it reads once booted: ours runs
+        # in front of it while this process waits for its share of the budget.
+        with stop_signals({signal.SIGTERM}, chain=True) as stop:
+            try:
+                # Threads beyond the grant (more processes than planned) wait for a
+                # connection rather than fail: a worker thread without one can only wait.
+                pool = self._held.enter_context(
+                    leased_pool(
+                        settings, "worker", plan, stopping=stop.is_set, timeout=WORKER_POOL_TIMEOUT
+                    )
+                )
+            except DependencyDown as exc:
+                exit_with("worker", exc.message, EXIT_UNREACHABLE)
+        if pool is None:
+            # Asked to stop before it ever ran: a clean exit. SystemExit is no Exception, so
+            # dramatiq's hook runner lets it end the process.
             log.info("stopped while waiting for a share of the connection budget")
+            self._held.close()
             raise SystemExit(0)
-        # Threads beyond the grant (more processes than planned) wait for a connection
-        # rather than fail: a worker thread without one has nothing else to do.
-        pool = create_pool(settings, "worker", size=size, timeout=WORKER_POOL_TIMEOUT)
-        try:
-            pool.open(wait=True, timeout=10.0)
-        except PoolTimeout as exc:
-            pool.close()
-            lease.close()
-            raise MiddlewareError(f"worker pool could not connect to Postgres: {exc}") from None
-        lease.keep(pool)
-        self._pool, self._lease = pool, lease
+        self._pool = pool
         log.info("worker pool open: %d connections", pool.max_size)
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -132,9 +122,6 @@ class DatabasePool(Middleware):
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._pool is not None:
-            self._pool.close()
-            if self._lease is not None:
-                self._lease.close()
-                self._lease = None
             self._pool = None
+            self._held.close()
             log.info("worker pool closed")

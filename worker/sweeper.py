@@ -2,25 +2,35 @@
 
 A lost message (an enqueue that failed, a Redis that lost its data, a worker killed
 mid-flight) would otherwise strand its transfer; sending twice is harmless because the
-actor is idempotent. One process, one connection.
+actor is idempotent. One connection.
+
+`settle sweeper` is a small supervisor (`shared.runtime.lifecycle.Supervisor`) over one
+forked sweeping process: a sweep that fails is logged and tried again at the next interval,
+and a sweeping process that dies (killed, out of memory, an error no pass catches) is
+replaced with backoff, so that the sweeper never exits on its own and honcho never stops
+web and worker because of it. In-process restarts could not survive a kill.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import sys
-import threading
-from types import FrameType
 
-import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
-from shared.db.leases import LeaseKeeper
-from shared.db.pool import connection, create_pool
-from shared.errors import first_line
+from shared.db.budget import Plan
+from shared.db.pool import connection
 from shared.ledger import operations as ledger
-from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, plan_or_exit
+from shared.runtime.lifecycle import (
+    StopRequest,
+    boot_check,
+    configure_logging,
+    fork_child,
+    leased_pool,
+    load_settings,
+    plan_or_exit,
+    stop_signals,
+    supervise,
+)
 from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.sweeper")
@@ -46,26 +56,17 @@ def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
             return sent
 
 
-def run(settings: Settings, stop: threading.Event, budget: int) -> None:
-    """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set, on one connection leased
-    from the `budget`."""
-    lease = LeaseKeeper(settings, "sweeper", wanted=1, budget=budget)
-    if lease.acquire(stopping=stop.is_set) == 0:
-        return
-    pool = create_pool(settings, "sweeper", size=1)
-    try:
-        pool.open(wait=True, timeout=10.0)
-    except PoolTimeout:
-        pool.close()
-        lease.close()
-        raise
-    lease.keep(pool)
-    log.info(
-        "sweeping every %ss for transfers pending longer than %ss",
-        settings.sweeper_interval_seconds,
-        settings.sweeper_grace_seconds,
-    )
-    try:
+def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
+    """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set, on one leased connection;
+    return the exit code (0)."""
+    with leased_pool(settings, "sweeper", plan, stopping=stop.is_set) as pool:
+        if pool is None:
+            return 0
+        log.info(
+            "sweeping every %ss for transfers pending longer than %ss",
+            settings.sweeper_interval_seconds,
+            settings.sweeper_grace_seconds,
+        )
         while not stop.is_set():
             try:
                 sent = sweep_once(pool, settings)
@@ -74,31 +75,29 @@ def run(settings: Settings, stop: threading.Event, budget: int) -> None:
             except Exception as exc:  # one failed pass must not end the sweeper
                 log.warning("sweep failed, will try again: %s", exc)
             stop.wait(settings.sweeper_interval_seconds)
-    finally:
-        pool.close()
-        lease.close()
-        log.info("sweeper stopped")
+    log.info("sweeper stopped")
+    return 0
+
+
+def _child(settings: Settings, plan: Plan) -> int:
+    """The forked sweeping process (entered with stop signals blocked)."""
+    with stop_signals() as stop:
+        return run(settings, stop, plan)
 
 
 def main() -> None:
     configure_logging("sweeper")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    # Installed before the boot checks, so that a stop request while booting is honoured.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    settings = load_settings("sweeper")
-    boot_check(settings, "sweeper")
-    plan = plan_or_exit(settings, "sweeper")
-    try:
-        run(settings, stop, plan.capacity.available)
-    except (psycopg.Error, PoolTimeout) as exc:
-        reason = first_line(exc)
-        print(f"settle sweeper: cannot reach Postgres: {reason}", file=sys.stderr)
-        raise SystemExit(1) from None
+    with stop_signals() as stop:
+        settings = load_settings("sweeper")
+        boot_check(settings, "sweeper")
+        plan = plan_or_exit(settings, "sweeper")
+        code = supervise(
+            "sweeper",
+            "sweeping process",
+            lambda slot: fork_child("sweeper", lambda: _child(settings, plan)),
+            stop=stop,
+        )
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

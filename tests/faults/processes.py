@@ -30,13 +30,28 @@ def _is_dramatiq(pid: int) -> bool:
     return b"dramatiq" in argv or b"worker.dramatiq_cli" in argv
 
 
-def dramatiq_tree(supervisor: int) -> tuple[int, list[int]]:
-    """(the dramatiq master, its worker processes) running under `settle worker` `supervisor`."""
+def children(pid: int) -> list[int]:
+    """The living children of `pid`."""
+    return sorted(child for child, parent in _parents().items() if parent == pid)
+
+
+def find_dramatiq(supervisor: int) -> tuple[int | None, list[int]]:
+    """(the dramatiq master, its worker processes) under `settle worker` `supervisor` right
+    now: (None, []) while `settle worker` waits to start dramatiq again."""
     parents = _parents()
     masters = [pid for pid, ppid in parents.items() if ppid == supervisor and _is_dramatiq(pid)]
-    assert len(masters) == 1, f"expected one dramatiq master under {supervisor}: {masters}"
+    assert len(masters) <= 1, f"expected one dramatiq master under {supervisor}: {masters}"
+    if not masters:
+        return None, []
     workers = [pid for pid, ppid in parents.items() if ppid == masters[0] and _is_dramatiq(pid)]
     return masters[0], sorted(workers)
+
+
+def dramatiq_tree(supervisor: int) -> tuple[int, list[int]]:
+    """(the dramatiq master, its worker processes) running under `settle worker` `supervisor`."""
+    master, workers = find_dramatiq(supervisor)
+    assert master is not None, f"no dramatiq master under {supervisor}"
+    return master, workers
 
 
 def alive(pid: int) -> bool:

@@ -56,7 +56,7 @@ def run_with_a_kill(faults: Faults, kill: str) -> tuple[Load, Load, list[int]]:
     faults.strays += workers
     os.kill(workers[0] if kill == "worker" else master, signal.SIGKILL)
 
-    worker.wait_for_log("dramatiq exited unexpectedly", timeout=30)
+    worker.wait_for_log("dramatiq exited (", timeout=30)
     worker.wait_for_log("Worker process is ready for action.", count=4, timeout=60)
     second.join(timeout=90)
     assert second.complete, second.statuses

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import dramatiq
 import pytest
-from dramatiq.middleware import MiddlewareError
 
 from shared.runtime.embedded import free_port
 from shared.runtime.settings import Settings
-from worker.pool import DatabasePool
+from worker.pool import LendConnections
 
 SETTLE = Path(sys.executable).with_name("settle")
 TOO_SMALL = {
@@ -51,7 +50,7 @@ def test_settle_budget_prints_the_plan_without_a_database() -> None:
 def test_settle_budget_exits_2_with_the_arithmetic_when_the_plan_does_not_fit() -> None:
     done = settle("budget", **TOO_SMALL)
     assert done.returncode == 2
-    assert done.stderr.strip() == REFUSAL
+    assert done.stderr.strip() == f"settle budget: {REFUSAL}"
     assert done.stdout == ""
 
 
@@ -66,8 +65,8 @@ def test_a_process_refuses_to_start_when_the_plan_does_not_fit(role: str) -> Non
             sock.bind(("127.0.0.1", port))
 
 
-def test_a_dramatiq_worker_process_refuses_through_a_middleware_error(
-    settings: Settings,
+def test_a_dramatiq_worker_process_refuses_to_boot_with_exit_code_2_and_the_arithmetic(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from dramatiq.brokers.redis import RedisBroker
 
@@ -75,11 +74,14 @@ def test_a_dramatiq_worker_process_refuses_through_a_middleware_error(
         db_connection_budget=30, web_processes=2, worker_processes=4, worker_threads=8
     )
     broker = RedisBroker(url=settings.redis_url, namespace=f"{settings.broker_namespace}-refuse")
-    broker.add_middleware(DatabasePool(too_small))
+    broker.add_middleware(LendConnections(too_small))
     worker = dramatiq.Worker(broker, worker_threads=1)
-    with pytest.raises(MiddlewareError, match=r"^budget: 4 worker processes x 8 threads"):
+    with pytest.raises(SystemExit) as refused:
         worker.start()
     broker.close()
+    # 2, not dramatiq's 1 for an uncaught error: `settle worker` gives up on it.
+    assert refused.value.code == 2
+    assert capsys.readouterr().err.strip() == f"settle worker: {REFUSAL}"
 
 
 def test_settle_budget_behind_pgbouncer_shows_clients_pgbouncer_and_postgres() -> None:
@@ -121,4 +123,4 @@ def test_settle_budget_behind_pgbouncer_refuses_a_plan_that_does_not_fit_either_
 ) -> None:
     done = settle("budget", DB_POOLER="pgbouncer", DB_CONNECTION_BUDGET="40", **limits)
     assert done.returncode == 2
-    assert done.stderr.strip() == refusal
+    assert done.stderr.strip() == f"settle budget: {refusal}"

@@ -1,0 +1,151 @@
+"""Supervision never takes the service down for crashes: dramatiq worker processes killed
+again and again under load, a killed web process, a killed sweeping process. And a worker
+set that cannot boot says so once and stops instead of looping.
+
+Each process runs as the Procfile starts it (`settle web|worker|sweeper`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from shared.runtime.settings import Settings
+from tests.e2e.processes import descendants, http_status
+from tests.faults.conftest import Faults, FaultsFactory
+from tests.faults.load import Load, accounts_with_money, random_plan
+from tests.faults.processes import alive, children, find_dramatiq
+
+pytestmark = pytest.mark.faults
+
+KILLS = 12
+KILL_EVERY = 4.0
+TRANSFERS_PER_TICK = 40
+
+
+class HealthSampler:
+    """GET /healthz every `interval` seconds from a thread, recording each status."""
+
+    def __init__(self, port: int, interval: float = 0.5) -> None:
+        self._port = port
+        self._interval = interval
+        self._stop = threading.Event()
+        self.statuses: list[int | None] = []
+        self._thread = threading.Thread(target=self._run, name="healthz", daemon=True)
+
+    def start(self) -> HealthSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[int | None]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.statuses
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.statuses.append(http_status(self._port, "/healthz", timeout=5))
+            self._stop.wait(self._interval)
+
+
+def test_killing_dramatiq_workers_every_4s_under_load_never_takes_the_service_down(
+    fault_database: str, settings: Settings, make_faults: FaultsFactory
+) -> None:
+    faults: Faults = make_faults(fault_database, settings.redis_url, SWEEPER_GRACE_SECONDS="5")
+    with faults.connect() as conn:
+        _, accounts = accounts_with_money(conn, 30, 50_000)
+    plan = random_plan(accounts, KILLS * TRANSFERS_PER_TICK, seed=12)
+    web = faults.start_web()
+    worker = faults.start_worker()
+    sweeper = faults.start_sweeper()
+    health = HealthSampler(faults.port).start()
+
+    loads: list[Load] = []
+    killed: dict[int, int] = {}  # dramatiq master -> the worker process killed under it
+    tick = threading.Event()
+    for n in range(KILLS):
+        batch = plan[n * TRANSFERS_PER_TICK : (n + 1) * TRANSFERS_PER_TICK]
+        loads.append(Load(faults.port, batch, api_key=faults.api_key, threads=2).start())
+        master, workers = find_dramatiq(worker.pid)
+        # Nothing to kill while `settle worker` waits out its backoff, or while a master
+        # already hit stops its other worker processes.
+        if master is not None and master not in killed and workers:
+            faults.strays += workers
+            os.kill(workers[0], signal.SIGKILL)
+            killed[master] = workers[0]
+        if n == KILLS // 2:  # and once the sweeping process, mid-storm
+            os.kill(children(sweeper.pid)[0], signal.SIGKILL)
+        tick.wait(KILL_EVERY)
+
+    for load in loads:
+        load.join(timeout=60)
+    statuses = health.stop()
+    assert statuses and set(statuses) == {200}, f"/healthz answered {statuses}"
+    assert len(statuses) >= KILLS * KILL_EVERY / 0.5 * 0.8
+    assert web.running() and worker.running() and sweeper.running()
+    # Backoff grows while the kills keep coming, so some ticks find dramatiq restarting.
+    assert len(killed) >= 5, killed
+    worker.wait_for_log("dramatiq exited (exit 1 after", count=len(killed))
+    assert worker.log_count("giving up") == 0
+    sweeper.wait_for_log("sweeping process exited (killed by SIGKILL")
+    sweeper.wait_for_log("sweeping every", count=2)
+
+    ids = [i for load in loads for i in load.ids()]
+    assert len(ids) == len(plan)
+    assert all(load.unexpected == [] for load in loads)
+    # Up to the 30 s backoff cap, then dramatiq's boot, then the work.
+    faults.wait_until_finished(ids, timeout=150)
+    assert sum(faults.outcomes(ids).values()) == len(ids)
+    faults.audit()
+    assert [p.stop(group=False, timeout=60) for p in faults.processes] == [0, 0, 0]
+
+
+def test_a_worker_set_that_cannot_boot_exits_once_with_its_line_and_the_refusal_code(
+    fault_database: str, settings: Settings, make_faults: FaultsFactory
+) -> None:
+    faults = make_faults(
+        fault_database,
+        settings.redis_url,
+        DB_CONNECTION_BUDGET="5",
+        WORKER_PROCESSES="2",
+        WORKER_THREADS="4",
+    )
+    worker = faults.start("worker")
+
+    assert worker.wait(timeout=30) == 2
+    lines = worker.logs().strip().splitlines()
+    refusals = [line for line in lines if line.startswith("settle worker: budget: ")]
+    assert refusals == [
+        "settle worker: budget: 2 worker processes x 4 threads + 2 web x 1 + 1 sweeper"
+        " = 11 > 5 available (DB_CONNECTION_BUDGET)"
+    ], lines
+    assert worker.log_count("starting dramatiq") == 0
+
+
+def test_a_killed_web_process_is_replaced_while_the_socket_keeps_answering(
+    fault_database: str, settings: Settings, make_faults: FaultsFactory
+) -> None:
+    faults = make_faults(fault_database, settings.redis_url, WEB_PROCESSES="2")
+    web = faults.start_web()
+    web.wait_for_log("serving on", count=2)
+    before = children(web.pid)
+    assert len(before) == 2
+
+    answered: list[int | None] = [http_status(faults.port, "/healthz") for _ in range(5)]
+    # Between two requests, so no request is in flight on the process that dies.
+    os.kill(before[0], signal.SIGKILL)
+    while web.log_count("serving on") < 3:
+        answered.append(http_status(faults.port, "/healthz"))
+        assert web.running(), web.logs()
+        assert len(answered) < 10_000, web.logs()
+    answered += [http_status(faults.port, "/healthz") for _ in range(20)]
+
+    assert set(answered) == {200}, answered
+    assert web.log_count("web process exited (killed by SIGKILL") == 1
+    after = children(web.pid)
+    assert len(after) == 2 and before[0] not in after and before[1] in after
+    assert not alive(before[0])
+    assert set(descendants(web.pid)) == set(after)
+    assert web.stop(group=False) == 0
