@@ -39,7 +39,7 @@ from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.runtime.settings import Settings
-from worker.actors import settle_transfer
+from worker.actors import sender as sender_for
 from worker.broker import create_broker
 
 SETTLE = Path(sys.executable).with_name("settle")
@@ -112,8 +112,7 @@ def one_round(
         transfer = int(ledger.submit_transfer(conn, new, by=SYSTEM)["id"])
         with psycopg.connect(settings.database_url) as holder:
             holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
-            sender.declare_actor(settle_transfer)
-            sender.enqueue(settle_transfer.message(transfer))
+            sender_for(sender)(transfer)
             pid, backend = wait_for(
                 lambda: waiting_worker(conn), timeout=30, what="the transfer is in flight"
             )

@@ -3,8 +3,8 @@
 With SETTLE_TEST_DATABASE_URL / SETTLE_TEST_REDIS_URL set, the suite uses those servers;
 otherwise it starts embedded ones under .settle/test-servers. Either way it works in a fresh
 database of its own (dropped at the end) and a broker namespace of its own, and sets
-DATABASE_URL / REDIS_URL / BROKER_NAMESPACE before any worker module (which builds the
-broker from the environment) is imported.
+DATABASE_URL / REDIS_URL / BROKER_NAMESPACE, then installs the broker for them
+(`worker.actors.install`) before any test module imports the actor.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ def pytest_configure(config: pytest.Config) -> None:
         REDIS_URL=redis_url,
         BROKER_NAMESPACE=f"settle-test-{uuid.uuid4().hex[:10]}",
     )
+    # The suite's composition root: the broker the tests send to and consume from.
+    from worker import actors
+
+    actors.install(Settings.from_env())
     _state.update(embedded=embedded, database=database)
 
 
@@ -139,16 +143,16 @@ def client(
     test at teardown (see tests/contract.py)."""
     from tests.contract import Recorder
     from web.app import create_app
-    from worker.actors import sender
-    from worker.broker import broker
+    from worker.actors import pinger, sender, settle_transfer
 
+    broker = settle_transfer.broker
     send = sender(broker)
 
     def enqueue(transfer_id: int) -> None:
         send(transfer_id)
         sent.append(transfer_id)
 
-    app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.client.ping)
+    app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=pinger(broker))
     recorder = Recorder(app)
     yield falcon.testing.TestClient(recorder, headers={"Authorization": f"Bearer {operator_key}"})
     assert recorder.violations == [], "answers that break the OpenAPI document:\n" + "\n".join(

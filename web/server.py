@@ -95,17 +95,17 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
 
 def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool: Any) -> int:
     """Run waitress on `sock` until `stop` is set, then drain; 0 when nothing was cut off."""
-    # Imported after the fork: the broker's Redis client must belong to this process.
+    # Installed after the fork: the broker's Redis client must belong to this process.
     from shared.runtime.metrics import publish_pool
     from web.app import create_app
-    from worker.actors import sender
-    from worker.broker import broker
+    from worker import actors
 
+    broker = actors.install(settings)
     falcon_app = create_app(
         settings,
         pool=pool,
-        enqueue=sender(broker),
-        ping_broker=broker.client.ping,
+        enqueue=actors.sender(broker),
+        ping_broker=actors.pinger(broker),
         queue_client=broker.client,
     )
     socket_map: dict[int, Any] = {}

@@ -37,6 +37,7 @@ def dramatiq_command(settings: Settings, threads: int) -> list[str]:
         sys.executable,
         "-m",
         "worker.dramatiq_cli",  # dramatiq's CLI with Settle's log lines
+        "worker.dramatiq_entry:boot",
         "worker.actors",
         "--processes",
         str(settings.worker_processes),

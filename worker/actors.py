@@ -2,9 +2,12 @@
 
 Dramatiq's own cost per message (fetch, middleware, ack: several Redis round trips) is of
 the order of the SQL that settles a transfer, so messages carry up to `BATCH_MAX` ids and
-`settle_transfers` settles them in one transaction. Senders group ids: a web process puts the
-ids its threads commit at about the same time into one message (`GroupingSender`), the
-sweeper and `settle dead-letters retry` send what they claimed in batches (`send_batches`).
+`settle_transfers` settles them in one transaction. Nothing is declared at import:
+`install(settings)` builds the broker, makes it the process's and declares the actors on it.
+`web` uses only this module: `install`, `sender` and `pinger`. Senders group ids: a web
+process puts the ids its threads commit at about the same time into one message
+(`GroupingSender`), the sweeper and `settle dead-letters retry` send what they claimed in
+batches (`send_batches`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import dramatiq
 import dramatiq.errors
@@ -20,7 +24,14 @@ import redis
 from shared.db.pool import connection
 from shared.errors import BrokerUnavailable
 from shared.ledger import operations as ledger
-from worker.broker import SETTLE_ACTOR, SETTLE_BATCH_ACTOR, SettleRedisBroker, is_transient
+from shared.runtime.settings import Settings
+from worker.broker import (
+    SETTLE_ACTOR,
+    SETTLE_BATCH_ACTOR,
+    SettleRedisBroker,
+    create_broker,
+    is_transient,
+)
 from worker.metrics import SETTLE_LATENCY
 from worker.pool import current_pool
 from worker.queues import TRANSFER_QUEUE
@@ -37,8 +48,45 @@ BATCH_MAX = 100
 SEND_WINDOW = 0.001
 
 
-@dramatiq.actor(queue_name=TRANSFER_QUEUE, actor_name=SETTLE_BATCH_ACTOR)
-def settle_transfers(transfer_ids: list[int]) -> None:
+#: The settle actors, declared on the installed broker by `install`.
+settle_transfers: dramatiq.Actor[[list[int]], None]
+settle_transfer: dramatiq.Actor[[int], None]
+
+
+def install(settings: Settings) -> SettleRedisBroker:
+    """Build the broker for `settings`, make it dramatiq's global broker (dramatiq's CLI and
+    `Actor.send` read it) and declare the actors on it; return it. The one place that sets
+    dramatiq's global: each composition root calls it once, after any fork (the broker's
+    Redis client belongs to one process) and before it sends or consumes: the dramatiq
+    CLI's entry (`worker.dramatiq_entry:boot`), each web process, the sweeping process,
+    `settle dead-letters`, and the test suite's conftest. Connects lazily."""
+    global settle_transfers, settle_transfer
+    broker, _ = create_broker(settings)
+    dramatiq.set_broker(broker)
+    settle_transfers = dramatiq.actor(
+        queue_name=TRANSFER_QUEUE, actor_name=SETTLE_BATCH_ACTOR, broker=broker
+    )(_settle_transfers)
+    settle_transfer = dramatiq.actor(
+        queue_name=TRANSFER_QUEUE, actor_name=SETTLE_ACTOR, broker=broker
+    )(_settle_transfer)
+    return broker
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("settle_transfers", "settle_transfer"):
+        raise AttributeError(
+            f"worker.actors.{name} is declared by worker.actors.install(settings);"
+            " the composition root calls it first"
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def pinger(broker: SettleRedisBroker) -> Callable[[], object]:
+    """A function that checks the broker answers (readiness); it raises when it does not."""
+    return broker.client.ping
+
+
+def _settle_transfers(transfer_ids: list[int]) -> None:
     """Settle a batch of transfers, `BATCH_MAX` at a time per transaction, each with its own
     outcome. Idempotent: transfers no longer pending (or named twice) are left alone.
     Transient database failures are counted on every transfer of the batch still pending
@@ -47,8 +95,7 @@ def settle_transfers(transfer_ids: list[int]) -> None:
     _settle(sorted({int(tid) for tid in transfer_ids}))
 
 
-@dramatiq.actor(queue_name=TRANSFER_QUEUE, actor_name=SETTLE_ACTOR)
-def settle_transfer(transfer_id: int) -> None:
+def _settle_transfer(transfer_id: int) -> None:
     """Settle one transfer: the message of a single id, as sent before batches existed (kept
     so that those messages are still consumed). Same guarantees as `settle_transfers`."""
     _settle([int(transfer_id)])
@@ -102,7 +149,16 @@ def send_batches(
     Redis round trip (a pipeline); returns the number of messages. Raises
     `BrokerUnavailable` when the broker cannot take them (then some may have been queued:
     sending twice is harmless)."""
-    messages = [settle_transfers.message(chunk) for chunk in chunks(sorted(transfer_ids), size)]
+    messages: list[dramatiq.Message[Any]] = [
+        dramatiq.Message(
+            queue_name=TRANSFER_QUEUE,
+            actor_name=SETTLE_BATCH_ACTOR,
+            args=(chunk,),
+            kwargs={},
+            options={},
+        )
+        for chunk in chunks(sorted(transfer_ids), size)
+    ]
     try:
         if isinstance(broker, SettleRedisBroker):
             broker.enqueue_many(messages)

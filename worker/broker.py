@@ -1,4 +1,6 @@
-"""The dramatiq broker: the one sanctioned global, set before the actor module is imported.
+"""The dramatiq broker, built from the settings by `create_broker`: nothing here runs at
+import. Making it the process's broker (dramatiq's one global) is `worker.actors.install`'s
+job, called by each composition root.
 
 The middleware list is explicit. TimeLimit is left out on purpose: it injects an exception
 into the actor's thread, and one landing during COMMIT would leave the outcome unknown;
@@ -158,7 +160,3 @@ def create_broker(settings: Settings) -> tuple[SettleRedisBroker, LendConnection
     )
     broker.add_middleware(Heartbeat(broker.beat, interval=HEARTBEAT_INTERVAL))
     return broker, database
-
-
-broker, database = create_broker(Settings.from_env())
-dramatiq.set_broker(broker)

@@ -23,8 +23,9 @@ from shared.ledger import dead_letters
 from shared.runtime import queues
 from shared.runtime.lifecycle import load_settings
 from shared.runtime.settings import Settings
+from worker import actors
 from worker.actors import send_batches
-from worker.broker import SettleRedisBroker, broker
+from worker.broker import SettleRedisBroker
 from worker.queues import TRANSFER_QUEUE
 
 log = logging.getLogger("settle.dead_letters")
@@ -43,7 +44,7 @@ def discard(
     queues.discard_dead_letters(broker.client, broker.namespace, queue, redis_ids)
 
 
-def list_command(settings: Settings) -> int:
+def list_command(settings: Settings, broker: SettleRedisBroker) -> int:
     with connect_once(settings, "dead-letters") as conn:
         rows = dead_letters.parked(conn)
     queued = dead_messages(broker)
@@ -68,7 +69,7 @@ def list_command(settings: Settings) -> int:
     return 0
 
 
-def retry_command(settings: Settings, ids: list[int] | None) -> int:
+def retry_command(settings: Settings, broker: SettleRedisBroker, ids: list[int] | None) -> int:
     """Release and re-send `ids` (every dead-lettered transfer when None)."""
     with connect_once(settings, "dead-letters") as conn:
         released = dead_letters.release(conn, ids)
@@ -119,13 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     retry.add_argument("--all", action="store_true")
     args = parser.parse_args(argv)
     settings = load_settings("dead-letters")
+    broker = actors.install(settings)
     try:
         if args.action == "list":
-            code = list_command(settings)
+            code = list_command(settings, broker)
         elif bool(args.ids) == bool(args.all):
             parser.error("give transfer ids or --all (not both)")
         else:
-            code = retry_command(settings, None if args.all else args.ids)
+            code = retry_command(settings, broker, None if args.all else args.ids)
     except psycopg.Error as exc:
         print(f"settle dead-letters: Postgres failed: {first_line(exc)}", file=sys.stderr)
         code = 1

@@ -32,17 +32,14 @@ from shared.runtime.lifecycle import (
     supervise,
 )
 from shared.runtime.settings import Settings
+from worker import actors
 
 log = logging.getLogger("settle.sweeper")
 
 
 def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
     """Re-send every transfer pending past the grace period; return how many were sent."""
-    # Imported here, not at the top: the broker module builds the broker from the
-    # environment, which `main` first vets with one clear line for a bad setting.
-    from worker.actors import send_batches
-    from worker.broker import broker
-
+    broker = actors.settle_transfers.broker  # declared by `install`, in `run`
     sent = 0
     while True:
         with connection(pool) as conn:
@@ -50,7 +47,7 @@ def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
                 conn, grace_seconds=settings.sweeper_grace_seconds, batch=settings.sweeper_batch
             )
         if ids:
-            send_batches(broker, ids)
+            actors.send_batches(broker, ids)
         sent += len(ids)
         if len(ids) < settings.sweeper_batch:
             return sent
@@ -59,6 +56,7 @@ def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
 def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
     """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set, on one leased connection;
     return the exit code (0)."""
+    actors.install(settings)  # after the fork: the broker's client belongs to this process
     with leased_pool(settings, "sweeper", plan, stopping=stop.is_set) as pool:
         if pool is None:
             return 0

@@ -197,7 +197,7 @@ def test_the_sweeper_leaves_a_dead_lettered_transfer_alone_until_it_is_released(
     sweeper_pool: ConnectionPool,
     accounts: tuple[int, int],
 ) -> None:
-    from worker.broker import broker
+    broker = settle_transfer.broker
 
     broker.flush_all()
     payer, payee = accounts

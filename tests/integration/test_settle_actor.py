@@ -29,8 +29,11 @@ from tests.helpers import (
     wait_until,
 )
 from worker.actors import send_batches, settle_transfer, settle_transfers
-from worker.broker import broker, create_broker
+from worker.broker import create_broker
 from worker.middleware import message_transfer_ids
+
+#: The broker conftest installed: the one the actors are declared on.
+broker = settle_transfer.broker
 
 
 class RecordedOutcomes(Middleware):

@@ -22,9 +22,11 @@ from tests.helpers import (
     transfer_row,
 )
 from worker.actors import settle_transfer
-from worker.broker import broker
 from worker.queues import TRANSFER_QUEUE
 from worker.sweeper import sweep_once
+
+#: The broker conftest installed: the one the actor is declared on.
+broker = settle_transfer.broker
 
 GRACE = 60.0
 

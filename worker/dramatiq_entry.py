@@ -1,0 +1,16 @@
+"""The dramatiq CLI's entry: `python -m dramatiq worker.dramatiq_entry:boot worker.actors`.
+
+The composition root of each dramatiq worker process: dramatiq calls `boot()` in the
+process it forked, before importing the actor module, and then consumes from the broker
+`boot` installed. A malformed setting ends the process with one line and exit 2, which
+`settle worker` takes for a failure at boot.
+"""
+
+from __future__ import annotations
+
+from shared.runtime.lifecycle import load_settings
+from worker import actors
+
+
+def boot() -> None:
+    actors.install(load_settings("worker"))
