@@ -18,10 +18,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import waitress
-from waitress import wasyncore
-from waitress.channel import HTTPChannel
-
 from shared.db.budget import Plan
 from shared.errors import Overloaded
 from shared.runtime import multiproc
@@ -39,10 +35,9 @@ from shared.runtime.lifecycle import (
     supervise,
 )
 from shared.runtime.settings import Settings
+from web.waitress_adapter import WaitressServer, WSGIApp
 
 log = logging.getLogger("settle.web")
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def shed_load(app: WSGIApp, queue_depth: Callable[[], int], limit: int) -> WSGIApp:
@@ -108,23 +103,8 @@ def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool:
         ping_broker=actors.pinger(broker),
         queue_client=broker.client,
     )
-    socket_map: dict[int, Any] = {}
-    app = shed_load(falcon_app, lambda: len(server.task_dispatcher.queue), settings.web_queue_limit)
-    server = waitress.create_server(
-        app,
-        map=socket_map,
-        sockets=[sock],
-        threads=settings.web_threads,
-        ident="settle",
-        clear_untrusted_proxy_headers=True,
-        channel_timeout=30,
-        expose_tracebacks=False,
-        # Waitress sends each write at once by default (send_bytes=1): the status line and
-        # headers, then the body, two syscalls and two packets per answer. Buffered, a
-        # response under 16 KiB goes out in one send when its request completes; larger
-        # bodies are still sent as they are written.
-        send_bytes=16 * 1024,
-    )
+    app = shed_load(falcon_app, lambda: server.queue_depth(), settings.web_queue_limit)
+    server = WaitressServer(app, sock, threads=settings.web_threads)
     log.info(
         "serving on http://%s:%s with %d threads, pool of %d",
         settings.host,
@@ -132,36 +112,26 @@ def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool:
         settings.web_threads,
         pool.max_size,
     )
-    stop.on_set(server.pull_trigger)  # wake the loop: the drain starts now, not at its timeout
-    publisher = publish_pool(pool, "web", queue_depth=lambda: len(server.task_dispatcher.queue))
+    stop.on_set(server.wake)  # the drain starts now, not at the loop's next timeout
+    publisher = publish_pool(pool, "web", queue_depth=server.queue_depth)
     while not stop.is_set():
-        wasyncore.loop(timeout=1.0, map=socket_map, use_poll=True, count=1)
+        server.run_once(timeout=1.0)
 
     # Stop accepting; keep the event loop turning so in-flight responses reach their clients.
-    server.accepting = False
+    server.stop_accepting()
     deadline = time.monotonic() + settings.web_shutdown_timeout
-    dispatcher = server.task_dispatcher
     log.info(
         "stopping: no new connections; draining %d request(s) in flight (up to %ss)",
-        dispatcher.active_count + len(dispatcher.queue),
+        server.in_flight(),
         settings.web_shutdown_timeout,
     )
-    while time.monotonic() < deadline and _busy(dispatcher, socket_map):
-        wasyncore.loop(timeout=0.05, map=socket_map, use_poll=True, count=1)
-    idle = not _busy(dispatcher, socket_map)
-    dispatcher.shutdown(cancel_pending=True, timeout=5)
+    while time.monotonic() < deadline and server.busy():
+        server.run_once(timeout=0.05)
+    idle = not server.busy()
+    server.shutdown(timeout=5)
     publisher.stop()
     log.info("stopped %s", "cleanly" if idle else "with requests still in flight")
     return 0 if idle else 1
-
-
-def _busy(dispatcher: Any, socket_map: dict[int, Any]) -> bool:
-    if dispatcher.queue or dispatcher.active_count > 0:
-        return True
-    return any(
-        isinstance(ch, HTTPChannel) and (ch.requests or ch.total_outbufs_len)
-        for ch in list(socket_map.values())
-    )
 
 
 def main() -> None:

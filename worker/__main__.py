@@ -31,6 +31,8 @@ from worker.queues import TRANSFER_QUEUE
 
 log = logging.getLogger("settle.worker")
 
+WORKER_FORK_TIMEOUT_MS = 5_000
+
 
 def dramatiq_command(settings: Settings, threads: int) -> list[str]:
     return [
@@ -45,6 +47,12 @@ def dramatiq_command(settings: Settings, threads: int) -> list[str]:
         str(threads),
         "--queues",
         TRANSFER_QUEUE,
+        # How long the master waits for each worker process to finish booting before it
+        # watches them (default 30 s). A worker process killed while it boots never
+        # reports, and the master would sit out the whole wait before noticing; Settle
+        # runs no dramatiq fork processes, which is what the wait is for.
+        "--worker-fork-timeout",
+        str(WORKER_FORK_TIMEOUT_MS),
     ]
 
 

@@ -1,0 +1,86 @@
+"""The dramatiq internals worker/dramatiq_adapter.py relies on, held to account against the
+real Redis: an upgrade of dramatiq that changes them fails here, by name."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import dramatiq
+import pytest
+import redis
+from worker.dramatiq_adapter import SettleRedisBroker
+
+from shared.runtime.settings import Settings
+from tests.helpers import wait_until
+from worker import dramatiq_adapter
+
+QUEUE = "adapter-check"
+
+
+@pytest.fixture
+def namespace(settings: Settings) -> Iterator[str]:
+    name = f"{settings.broker_namespace}-adapter-{uuid.uuid4().hex[:8]}"
+    yield name
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = list(client.scan_iter(match=f"{name}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def quiet_broker(settings: Settings, namespace: str) -> SettleRedisBroker:
+    """A broker that never runs maintenance on its own (chance 0), with a 100 ms heartbeat
+    timeout: maintenance happens only when `beat()` forces it."""
+    broker = SettleRedisBroker(
+        url=settings.redis_url, namespace=namespace, heartbeat_timeout=100, maintenance_chance=0
+    )
+    broker.declare_queue(QUEUE)
+    return broker
+
+
+def message(n: int) -> dramatiq.Message[None]:
+    return dramatiq.Message(queue_name=QUEUE, actor_name="check", args=(n,), kwargs={}, options={})
+
+
+def test_a_beat_forces_maintenance_which_requeues_a_dead_consumers_messages(
+    settings: Settings, namespace: str
+) -> None:
+    dead = quiet_broker(settings, namespace)
+    dead.enqueue(message(1))
+    consumer = dead.consume(QUEUE, prefetch=1, timeout=1000)
+    fetched = next(consumer)
+    assert fetched is not None and fetched.args == (1,)
+    # `dead` now goes silent, holding the message unacked.
+
+    alive = quiet_broker(settings, namespace)
+    other = alive.consume(QUEUE, prefetch=1, timeout=100)
+    assert next(other) is None  # nothing to fetch: without maintenance it stays held
+
+    def redelivered() -> bool:
+        alive.beat()  # dramatiq consults _should_do_maintenance("heartbeat") for this command
+        got = next(other)
+        return got is not None and got.args == (1,)
+
+    wait_until(redelivered, timeout=10, what="a beat requeues the silent consumer's message")
+    assert alive._should_do_maintenance(dramatiq_adapter.BEAT) == 1
+    for closing in (other, consumer, dead, alive):
+        closing.close()
+
+
+def test_the_dead_letter_queue_is_read_and_emptied_through_its_redis_layout(
+    settings: Settings, namespace: str
+) -> None:
+    broker = quiet_broker(settings, namespace)
+    broker.enqueue(message(7))
+    consumer = broker.consume(QUEUE, prefetch=1, timeout=1000)
+    fetched = next(consumer)
+    assert fetched is not None
+    consumer.nack(fetched)  # dramatiq's own path to the dead-letter queue
+
+    letters = dramatiq_adapter.dead_letters(broker, QUEUE)
+    assert [dramatiq.Message.decode(body).args for body in letters.values()] == [(7,)]
+    dramatiq_adapter.drop_dead_letters(broker, QUEUE, letters)
+    assert dramatiq_adapter.dead_letters(broker, QUEUE) == {}
+    consumer.close()
+    broker.close()

@@ -1,0 +1,117 @@
+"""The waitress internals web/waitress_adapter.py relies on, and the load shedding built on
+them (WEB_QUEUE_LIMIT), on a real waitress server: an upgrade of waitress that renames what
+the adapter reads fails here."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import wait_until
+from web.server import shed_load
+from web.waitress_adapter import WaitressServer
+
+LIMIT = 1
+
+
+class Served:
+    """A real waitress server with one thread whose requests wait at `gate`, shedding load
+    beyond `LIMIT` waiting requests, its event loop turning in a thread."""
+
+    def __init__(self, *, loop: bool = True) -> None:
+        self.gate = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port = int(self.sock.getsockname()[1])
+        self.server = WaitressServer(
+            shed_load(self._waits, lambda: self.server.queue_depth(), LIMIT), self.sock, threads=1
+        )
+        self._done = threading.Event()
+        self._loop = threading.Thread(target=self._run, daemon=True)
+        if loop:
+            self._loop.start()
+
+    def _waits(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        self.gate.wait(30)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+        return [b"ok"]
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.server.run_once(timeout=0.05)
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.stop_accepting()
+        if self._loop.is_alive():
+            wait_until(lambda: not self.server.busy(), timeout=10, what="the server is idle")
+        self._done.set()
+        if self._loop.is_alive():
+            self._loop.join(timeout=10)
+        self.server.shutdown(timeout=5)
+        self.server.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    s = Served()
+    yield s
+    s.close()
+
+
+def get(port: int, answers: list[tuple[int, dict[str, str], bytes]]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        answers.append((response.status, dict(response.getheaders()), response.read()))
+    finally:
+        conn.close()
+
+
+def test_requests_beyond_the_queue_limit_are_answered_503_overloaded_with_retry_after(
+    served: Served,
+) -> None:
+    answers: list[tuple[int, dict[str, str], bytes]] = []
+    clients = [threading.Thread(target=get, args=(served.port, answers)) for _ in range(4)]
+    clients[0].start()
+    wait_until(lambda: served.server.in_flight() == 1, timeout=10, what="one request runs")
+    for queued, client in enumerate(clients[1:], start=1):
+        client.start()
+        wait_until(
+            lambda n=queued: served.server.queue_depth() == n,
+            timeout=10,
+            what=f"{queued} request(s) wait for the thread",
+        )
+    assert served.server.in_flight() == 4 and served.server.busy()
+
+    served.gate.set()
+    for client in clients:
+        client.join(timeout=30)
+
+    # The thread takes the waiting requests in order: the first sees two more behind it
+    # (over the limit of 1) and is turned away; the next two are served.
+    assert sorted(status for status, _, _ in answers) == [200, 200, 200, 503]
+    [(_, headers, body)] = [a for a in answers if a[0] == 503]
+    assert headers["Retry-After"] == "1"
+    assert json.loads(body)["error"]["code"] == "overloaded"
+
+
+def test_a_wake_ends_the_turn_of_the_event_loop() -> None:
+    quiet = Served(loop=False)  # nothing else turns its loop
+    turn = threading.Thread(target=quiet.server.run_once, kwargs={"timeout": 60})
+    turn.start()
+    quiet.server.wake()
+    turn.join(timeout=30)
+    alive = turn.is_alive()
+    quiet.close()
+    assert not alive
