@@ -18,6 +18,14 @@ from worker import dramatiq_adapter
 QUEUE = "adapter-check"
 
 
+def test_the_installed_dramatiq_is_the_release_the_adapter_was_checked_against() -> None:
+    assert dramatiq.__version__ == dramatiq_adapter.CHECKED_VERSION, (
+        f"dramatiq {dramatiq.__version__} is installed; worker/dramatiq_adapter.py was checked"
+        f" against {dramatiq_adapter.CHECKED_VERSION}: re-read RedisBroker._should_do_maintenance"
+        " and the dead-letter keys of brokers/redis/dispatch.lua"
+    )
+
+
 @pytest.fixture
 def namespace(settings: Settings) -> Iterator[str]:
     name = f"{settings.broker_namespace}-adapter-{uuid.uuid4().hex[:8]}"
@@ -64,8 +72,10 @@ def test_a_beat_forces_maintenance_which_requeues_a_dead_consumers_messages(
 
     wait_until(redelivered, timeout=10, what="a beat requeues the silent consumer's message")
     assert alive._should_do_maintenance(dramatiq_adapter.BEAT) == 1
-    for closing in (other, consumer, dead, alive):
-        closing.close()
+    other.close()
+    consumer.close()
+    for broker in (dead, alive):
+        broker.client.connection_pool.disconnect()  # RedisBroker.close leaves them open
 
 
 def test_the_dead_letter_queue_is_read_and_emptied_through_its_redis_layout(
@@ -83,4 +93,4 @@ def test_the_dead_letter_queue_is_read_and_emptied_through_its_redis_layout(
     dramatiq_adapter.drop_dead_letters(broker, QUEUE, letters)
     assert dramatiq_adapter.dead_letters(broker, QUEUE) == {}
     consumer.close()
-    broker.close()
+    broker.client.connection_pool.disconnect()

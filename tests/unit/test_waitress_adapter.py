@@ -5,6 +5,7 @@ the adapter reads fails here."""
 from __future__ import annotations
 
 import http.client
+import importlib.metadata
 import json
 import socket
 import threading
@@ -15,9 +16,17 @@ import pytest
 
 from tests.helpers import wait_until
 from web.server import shed_load
-from web.waitress_adapter import WaitressServer
+from web.waitress_adapter import CHECKED_VERSION, WaitressServer
 
 LIMIT = 1
+
+
+def test_the_installed_waitress_is_the_release_the_adapter_was_checked_against() -> None:
+    installed = importlib.metadata.version("waitress")
+    assert installed == CHECKED_VERSION, (
+        f"waitress {installed} is installed; web/waitress_adapter.py was checked against"
+        f" {CHECKED_VERSION}: re-read its use of wasyncore, task_dispatcher and HTTPChannel"
+    )
 
 
 class Served:
