@@ -262,11 +262,16 @@ class LeaseKeeper:
             pool.resize(size, size)
         return turn
 
-    def close(self) -> None:
-        """Stop heartbeating and delete the lease."""
+    def stop_heartbeat(self) -> None:
+        """Stop heartbeating (and resizing the pool); the lease is kept until `close`."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop heartbeating and delete the lease."""
+        self.stop_heartbeat()
         try:
             with self._direct() as conn:
                 release(conn, self.holder)

@@ -130,8 +130,9 @@ def leased_pool(
        holding nothing, if `stopping()` turns true meanwhile: the caller exits cleanly);
     2. open the pool at the granted size, and only then
     3. heartbeat the lease from a thread that resizes the pool as the grant moves;
-    4. on the way out close the pool first and release the lease last. Released first, the
-       lease would let other processes grow into connections this one still holds.
+    4. on the way out stop the heartbeat (nothing resizes a closing pool), close the pool,
+       and release the lease last. Released first, the lease would let other processes grow
+       into connections this one still holds.
     A pool that cannot connect within `open_timeout` is closed and its lease released, and
     `DependencyDown` is raised. `timeout` is how long a borrower waits for a connection
     (default POOL_TIMEOUT).
@@ -155,6 +156,7 @@ def leased_pool(
     try:
         yield pool
     finally:
+        lease.stop_heartbeat()
         pool.close()
         lease.close()
 
@@ -222,11 +224,11 @@ def stop_signals(
 def blocked_stop_signals() -> Iterator[None]:
     """Stop signals held back for the `with` body. Around a fork: a child hit before it has
     handlers of its own would run its parent's (or die of the default action)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def run_child(role: str, target: Callable[[], int]) -> NoReturn:
@@ -269,9 +271,11 @@ def exec_child(argv: list[str]) -> int:
         if pid == 0:
             try:
                 os.setsid()
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+                # Default actions before unblocking: a stop pending since the fork must not
+                # run the parent's handler in this process.
                 for signum in STOP_SIGNALS:
                     signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
                 os.execv(argv[0], argv)
             finally:
                 os._exit(127)
