@@ -1,4 +1,4 @@
-"""The dramatiq CLI's entry: `python -m dramatiq worker.dramatiq_entry:boot worker.actors`.
+"""The dramatiq CLI's entry: `python -m worker.dramatiq_cli worker.dramatiq_entry:boot ...`.
 
 The composition root of each dramatiq worker process: dramatiq calls `boot()` in the
 process it forked, before importing the actor module, and then consumes from the broker

@@ -1,5 +1,5 @@
 """The settle actor run by an in-process dramatiq Worker, against the real database and the
-real Redis broker (the one `python -m dramatiq worker.dramatiq_entry:boot` installs)."""
+real Redis broker (the one `worker.dramatiq_entry:boot` installs for dramatiq)."""
 
 from __future__ import annotations
 
