@@ -1,5 +1,6 @@
-"""The dramatiq internals worker/dramatiq_adapter.py relies on, held to account against the
-real Redis: an upgrade of dramatiq that changes them fails here, by name."""
+"""The dramatiq internals Settle relies on (worker/dramatiq_adapter.py's maintenance switch,
+shared/runtime/queues.py's dead-letter layout), held to account against the real Redis: an
+upgrade of dramatiq that changes them fails here, by name."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import redis
 from worker.dramatiq_adapter import SettleRedisBroker
 
+from shared.runtime import queues
 from shared.runtime.settings import Settings
 from tests.helpers import wait_until
 from worker import dramatiq_adapter
@@ -88,9 +90,10 @@ def test_the_dead_letter_queue_is_read_and_emptied_through_its_redis_layout(
     assert fetched is not None
     consumer.nack(fetched)  # dramatiq's own path to the dead-letter queue
 
-    letters = dramatiq_adapter.dead_letters(broker, QUEUE)
-    assert [dramatiq.Message.decode(body).args for body in letters.values()] == [(7,)]
-    dramatiq_adapter.drop_dead_letters(broker, QUEUE, letters)
-    assert dramatiq_adapter.dead_letters(broker, QUEUE) == {}
+    letters = queues.dead_letters(broker.client, namespace, QUEUE)
+    assert list(letters) == [7]  # the message's first argument
+    assert queues.queue_counts(broker.client, namespace, QUEUE)["dead"] == 1
+    queues.discard_dead_letters(broker.client, namespace, QUEUE, letters[7])
+    assert queues.dead_letters(broker.client, namespace, QUEUE) == {}
     consumer.close()
     broker.client.connection_pool.disconnect()
