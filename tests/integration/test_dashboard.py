@@ -53,8 +53,9 @@ def sent_ids() -> list[int]:
 def dash(settings: Settings, pool: ConnectionPool, sent_ids: list[int]) -> Iterator[TestClient]:
     """The real app, whose enqueue sends to the real broker and records the ids sent."""
     from web.app import create_app
-    from worker.actors import sender
-    from worker.broker import broker
+    from worker.actors import sender, settle_transfer
+
+    broker = settle_transfer.broker  # the broker conftest installed
 
     send = sender(broker)
 
@@ -533,8 +534,10 @@ def test_bulk_retry_confirms_the_count_then_sends_thousands_in_batches(
     dash: TestClient, db: psycopg.Connection, keys: dict[str, str], sent_ids: list[int]
 ) -> None:
     from tests.helpers import queued_transfer_ids
-    from worker.broker import broker
+    from worker.actors import settle_transfer
     from worker.queues import TRANSFER_QUEUE
+
+    broker = settle_transfer.broker  # the broker conftest installed
 
     tag = uuid.uuid4().hex
     ids = many_dead_lettered(db, 3000, error=f"bulk {tag}")
@@ -626,8 +629,9 @@ def api(settings: Settings, pool: ConnectionPool, sent_ids: list[int]) -> Iterat
     """The app as `dash` builds it, every answer held to the OpenAPI document."""
     from tests.contract import Recorder
     from web.app import create_app
-    from worker.actors import sender
-    from worker.broker import broker
+    from worker.actors import sender, settle_transfer
+
+    broker = settle_transfer.broker  # the broker conftest installed
 
     send = sender(broker)
 
@@ -814,8 +818,9 @@ def test_retrying_or_cancelling_drops_the_transfers_dead_letter_from_the_broker(
 
     from shared.runtime.queues import dead_letters, queue_counts
     from worker.actors import settle_transfer
-    from worker.broker import broker
     from worker.queues import TRANSFER_QUEUE
+
+    broker = settle_transfer.broker  # the broker conftest installed
 
     def park_with_message() -> int:
         transfer = dead_lettered(db)
