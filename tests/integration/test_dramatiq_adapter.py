@@ -1,6 +1,7 @@
-"""The dramatiq internals Settle relies on (worker/dramatiq_adapter.py's maintenance switch,
-shared/runtime/queues.py's dead-letter layout), held to account against the real Redis: an
-upgrade of dramatiq that changes them fails here, by name."""
+"""The dramatiq internals Settle relies on (worker/broker.py's maintenance switch for its
+heartbeat, shared/runtime/queues.py's dead-letter layout), held to account against the real
+Redis by what they do: an upgrade of dramatiq that changes them fails here.
+(tests/integration/test_adapters.py pins the release itself.)"""
 
 from __future__ import annotations
 
@@ -10,22 +11,13 @@ from collections.abc import Iterator
 import dramatiq
 import pytest
 import redis
-from worker.dramatiq_adapter import SettleRedisBroker
 
 from shared.runtime import queues
 from shared.runtime.settings import Settings
 from tests.helpers import wait_until
-from worker import dramatiq_adapter
+from worker.broker import _BEAT, SettleRedisBroker
 
 QUEUE = "adapter-check"
-
-
-def test_the_installed_dramatiq_is_the_release_the_adapter_was_checked_against() -> None:
-    assert dramatiq.__version__ == dramatiq_adapter.CHECKED_VERSION, (
-        f"dramatiq {dramatiq.__version__} is installed; worker/dramatiq_adapter.py was checked"
-        f" against {dramatiq_adapter.CHECKED_VERSION}: re-read RedisBroker._should_do_maintenance"
-        " and the dead-letter keys of brokers/redis/dispatch.lua"
-    )
 
 
 @pytest.fixture
@@ -73,7 +65,7 @@ def test_a_beat_forces_maintenance_which_requeues_a_dead_consumers_messages(
         return got is not None and got.args == (1,)
 
     wait_until(redelivered, timeout=10, what="a beat requeues the silent consumer's message")
-    assert alive._should_do_maintenance(dramatiq_adapter.BEAT) == 1
+    assert alive._should_do_maintenance(_BEAT) == 1
     other.close()
     consumer.close()
     for broker in (dead, alive):
