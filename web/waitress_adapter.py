@@ -18,6 +18,7 @@ when an upgrade changes any of them.
 from __future__ import annotations
 
 import socket
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,21 +38,24 @@ class WaitressServer:
 
     def __init__(self, app: WSGIApp, sock: socket.socket, *, threads: int) -> None:
         self._map: dict[int, Any] = {}
-        self._server: Any = waitress.create_server(
-            app,
-            map=self._map,
-            sockets=[sock],
-            threads=threads,
-            ident="settle",
-            clear_untrusted_proxy_headers=True,
-            channel_timeout=30,
-            expose_tracebacks=False,
-            # Waitress sends each write at once by default (send_bytes=1): the status line
-            # and headers, then the body, two syscalls and two packets per answer. Buffered,
-            # a response under 16 KiB goes out in one send when its request completes;
-            # larger bodies are still sent as they are written.
-            send_bytes=16 * 1024,
-        )
+        with warnings.catch_warnings():
+            # Waitress 3 deprecates send_bytes but has no other way to buffer a small answer.
+            warnings.filterwarnings("ignore", "send_bytes will be removed", DeprecationWarning)
+            self._server: Any = waitress.create_server(
+                app,
+                map=self._map,
+                sockets=[sock],
+                threads=threads,
+                ident="settle",
+                clear_untrusted_proxy_headers=True,
+                channel_timeout=30,
+                expose_tracebacks=False,
+                # Waitress sends each write at once by default (send_bytes=1): the status line
+                # and headers, then the body, two syscalls and two packets per answer. Buffered,
+                # a response under 16 KiB goes out in one send when its request completes;
+                # larger bodies are still sent as they are written.
+                send_bytes=16 * 1024,
+            )
 
     def run_once(self, timeout: float) -> None:
         """One turn of the event loop: accept, read, write, for up to `timeout` seconds."""
