@@ -25,8 +25,11 @@ from tests.integration.test_dashboard import dash, keys, sent_ids  # noqa: F401 
 
 
 def _app(settings: Settings, pool: ConnectionPool, **kw: Any) -> TestClient:
+    from dramatiq import get_broker
+
     from web.app import create_app
-    from worker.broker import broker
+
+    broker = get_broker()  # the broker conftest installed
 
     kw.setdefault("queue_client", broker.client)
     app = create_app(settings, pool=pool, ping_broker=broker.client.ping, **kw)
@@ -67,8 +70,11 @@ def test_a_bulk_retry_with_a_state_that_is_not_dead_lettered_sends_nothing(
         headers={"Authorization": f"Bearer {keys['operator']}"},
     )
     assert api.json["data"]["sent"] == 1 and sent_ids == [parked]
-    from worker.broker import broker
+    from dramatiq import get_broker
+
     from worker.queues import TRANSFER_QUEUE
+
+    broker = get_broker()  # the broker conftest installed
 
     broker.flush(TRANSFER_QUEUE)
 
@@ -198,9 +204,12 @@ def test_retry_and_cancel_scan_the_dead_letters_and_survive_a_foreign_body(
     db: psycopg.Connection,
     keys: dict[str, str],  # noqa: F811
 ) -> None:
+    from dramatiq import get_broker
+
     from worker.actors import sender, settle_transfer
-    from worker.broker import broker
     from worker.queues import TRANSFER_QUEUE
+
+    broker = get_broker()  # the broker conftest installed
 
     client = _Recording(connection_pool=broker.client.connection_pool)
     app = _app(settings, pool, enqueue=sender(broker), queue_client=client)
@@ -237,10 +246,13 @@ def test_retry_and_cancel_scan_the_dead_letters_and_survive_a_foreign_body(
 def test_the_overview_metrics_and_status_take_the_budget_from_pgbouncers_side(
     settings: Settings, pool: ConnectionPool, db: psycopg.Connection
 ) -> None:
+    from dramatiq import get_broker
+
     from shared.ledger.overview import budget_use
     from shared.runtime.metrics import OverviewCollector
     from shared.runtime.status import gather
-    from worker.broker import broker
+
+    broker = get_broker()  # the broker conftest installed
 
     pooled = settings.with_(
         db_pooler="pgbouncer",
@@ -266,8 +278,11 @@ def test_the_overview_metrics_and_status_take_the_budget_from_pgbouncers_side(
 def test_status_defaults_its_pending_threshold_to_the_dashboards(
     settings: Settings, db: psycopg.Connection
 ) -> None:
+    from dramatiq import get_broker
+
     from shared.runtime.status import gather
-    from worker.broker import broker
+
+    broker = get_broker()  # the broker conftest installed
 
     status = gather(settings.with_(dashboard_pending_threshold_seconds=1234.0), db, broker.client)
     assert status.pending_threshold == 1234.0
@@ -313,8 +328,11 @@ def test_a_transfers_page_escapes_its_last_error_and_the_actions_detail(
     browser = Browser(dash, keys["operator"])
     assert _escaped(browser.get(f"/dashboard/transfers/{transfer}").text)
     # A bulk retry records its filter (the markup) in the action's detail.
-    from worker.broker import broker
+    from dramatiq import get_broker
+
     from worker.queues import TRANSFER_QUEUE
+
+    broker = get_broker()  # the broker conftest installed
 
     try:
         done = browser.post("/dashboard/transfers/retry", {"error": f"{tag} {PAYLOAD}"})
