@@ -334,7 +334,10 @@ class Supervisor:
 
     BACKOFF_BASE = 0.5
     BACKOFF_CAP = 30.0
-    STABLE_AFTER = 10.0
+    #: A child that lived this long booted and served (dramatiq and a web process boot in a
+    #: second or two), so its death is not a crash loop: the next restart is prompt. Deaths
+    #: sooner than this, in a row, are what the backoff is for.
+    STABLE_AFTER = 3.0
     GIVE_UP_AFTER = 3
     POLL = 0.1
 
