@@ -141,6 +141,9 @@ def main() -> None:
         boot_check(settings, "web")
         plan = plan_or_exit(settings, "web")  # refuse before binding the port
         multiproc.prepare(settings, "web")  # before the children import prometheus_client
+        from shared.runtime.metrics import count_restarts  # after prepare
+
+        count_restarts()
         try:
             sock = listen(settings)
         except OSError as exc:

@@ -66,6 +66,9 @@ def main() -> None:
         # apart: one connection per thread, fewer threads when WEB_SHARE leaves workers less.
         threads = plan_or_exit(settings, "worker").worker.pool_size
         multiproc.prepare(settings, "worker")  # before dramatiq's processes import prometheus
+        from shared.runtime.metrics import count_restarts  # after prepare
+
+        count_restarts()
         command = dramatiq_command(settings, threads)
 
         def start(slot: int) -> int:

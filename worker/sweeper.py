@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from shared.db.budget import Plan
 from shared.db.pool import connection
 from shared.ledger import operations as ledger
+from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
     StopRequest,
     boot_check,
@@ -89,6 +90,10 @@ def main() -> None:
         settings = load_settings("sweeper")
         boot_check(settings, "sweeper")
         plan = plan_or_exit(settings, "sweeper")
+        multiproc.prepare(settings, "sweeper")  # its restarts are served by web's /metrics
+        from shared.runtime.metrics import count_restarts  # after prepare
+
+        count_restarts()
         code = supervise(
             "sweeper",
             "sweeping process",

@@ -42,6 +42,7 @@ from shared.db.pool import connection
 from shared.errors import SettleError
 from shared.ledger import vitals
 from shared.runtime import multiproc
+from shared.runtime.lifecycle import on_restart
 from shared.runtime.queues import queue_counts
 from shared.runtime.settings import Settings
 
@@ -90,11 +91,22 @@ WEB_QUEUE = Gauge(
     "Requests accepted by waitress and waiting for a thread (live web processes)",
     multiprocess_mode="livesum",
 )
+PROCESS_RESTARTS = Counter(
+    "settle_process_restarts",
+    "Child processes a supervisor started again after they died (web processes, a dramatiq"
+    " worker set, the sweeping process), by role",
+    ["role"],
+)
 SCRAPE_ERRORS = Counter(
     "settle_metrics_scrape_errors",
     "Scrapes that answered without some series (pool busy, query too slow, broker down)",
     ["source"],
 )
+
+
+def count_restarts() -> None:
+    """Count every restart the supervisor of this process makes in `PROCESS_RESTARTS`."""
+    on_restart(lambda role, cause: PROCESS_RESTARTS.labels(role=role).inc())
 
 
 class PoolStats:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.ledger import auth
 from tests.e2e.conftest import Service
-from tests.e2e.processes import Process
+from tests.e2e.processes import Process, descendants
 from tests.helpers import make_account, make_user, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -212,3 +214,27 @@ def test_metrics_add_up_across_both_web_processes_and_include_the_workers(
     # The web processes' live gauges went with them; their counters stay.
     assert not list((metrics_dir / "web").glob("gauge_live*"))
     assert list((metrics_dir / "web").glob("counter_*.db"))
+
+
+def test_a_web_process_killed_and_replaced_is_counted_as_a_restart(
+    service: Service, operator_key: str
+) -> None:
+    web = service.start_web()
+    port = service.port
+    before = value(scrape(port, operator_key), "settle_process_restarts_total", role="web")
+    children = sorted(descendants(web.pid))
+    assert len(children) == int(service.env["WEB_PROCESSES"])
+    os.kill(children[0], signal.SIGKILL)
+
+    def replaced() -> bool:
+        now = descendants(web.pid)
+        return children[0] not in now and len(now) == len(children)
+
+    wait_until(replaced, timeout=30, what="the killed web process is replaced")
+
+    def counted() -> Samples | None:
+        found = scrape(port, operator_key)
+        return found if value(found, "settle_process_restarts_total", role="web") > before else None
+
+    after = wait_until(counted, timeout=30, what="the restart is counted")
+    assert value(after, "settle_process_restarts_total", role="web") == before + 1
