@@ -1,7 +1,9 @@
 """`settle`: the command line of the service.
 
-`settle web|worker|sweeper` replace themselves (exec) with the process they name, so signals
-reach it directly; `settle migrate`, `settle seed` and `settle run` do their work here.
+`settle web|worker|sweeper|dead-letters` are provided by the packages that implement them,
+found through the `settle.commands` entry points this distribution declares (pyproject.toml),
+so that shared/ never imports web or worker; each is a function called with the arguments
+after its name. `settle migrate`, `settle seed`, `settle run` and the rest do their work here.
 Exit codes: 0 done, 1 a dependency is unreachable or a step failed, 2 bad usage or settings.
 """
 
@@ -13,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import psycopg
@@ -32,7 +35,13 @@ from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle")
 
-PROCESSES = {"web": "web", "worker": "worker", "sweeper": "worker.sweeper"}
+#: The entry-point group of the commands other packages provide.
+COMMANDS_GROUP = "settle.commands"
+
+
+def provided_commands() -> dict[str, EntryPoint]:
+    """The commands other packages of the distribution provide, by name."""
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
 
 
 def _migrate(settings: Settings) -> list[str]:
@@ -252,17 +261,6 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_dead_letters(args: argparse.Namespace) -> int:
-    """Hand over to `worker.dead_letters`, which owns the broker (shared/ never imports it)."""
-    if args.action == "retry" and bool(args.ids) == bool(args.all):
-        print("settle dead-letters retry: give transfer ids or --all (not both)", file=sys.stderr)
-        return 2
-    argv = [args.action, *(["--all"] if getattr(args, "all", False) else [])]
-    argv += [str(i) for i in getattr(args, "ids", [])]
-    os.execv(sys.executable, [sys.executable, "-m", "worker.dead_letters", *argv])
-    return 1  # not reached: execv replaces this process
-
-
 def _add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from shared.ledger.audit import DEFAULT_PENDING_THRESHOLD
 
@@ -295,13 +293,6 @@ def _add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     log.add_argument("--limit", type=int, default=50, help="actions shown (default %(default)s)")
     log.add_argument("--transfer", type=int, metavar="ID", help="only actions on this transfer")
     log.set_defaults(func=cmd_audit_log)
-    dead = sub.add_parser("dead-letters", help="list or retry transfers whose retries ran out")
-    actions = dead.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="list dead-lettered transfers")
-    retry = actions.add_parser("retry", help="clear the mark and send them again")
-    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="transfer ids")
-    retry.add_argument("--all", action="store_true", help="every dead-lettered transfer")
-    dead.set_defaults(func=cmd_dead_letters)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -389,10 +380,15 @@ def _add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    provided = provided_commands()
+    if argv and argv[0] in provided:
+        provided[argv[0]].load()(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="settle", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in PROCESSES:
-        sub.add_parser(name, help=f"run the {name} process (see the README)")
+    for name, entry in sorted(provided.items()):
+        sub.add_parser(name, help=f"see `settle {name} --help` ({entry.module})")
     sub.add_parser("migrate", help="apply pending schema migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("budget", help="print the connection budget plan").set_defaults(func=cmd_budget)
     sub.add_parser("seed", help="create the demo users and accounts").set_defaults(func=cmd_seed)
@@ -407,7 +403,4 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--procfile", default="Procfile")
     run.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
-    if args.command in PROCESSES:
-        module = PROCESSES[args.command]
-        os.execv(sys.executable, [sys.executable, "-m", module])
     raise SystemExit(args.func(args))

@@ -33,6 +33,7 @@ from shared.runtime.lifecycle import (
     plan_or_exit,
     stop_signals,
     supervise,
+    takes_no_arguments,
 )
 from shared.runtime.settings import Settings
 from web.waitress_adapter import WaitressServer, WSGIApp
@@ -134,7 +135,8 @@ def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool:
     return 0 if idle else 1
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    takes_no_arguments("web", __doc__, argv)
     configure_logging("web")
     with stop_signals() as stop:
         settings = load_settings("web")

@@ -25,6 +25,7 @@ from shared.runtime.lifecycle import (
     plan_or_exit,
     stop_signals,
     supervise,
+    takes_no_arguments,
 )
 from shared.runtime.settings import Settings
 from worker.queues import TRANSFER_QUEUE
@@ -56,7 +57,8 @@ def dramatiq_command(settings: Settings, threads: int) -> list[str]:
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    takes_no_arguments("worker", __doc__, argv)
     # dramatiq's processes log into a pipe: decide json or text here, against our stderr.
     os.environ["LOG_FORMAT"] = configure_logging("worker")
     with stop_signals() as stop:

@@ -112,12 +112,14 @@ def retry_command(settings: Settings, broker: SettleRedisBroker, ids: list[int] 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
-    parser = argparse.ArgumentParser(prog="settle dead-letters")
+    parser = argparse.ArgumentParser(
+        prog="settle dead-letters", description="list or retry transfers whose retries ran out"
+    )
     actions = parser.add_subparsers(dest="action", required=True)
-    actions.add_parser("list")
-    retry = actions.add_parser("retry")
-    retry.add_argument("ids", nargs="*", type=int)
-    retry.add_argument("--all", action="store_true")
+    actions.add_parser("list", help="list dead-lettered transfers")
+    retry = actions.add_parser("retry", help="clear the mark and send them again")
+    retry.add_argument("ids", nargs="*", type=int, metavar="ID", help="transfer ids")
+    retry.add_argument("--all", action="store_true", help="every dead-lettered transfer")
     args = parser.parse_args(argv)
     settings = load_settings("dead-letters")
     broker = actors.install(settings)

@@ -20,7 +20,6 @@ from psycopg_pool import ConnectionPool
 from shared.db.budget import Plan
 from shared.db.pool import connection
 from shared.ledger import operations as ledger
-from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
     StopRequest,
     boot_check,
@@ -31,6 +30,7 @@ from shared.runtime.lifecycle import (
     plan_or_exit,
     stop_signals,
     supervise,
+    takes_no_arguments,
 )
 from shared.runtime.settings import Settings
 from worker import actors
@@ -84,16 +84,13 @@ def _child(settings: Settings, plan: Plan) -> int:
         return run(settings, stop, plan)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    takes_no_arguments("sweeper", __doc__, argv)
     configure_logging("sweeper")
     with stop_signals() as stop:
         settings = load_settings("sweeper")
         boot_check(settings, "sweeper")
         plan = plan_or_exit(settings, "sweeper")
-        multiproc.prepare(settings, "sweeper")  # its restarts are served by web's /metrics
-        from shared.runtime.metrics import count_restarts  # after prepare
-
-        count_restarts()
         code = supervise(
             "sweeper",
             "sweeping process",

@@ -22,6 +22,7 @@ code for a broker connection that failed at boot).
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import logging
@@ -69,6 +70,13 @@ def exit_with(role: str, message: str, code: int) -> NoReturn:
     """End the process with one line, `settle <role>: <message>`, on stderr and `code`."""
     print(f"settle {role}: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+def takes_no_arguments(role: str, doc: str | None, argv: list[str] | None) -> None:
+    """Refuse arguments to a process command (`settle web extra` exits 2 with its usage);
+    `--help` prints the process's description (`doc`'s first paragraph) and exits 0."""
+    description = (doc or "").split("\n\n", 1)[0].strip() or None
+    argparse.ArgumentParser(prog=f"settle {role}", description=description).parse_args(argv)
 
 
 def load_settings(role: str) -> Settings:
