@@ -1,5 +1,9 @@
 """Start `make run` with no server URLs, read the demo API keys it prints, submit one transfer
-with Alice's key, see it settle, SIGTERM, exit 0."""
+with Alice's key, see it settle, SIGTERM, exit 0.
+
+With SMOKE_BROKER=rabbitmq, the same on RabbitMQ (SMOKE_RABBITMQ_URL, default the local
+node as guest) in a vhost made for the run with rabbitmqctl: `make run` must then start no
+Redis, and /readyz must report RabbitMQ."""
 
 from __future__ import annotations
 
@@ -52,9 +56,28 @@ def wait_until(what: str, check, timeout: float) -> object:
     raise SystemExit(f"smoke: timed out waiting for {what}")
 
 
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "--quiet", *args], check=True, capture_output=True)
+
+
 def main() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["PORT"] = str(PORT)
+    if os.environ.get("SMOKE_BROKER") != "rabbitmq":
+        return smoke({})
+    server = os.environ.get("SMOKE_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    vhost = f"settle-smoke-{os.getpid()}-{int(time.time())}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        smoke({"BROKER_URL": server.rstrip("/") + "/" + vhost}, broker="rabbitmq")
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+def smoke(extra: dict[str, str], broker: str = "redis") -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")
+    }
+    env.update(extra, PORT=str(PORT))
     data_dir = tempfile.mkdtemp(prefix="settle-smoke-")
     with open(os.path.join(data_dir, "run.log"), "w+") as log:
         proc = subprocess.Popen(
@@ -65,7 +88,7 @@ def main() -> None:
             start_new_session=True,
         )
         try:
-            settle_one_transfer(log)
+            settle_one_transfer(log, broker)
         finally:
             code = stop(proc)
             log.seek(0)
@@ -74,7 +97,10 @@ def main() -> None:
     if code != 0:
         print(output)
         raise SystemExit(f"smoke: make run exited {code} after SIGTERM")
-    print("smoke: make run stopped cleanly (exit 0)")
+    if broker == "rabbitmq" and "Valkey" in output:
+        print(output)
+        raise SystemExit("smoke: make run started a Redis although BROKER_URL names RabbitMQ")
+    print(f"smoke: make run on {broker} stopped cleanly (exit 0)")
 
 
 def demo_keys(log) -> dict[str, str]:
@@ -87,8 +113,9 @@ def demo_keys(log) -> dict[str, str]:
     return {"operator": found["operator"], "alice": found["Alice's"]}
 
 
-def settle_one_transfer(log) -> None:
-    wait_until("/readyz", lambda: request("GET", "/readyz")["data"]["status"] == "ready", 90)
+def settle_one_transfer(log, broker: str) -> None:
+    ready = wait_until("/readyz", lambda: request("GET", "/readyz")["data"], 90)
+    assert ready == {"status": "ready", "postgres": "ok", broker: "ok"}, ready
     keys = wait_until("the demo API keys in the output", lambda: demo_keys(log), 10)
     assert isinstance(keys, dict)
     try:

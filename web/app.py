@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from shared.errors import SettleError
 from shared.ledger.auth import PrincipalCache
 from shared.runtime.metrics import OverviewCollector
+from shared.runtime.queues import BrokerQueues
 from shared.runtime.settings import Settings
 from web import errors, openapi, resources
 from web.auth import RequireApiKey
@@ -50,14 +51,14 @@ def create_app(
     pool: ConnectionPool,
     enqueue: resources.Enqueue,
     ping_broker: Callable[[], Any],
-    queue_client: Any | None = None,
+    queues: BrokerQueues | None = None,
     keys: PrincipalCache | None = None,
 ) -> falcon.App:
     """A WSGI app serving the HTTP contract with `pool` for reads and writes (and API key
     lookups), `enqueue` to hand a transfer id to the workers and `ping_broker` for readiness;
-    `/metrics` and the dashboard read the broker's queues through `queue_client` (a Redis
-    client) when given, and the dashboard drops the dead letters of transfers it sends again
-    through it (without one it shows no queue, and dead letters expire on their own).
+    `/metrics` and the dashboard read the broker's queues through `queues` when given, and
+    the dashboard drops the dead letters of transfers it sends again through it (without
+    it, it shows no queue, and dead letters expire on their own).
     Every route but /healthz, /readyz and /openapi.json needs an API key; the dashboard's
     pages (/dashboard) need an operator's session instead. A key looked up is
     remembered in `keys` (default: a cache of its own, `settings.api_key_cache_seconds`)."""
@@ -77,11 +78,12 @@ def create_app(
     app.add_route("/transfers", resources.Transfers(pool, enqueue=enqueue, **body))
     app.add_route("/transfers/{transfer_id}", resources.Transfer(pool, **body))
     app.add_route("/healthz", resources.Health())
-    app.add_route("/readyz", resources.Ready(pool, ping_broker))
+    app.add_route("/readyz", resources.Ready(pool, ping_broker, broker=settings.broker))
     app.add_route("/openapi.json", resources.OpenAPIDocument(openapi.DOCUMENT))
-    overview = OverviewCollector(settings, pool, queue_client=queue_client)
+    queue_counts = None if queues is None else queues.depths
+    overview = OverviewCollector(settings, pool, queue_counts=queue_counts)
     app.add_route("/metrics", MetricsResource(overview))
-    add_dashboard(app, settings, pool=pool, enqueue=enqueue, queue_client=queue_client)
+    add_dashboard(app, settings, pool=pool, enqueue=enqueue, queues=queues)
 
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(psycopg.Error, errors.handle_database_error)

@@ -793,23 +793,31 @@ PATHS: dict[str, dict[str, Any]] = {
     "/readyz": {
         "get": {
             "operationId": "ready",
-            "summary": "Readiness: Postgres (through the pool) and Redis answer",
+            "summary": "Readiness: Postgres (through the pool) and the message broker (Redis"
+            " or RabbitMQ, reported under its name) answer",
             "security": PUBLIC,
             "responses": {
                 "200": ok(
                     "ready",
                     _data(
-                        _object(
-                            {
-                                "status": {"const": "ready"},
-                                "postgres": {"const": "ok"},
-                                "redis": {"const": "ok"},
-                            }
-                        )
+                        {
+                            **_object(
+                                {
+                                    "status": {"const": "ready"},
+                                    "postgres": {"const": "ok"},
+                                    "redis": {"const": "ok"},
+                                    "rabbitmq": {"const": "ok"},
+                                },
+                                optional=("redis", "rabbitmq"),
+                            ),
+                            # Exactly one broker: the one in use.
+                            "minProperties": 3,
+                            "maxProperties": 3,
+                        }
                     ),
                 ),
                 "503": error(
-                    "Postgres or Redis does not answer (the message says which)",
+                    "Postgres or the broker does not answer (the message says which)",
                     "not_ready",
                     "overloaded",
                     **{"Retry-After": RETRY_AFTER},

@@ -178,7 +178,8 @@ class Health:
 
 
 class Ready:
-    """Readiness: Postgres answers through this process's pool and Redis answers PING.
+    """Readiness: Postgres answers through this process's pool and the broker (`broker`:
+    "redis" or "rabbitmq", the key its state is reported under) answers.
     It waits at most `READY_TIMEOUT` for a pooled connection, so that a probe with a short
     timeout of its own gets a 503 rather than no answer while Postgres is down."""
 
@@ -186,9 +187,12 @@ class Ready:
 
     public = True
 
-    def __init__(self, pool: ConnectionPool, ping_broker: Callable[[], Any]) -> None:
+    def __init__(
+        self, pool: ConnectionPool, ping_broker: Callable[[], Any], *, broker: str = "redis"
+    ) -> None:
         self._pool = pool
         self._ping_broker = ping_broker
+        self._broker = broker
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         checks: dict[str, str] = {}
@@ -200,9 +204,9 @@ class Ready:
             checks["postgres"] = f"unavailable: {type(exc).__name__}"
         try:
             self._ping_broker()
-            checks["redis"] = "ok"
+            checks[self._broker] = "ok"
         except Exception as exc:
-            checks["redis"] = f"unavailable: {type(exc).__name__}"
+            checks[self._broker] = f"unavailable: {type(exc).__name__}"
         if any(state != "ok" for state in checks.values()):
             raise NotReady("; ".join(f"{name} {state}" for name, state in checks.items()))
         resp.media = {"data": {"status": "ready", **checks}}

@@ -91,7 +91,7 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
 
 def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool: Any) -> int:
     """Run waitress on `sock` until `stop` is set, then drain; 0 when nothing was cut off."""
-    # Installed after the fork: the broker's Redis client must belong to this process.
+    # Installed after the fork: the broker's client must belong to this process.
     from shared.runtime.metrics import publish_pool
     from web.app import create_app
     from worker import actors
@@ -102,7 +102,7 @@ def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool:
         pool=pool,
         enqueue=actors.sender(broker),
         ping_broker=actors.pinger(broker),
-        queue_client=broker.client,
+        queues=actors.queues(broker),
     )
     app = shed_load(falcon_app, lambda: server.queue_depth(), settings.web_queue_limit)
     server = WaitressServer(app, sock, threads=settings.web_threads)

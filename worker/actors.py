@@ -4,7 +4,7 @@ Dramatiq's own cost per message (fetch, middleware, ack: several Redis round tri
 the order of the SQL that settles a transfer, so messages carry up to `BATCH_MAX` ids and
 `settle_transfers` settles them in one transaction. Nothing is declared at import:
 `install(settings)` builds the broker, makes it the process's and declares the actors on it.
-`web` uses only this module: `install`, `sender` and `pinger`. Senders group ids: a web
+`web` uses only this module: `install`, `sender`, `pinger` and `queues`. Senders group ids: a web
 process puts the ids its threads commit at about the same time into one message
 (`GroupingSender`), the sweeper and `settle dead-letters retry` send what they claimed in
 batches (`send_batches`).
@@ -19,6 +19,7 @@ from typing import Any
 
 import dramatiq
 import dramatiq.errors
+import pika.exceptions
 import redis
 
 from shared.db.pool import connection
@@ -34,7 +35,7 @@ from worker.broker import (
 )
 from worker.metrics import SETTLE_LATENCY
 from worker.pool import current_pool
-from worker.queues import TRANSFER_QUEUE
+from worker.queues import TRANSFER_QUEUE, BrokerOperations, broker_operations
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ settle_transfers: dramatiq.Actor[[list[int]], None]
 settle_transfer: dramatiq.Actor[[int], None]
 
 
-def install(settings: Settings) -> SettleRedisBroker:
+def install(settings: Settings) -> dramatiq.Broker:
     """Build the broker for `settings`, make it dramatiq's global broker (dramatiq's CLI and
     `Actor.send` read it) and declare the actors on it; return it. The one place that sets
     dramatiq's global: each composition root calls it once, after any fork (the broker's
@@ -81,9 +82,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def pinger(broker: SettleRedisBroker) -> Callable[[], object]:
+def pinger(broker: dramatiq.Broker) -> Callable[[], object]:
     """A function that checks the broker answers (readiness); it raises when it does not."""
-    return broker.client.ping
+    return broker_operations(broker).ping
+
+
+def queues(broker: dramatiq.Broker) -> BrokerOperations:
+    """What web reads of the broker's queues (`/metrics`, the dashboard): depths, and
+    dropping the dead letters of transfers sent again."""
+    return broker_operations(broker)
 
 
 def _settle_transfers(transfer_ids: list[int]) -> None:
@@ -165,7 +172,7 @@ def send_batches(
         else:
             for message in messages:
                 broker.enqueue(message)
-    except (redis.RedisError, dramatiq.errors.BrokerError) as exc:
+    except (redis.RedisError, pika.exceptions.AMQPError, dramatiq.errors.BrokerError) as exc:
         raise BrokerUnavailable(f"the message broker is unavailable: {exc}") from exc
     return len(messages)
 
@@ -243,7 +250,8 @@ class GroupingSender:
 def sender(broker: dramatiq.Broker) -> Callable[[int], None]:
     """A function that queues a transfer id on `broker` for settlement, grouped with the ids
     other threads send at the same time (see `GroupingSender`). It raises
-    `BrokerUnavailable` when the broker cannot take the message (Redis down or too slow)."""
+    `BrokerUnavailable` when the broker cannot take the message (Redis or RabbitMQ
+    down, too slow, or refusing it)."""
     return GroupingSender(lambda ids: send_batches(broker, ids))
 
 

@@ -6,11 +6,15 @@ The middleware list is explicit. TimeLimit is left out on purpose: it injects an
 into the actor's thread, and one landing during COMMIT would leave the outcome unknown;
 Postgres timeouts (statement, lock, idle-in-transaction) bound the transfer work instead.
 
-Recovery from a killed worker: every worker process beats every `HEARTBEAT_INTERVAL`
-seconds and runs the broker's maintenance on each beat (see `worker.middleware`), so the
-messages a dead worker had fetched are back on their queue about `HEARTBEAT_TIMEOUT_MS`
-after its last beat. Taking a live but silent worker for dead costs only a redelivery,
-which the idempotent actor ignores.
+`BROKER_URL` (default: `REDIS_URL`) picks dramatiq's Redis broker or, for `amqp://`, its
+RabbitMQ broker (`worker.rabbitmq`); the middleware is the same on both.
+
+Recovery from a killed worker on Redis: every worker process beats every
+`HEARTBEAT_INTERVAL` seconds and runs the broker's maintenance on each beat (see
+`worker.middleware`), so the messages a dead worker had fetched are back on their queue
+about `HEARTBEAT_TIMEOUT_MS` after its last beat. Taking a live but silent worker for dead
+costs only a redelivery, which the idempotent actor ignores. On RabbitMQ the server puts a
+dead consumer's messages back when its connection closes; the beat does nothing there.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from shared.runtime.settings import Settings
 from worker.metrics import Telemetry
 from worker.middleware import DeadLetterMarks, Heartbeat
 from worker.pool import LendConnections
+from worker.queues import broker_operations
+from worker.rabbitmq import create_rabbitmq_broker
 
 #: The settle actors' names (worker.actors declares them; the middleware needs them first):
 #: one id per message (as sent before batches), and a batch of ids per message.
@@ -125,10 +131,10 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (*TRANSIENT, Unavailable, dramatiq.Retry))
 
 
-def create_broker(settings: Settings) -> tuple[SettleRedisBroker, LendConnections]:
-    """A Redis broker for `settings` with retries for transient errors only, the middleware
-    that owns each worker process's pool, the heartbeat, and the dead-letter mark.
-    Connects lazily."""
+def create_broker(settings: Settings) -> tuple[dramatiq.Broker, LendConnections]:
+    """The broker `settings.message_broker_url` names (Redis, or RabbitMQ for `amqp://`)
+    with retries for transient errors only, the middleware that owns each worker process's
+    pool, the heartbeat, and the dead-letter mark. Connects lazily."""
     max_retries = settings.transfer_max_retries
 
     def retry_when(retries: int, exc: BaseException) -> bool:
@@ -136,27 +142,35 @@ def create_broker(settings: Settings) -> tuple[SettleRedisBroker, LendConnection
         return retries < max_retries and is_transient(exc)
 
     database = LendConnections(settings)
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
-    )
-    broker = SettleRedisBroker(
-        client=client,
-        namespace=settings.broker_namespace,
-        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-        middleware=[
-            # First: its after-hook runs last, once Retries has marked a message failed.
-            Telemetry(database, {SETTLE_ACTOR, SETTLE_BATCH_ACTOR}),
-            AgeLimit(),
-            # Before Retries: after-hooks run in reverse, and Retries decides "failed".
-            DeadLetterMarks(database, {SETTLE_ACTOR, SETTLE_BATCH_ACTOR}),
-            Retries(
-                max_retries=max_retries,
-                min_backoff=settings.transfer_min_backoff_ms,
-                max_backoff=settings.transfer_max_backoff_ms,
-                retry_when=retry_when,
-            ),
-            database,
-        ],
-    )
-    broker.add_middleware(Heartbeat(broker.beat, interval=HEARTBEAT_INTERVAL))
+    middleware = [
+        # First: its after-hook runs last, once Retries has marked a message failed.
+        Telemetry(database, {SETTLE_ACTOR, SETTLE_BATCH_ACTOR}),
+        AgeLimit(),
+        # Before Retries: after-hooks run in reverse, and Retries decides "failed".
+        DeadLetterMarks(database, {SETTLE_ACTOR, SETTLE_BATCH_ACTOR}),
+        Retries(
+            max_retries=max_retries,
+            min_backoff=settings.transfer_min_backoff_ms,
+            max_backoff=settings.transfer_max_backoff_ms,
+            retry_when=retry_when,
+        ),
+        database,
+    ]
+    broker: dramatiq.Broker
+    if settings.broker == "rabbitmq":
+        broker = create_rabbitmq_broker(settings.message_broker_url, middleware)
+    else:
+        client = redis.Redis.from_url(
+            settings.message_broker_url,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            health_check_interval=30,
+        )
+        broker = SettleRedisBroker(
+            client=client,
+            namespace=settings.broker_namespace,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+            middleware=middleware,
+        )
+    broker.add_middleware(Heartbeat(broker_operations(broker).beat, interval=HEARTBEAT_INTERVAL))
     return broker, database

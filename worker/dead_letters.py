@@ -1,10 +1,11 @@
 """`settle dead-letters list|retry`: the operator's view of transfers whose retries ran out.
 
 Postgres is the record (`transfers.dead_lettered_at`, see `shared.ledger.dead_letters`); the
-broker's dead-letter queue holds the failed messages (kept by Redis for seven days, and lost
-with Redis's data). `retry` clears the mark, sends each transfer a fresh message (with a
-fresh retry budget) and drops its old messages from the dead-letter queue. Exit codes: 0
-done, 1 something asked for was not retried (or Postgres/Redis failed), 2 bad usage.
+broker's dead-letter queue holds the failed messages (kept seven days by Redis or RabbitMQ,
+and lost with the broker's data); `worker.queues.BrokerOperations` reads it on either.
+`retry` clears the mark, sends each transfer a fresh message (with a fresh retry budget)
+and drops its old messages from the dead-letter queue. Exit codes: 0
+done, 1 something asked for was not retried (or Postgres or the broker failed), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -12,42 +13,26 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterable
 
+import dramatiq
 import psycopg
-import redis
 
 from shared.db.pool import connect_once
 from shared.errors import BrokerUnavailable, first_line
 from shared.ledger import dead_letters
-from shared.runtime import queues
 from shared.runtime.lifecycle import load_settings
 from shared.runtime.settings import Settings
 from worker import actors
 from worker.actors import send_batches
-from worker.broker import SettleRedisBroker
-from worker.queues import TRANSFER_QUEUE
+from worker.queues import BrokerUnreachable, broker_operations
 
 log = logging.getLogger("settle.dead_letters")
 
 
-def dead_messages(broker: SettleRedisBroker, queue: str = TRANSFER_QUEUE) -> dict[int, list[str]]:
-    """Transfer id -> the broker ids of its messages in `queue`'s dead-letter queue.
-    Raises redis errors."""
-    return queues.dead_letters(broker.client, broker.namespace, queue)
-
-
-def discard(
-    broker: SettleRedisBroker, redis_ids: Iterable[str], queue: str = TRANSFER_QUEUE
-) -> None:
-    """Drop messages from `queue`'s dead-letter queue. Raises redis errors."""
-    queues.discard_dead_letters(broker.client, broker.namespace, queue, redis_ids)
-
-
-def list_command(settings: Settings, broker: SettleRedisBroker) -> int:
+def list_command(settings: Settings, broker: dramatiq.Broker) -> int:
     with connect_once(settings, "dead-letters") as conn:
         rows = dead_letters.parked(conn)
-    queued = dead_messages(broker)
+    queued = broker_operations(broker).dead_letters()
     for row in rows:
         where = "in" if row["id"] in queued else "not in"
         print(
@@ -69,7 +54,7 @@ def list_command(settings: Settings, broker: SettleRedisBroker) -> int:
     return 0
 
 
-def retry_command(settings: Settings, broker: SettleRedisBroker, ids: list[int] | None) -> int:
+def retry_command(settings: Settings, broker: dramatiq.Broker, ids: list[int] | None) -> int:
     """Release and re-send `ids` (every dead-lettered transfer when None)."""
     with connect_once(settings, "dead-letters") as conn:
         released = dead_letters.release(conn, ids)
@@ -83,25 +68,26 @@ def retry_command(settings: Settings, broker: SettleRedisBroker, ids: list[int] 
         send_batches(broker, released)
         for tid in released:
             print(f"transfer {tid}: sent again")
-        queued = dead_messages(broker)
+        operations = broker_operations(broker)
+        queued = operations.dead_letters()
         with connect_once(settings, "dead-letters") as conn:
             still = dead_letters.statuses(conn, list(queued))
         # Parked again since we released (a new failure) keeps its message. A message may
         # carry several transfers: it is kept while any of them is parked.
         parked_now = {tid for tid, state in still.items() if state == "dead-lettered"}
         holders: dict[str, set[int]] = {}
-        for tid, redis_ids in queued.items():
-            for rid in redis_ids:
+        for tid, message_ids in queued.items():
+            for rid in message_ids:
                 holders.setdefault(rid, set()).add(tid)
         drop = [
             rid
             for rid, tids in holders.items()
             if not tids & parked_now and (ids is None or tids & set(released))
         ]
-        discard(broker, drop)
-    except (redis.RedisError, OSError, BrokerUnavailable) as exc:
+        operations.discard_dead_letters(drop)
+    except (BrokerUnreachable, BrokerUnavailable) as exc:
         print(
-            f"settle dead-letters: Redis failed ({exc}); the released transfers are no longer"
+            f"settle dead-letters: the broker failed ({exc}); the released transfers are no longer"
             " dead-lettered, so the sweeper sends them after SWEEPER_GRACE_SECONDS",
             file=sys.stderr,
         )
@@ -133,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     except psycopg.Error as exc:
         print(f"settle dead-letters: Postgres failed: {first_line(exc)}", file=sys.stderr)
         code = 1
-    except (redis.RedisError, OSError) as exc:
-        print(f"settle dead-letters: Redis failed: {exc}", file=sys.stderr)
+    except BrokerUnreachable as exc:
+        print(f"settle dead-letters: the broker failed: {exc}", file=sys.stderr)
         code = 1
     raise SystemExit(code)
 

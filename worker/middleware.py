@@ -1,6 +1,9 @@
 """Worker middleware for faults: a heartbeat that hands a dead worker's messages back fast,
 an exit for worker processes whose dramatiq master died, and the dead-letter mark.
 
+On RabbitMQ the heartbeat only watches the master: the server itself puts back the
+messages of a consumer whose connection closed.
+
 Dramatiq's Redis broker only requeues the messages a dead worker had fetched once the
 worker's heartbeat is `heartbeat_timeout` old, and only on a maintenance pass, which by
 default runs at random on 0.1% of broker commands. A busy worker may also go quiet (no
@@ -19,13 +22,13 @@ import threading
 from collections.abc import Callable, Collection
 
 import dramatiq
-import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
 from shared.db.pool import connection
 from shared.ledger import dead_letters
 from worker.pool import LendConnections
+from worker.queues import BrokerUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class Heartbeat(Middleware):
                 if failing:
                     log.info("broker heartbeat restored")
                 failing = False
-            except (redis.RedisError, OSError) as exc:
+            except (BrokerUnreachable, OSError) as exc:
                 if not failing:  # one line per outage, not one per beat
                     log.warning("broker heartbeat failed, will keep trying: %s", exc)
                 failing = True

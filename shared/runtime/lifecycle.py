@@ -4,7 +4,8 @@
 commands call these steps; none re-implements one:
 
 - `load_settings`: the settings, or one line naming the bad variable and exit 2;
-- `boot_check`: Postgres `SELECT 1` and Redis `PING`, or one line and exit 1;
+- `boot_check`: Postgres `SELECT 1` and the broker in use (Redis `PING`, or an AMQP
+  connection to RabbitMQ), or one line and exit 1;
 - `plan_or_exit`: the connection plan, or its arithmetic on one line and exit 2;
 - `leased_pool`: a lease on the connection budget and the pool it sizes, in the one safe
   order (see its docstring);
@@ -40,9 +41,10 @@ import psycopg
 
 from shared.db.budget import BudgetExceeded, Plan, capacity, make_plan
 from shared.db.leases import LeaseKeeper
-from shared.db.pool import ElasticPool, application_name, check_postgres, check_redis, create_pool
+from shared.db.pool import ElasticPool, application_name, check_postgres, create_pool
 from shared.errors import DependencyDown, InvalidSetting, first_line
 from shared.runtime import logs
+from shared.runtime.brokers import check_broker
 from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.runtime")
@@ -88,11 +90,11 @@ def load_settings(role: str) -> Settings:
 
 
 def boot_check(settings: Settings, role: str) -> None:
-    """`SELECT 1` on Postgres and `PING` on Redis, or exit 1 with one line naming the one
-    that cannot be reached."""
+    """`SELECT 1` on Postgres and a check of the broker in use (Redis `PING`, or an AMQP
+    connection to RabbitMQ), or exit 1 with one line naming the one that cannot be reached."""
     try:
         check_postgres(settings.database_url, name=application_name(settings, f"{role}-boot"))
-        check_redis(settings.redis_url)
+        check_broker(settings)
     except DependencyDown as exc:
         exit_with(role, exc.message, EXIT_FAILED)
 

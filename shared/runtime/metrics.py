@@ -43,7 +43,7 @@ from shared.errors import SettleError
 from shared.ledger import vitals
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import on_restart
-from shared.runtime.queues import queue_counts
+from shared.runtime.queues import QueueCounts
 from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -198,12 +198,12 @@ class OverviewCollector(Collector):
         settings: Settings,
         pool: Any,
         *,
-        queue_client: Any | None,
+        queue_counts: QueueCounts | None,
         queues: tuple[str, ...] = ("transfers",),
     ) -> None:
         self._settings = settings
         self._pool = pool
-        self._queue_client = queue_client
+        self._queue_counts = queue_counts
         self._queues = queues
 
     def describe(self) -> Iterator[Metric]:
@@ -214,7 +214,7 @@ class OverviewCollector(Collector):
         yield from self._database_series()
 
     def _queue_series(self) -> Iterator[Metric]:
-        if self._queue_client is None:
+        if self._queue_counts is None:
             return
         family = GaugeMetricFamily(
             "settle_queue_messages",
@@ -223,7 +223,7 @@ class OverviewCollector(Collector):
         )
         try:
             for queue in self._queues:
-                counts = queue_counts(self._queue_client, self._settings.broker_namespace, queue)
+                counts = self._queue_counts(queue)
                 for state, count in counts.items():
                     family.add_metric([queue, state], count)
         except Exception as exc:  # the broker is down or slow: answer with the rest

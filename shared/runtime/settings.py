@@ -24,6 +24,23 @@ POOLERS = ("none", "pgbouncer")
 PGBOUNCER_CLIENT_LIMIT = 100
 PGBOUNCER_POOL_SIZE = 20
 
+#: URL schemes of the message brokers Settle runs on, by broker name.
+BROKER_SCHEMES = {
+    "redis": ("redis", "rediss", "unix"),
+    "rabbitmq": ("amqp", "amqps"),
+}
+
+
+def broker_name(url: str) -> str:
+    """The broker a URL names, "redis" or "rabbitmq". Raises `InvalidSetting` for any other
+    scheme."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    for name, schemes in BROKER_SCHEMES.items():
+        if scheme in schemes:
+            return name
+    known = ", ".join(f"{s}://" for schemes in BROKER_SCHEMES.values() for s in schemes)
+    raise InvalidSetting(f"BROKER_URL must start with one of {known}")
+
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     raw = env.get(name, "").strip()
@@ -108,6 +125,14 @@ def _cache_seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _broker_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("BROKER_URL", "").strip()
+    if not raw:
+        return None
+    broker_name(raw)  # vetted here, so that a bad scheme is one line naming the variable
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of the service; see the README's settings table for meanings."""
@@ -119,6 +144,7 @@ class Settings:
     db_pooler_pool_size: int | None = None  # None: PgBouncer's default default_pool_size
     db_pooler_admin_url: str | None = None  # PgBouncer's admin console, to read both above
     redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str | None = None  # None: REDIS_URL
     broker_namespace: str = "settle"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -179,6 +205,7 @@ class Settings:
             db_pooler_pool_size=_optional_int(env, "DB_POOLER_POOL_SIZE", minimum=1),
             db_pooler_admin_url=env.get("DB_POOLER_ADMIN_URL") or None,
             redis_url=env.get("REDIS_URL") or d.redis_url,
+            broker_url=_broker_url(env),
             broker_namespace=env.get("BROKER_NAMESPACE") or d.broker_namespace,
             host=env.get("HOST") or d.host,
             port=_int(env, "PORT", d.port, minimum=0),
@@ -243,6 +270,16 @@ class Settings:
         """Postgres itself, for what needs a session of its own (migrations under their
         advisory lock, LISTEN, reading max_connections): DATABASE_DIRECT_URL when set."""
         return self.database_direct_url or self.database_url
+
+    @property
+    def message_broker_url(self) -> str:
+        """The broker the service sends transfers through: BROKER_URL, else REDIS_URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker(self) -> str:
+        """The broker in use: "redis" or "rabbitmq" (from `message_broker_url`'s scheme)."""
+        return broker_name(self.message_broker_url)
 
     def with_(self, **changes: object) -> Settings:
         """A copy with `changes` applied (tests and launchers use it)."""

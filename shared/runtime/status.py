@@ -5,13 +5,12 @@ live leases (which processes are alive, and the connections granted them) and th
 connections each role holds in pg_stat_activity, against the plan the settings give.
 Something needs attention when a message or transfer is dead-lettered, a transfer has been
 pending longer than the threshold, or a role holds more connections than its plan. It raises
-driver and redis errors; the command turns them into one line and exit 1.
+driver and broker (redis, pika) errors; the command turns them into one line and exit 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -19,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 from shared.db.activity import ROLES, connections_by_role
 from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_on, make_plan
 from shared.ledger import vitals
-from shared.runtime.queues import queue_counts
+from shared.runtime.queues import STATES, QueueCounts
 from shared.runtime.settings import Settings
 
 QUEUES = ("transfers",)
@@ -42,10 +41,11 @@ class Status:
     def lines(self) -> list[str]:
         out = []
         for queue, counts in self.queues.items():
-            out.append(
-                f"queue {queue}: {counts['ready']} ready, {counts['in_flight']} in flight,"
-                f" {counts['delayed']} delayed, {counts['dead']} dead"
+            # A state the broker cannot tell (RabbitMQ: in flight) is left out.
+            told = ", ".join(
+                f"{counts[state]} {state.replace('_', ' ')}" for state in STATES if state in counts
             )
+            out.append(f"queue {queue}: {told}")
         t = self.transfers.by_status
         estimate = "" if self.transfers.exact else " (settled and failed estimated)"
         out.append(
@@ -94,7 +94,7 @@ class Status:
 def gather(
     settings: Settings,
     conn: psycopg.Connection,
-    redis_client: Any,
+    queue_counts: QueueCounts,
     *,
     pending_threshold: float | None = None,
 ) -> Status:
@@ -103,7 +103,7 @@ def gather(
     DASHBOARD_PENDING_THRESHOLD_SECONDS)."""
     if pending_threshold is None:
         pending_threshold = settings.dashboard_pending_threshold_seconds
-    queues = {q: queue_counts(redis_client, settings.broker_namespace, q) for q in QUEUES}
+    queues = {q: queue_counts(q) for q in QUEUES}
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         counts = vitals.transfer_counts(conn)

@@ -54,11 +54,21 @@ class Service:
 
 
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    """Processes get the test database, Redis and broker namespace (conftest exported them),
-    a free port, small process counts, a short sweeper grace period, and METRICS_DIR under
-    the test's temporary directory. Whatever a test leaves running is killed afterwards."""
-    env = process_env(SWEEPER_GRACE_SECONDS="2", METRICS_DIR=str(tmp_path / "metrics"))
+def broker_env() -> dict[str, str]:
+    """Settings that pick the broker of the processes: none, so the suite's own (conftest
+    exported it). A test module overrides this fixture to run on each broker."""
+    return {}
+
+
+@pytest.fixture
+def service(tmp_path: Path, broker_env: dict[str, str]) -> Iterator[Service]:
+    """Processes get the test database, broker and broker namespace (conftest exported them,
+    `broker_env` may change the broker), a free port, small process counts, a short sweeper
+    grace period, and METRICS_DIR under the test's temporary directory. Whatever a test
+    leaves running is killed afterwards."""
+    env = process_env(
+        SWEEPER_GRACE_SECONDS="2", METRICS_DIR=str(tmp_path / "metrics"), **broker_env
+    )
     svc = Service(env, tmp_path)
     yield svc
     svc.kill_all()

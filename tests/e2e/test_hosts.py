@@ -148,7 +148,7 @@ def cluster(settings: Settings, tmp_path: Path) -> Iterator[tuple[Cluster, str]]
             DATABASE_URL=make_conninfo(
                 direct, host=made.gateway, port=str(made.forwarded["postgres"])
             ),
-            REDIS_URL=f"redis://{made.gateway}:{made.forwarded['redis']}/0",
+            BROKER_URL=f"redis://{made.gateway}:{made.forwarded['redis']}/0",
             BROKER_NAMESPACE=namespace,
             **SETTINGS,
         )

@@ -1,5 +1,5 @@
 """Hundreds of concurrent transfers over HTTP through the real web, worker and sweeper
-processes; afterwards the ledger must balance to the cent."""
+processes, on each broker; afterwards the ledger must balance to the cent."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from shared.ledger.audit import find_violations
+from shared.runtime.settings import Settings
 from tests.e2e.api import Client
 from tests.e2e.conftest import PooledService, Service
 from tests.e2e.processes import wait_until
@@ -21,6 +22,12 @@ from tests.scratch import settle
 ACCOUNTS = 20
 OPENING_BALANCE = 10_000
 UNAFFORDABLE = 1_000_000  # more than all the money in this test
+
+
+@pytest.fixture
+def broker_env(broker_url: str) -> dict[str, str]:
+    """Each broker in turn: the suite's Redis, then a RabbitMQ vhost of the test's own."""
+    return {"BROKER_URL": broker_url}
 
 
 def plan_transfers(accounts: list[int]) -> list[tuple[int, int, int]]:
@@ -67,6 +74,11 @@ def run_load(service: Service, db: psycopg.Connection, *, key: str | None = None
     for account in accounts:
         fund(db, treasury, account, OPENING_BALANCE)
     plan = plan_transfers(accounts)
+
+    with Client(service.port) as client:
+        _, _, ready = client.request("GET", "/readyz")
+    broker = Settings.from_env(service.env).broker
+    assert ready["data"][broker] == "ok"  # the processes run on the broker of this case
 
     started = time.monotonic()
     deadline = started + 60

@@ -1,5 +1,6 @@
 """Fixtures of the fault tests: the real processes on a database of their own (so that
-`settle audit` judges exactly the ledger the test wrote) and a broker namespace of their own.
+`settle audit` judges exactly the ledger the test wrote) and a broker namespace (Redis) or
+vhost (RabbitMQ) of their own.
 
 Every fault test ends the same way: every transfer it wrote is settled or failed, and
 `settle audit --pending-threshold 0` on its database exits 0.
@@ -19,7 +20,7 @@ import pytest
 import redis
 
 from shared.ledger import auth
-from shared.runtime.settings import Settings
+from shared.runtime.settings import Settings, broker_name
 from tests.e2e.conftest import Service
 from tests.e2e.processes import process_env, report, wait_until
 from tests.scratch import scratch_database, settle
@@ -106,7 +107,8 @@ def fault_database(settings: Settings) -> Iterator[str]:
 
 
 class FaultsFactory:
-    """Builds the service's environment: its own database and broker namespace, a free port,
+    """Builds the service's environment: its own database, the broker `broker_url` names
+    (BROKER_URL) with a namespace of its own on Redis, a free port,
     two web and two worker processes, the sweeper every half second, and `overrides`. Every
     process it started is killed, and its broker keys deleted, when the test ends."""
 
@@ -114,10 +116,10 @@ class FaultsFactory:
         self._log_dir = log_dir
         self.created: list[Faults] = []
 
-    def __call__(self, database_url: str, redis_url: str, **overrides: str) -> Faults:
+    def __call__(self, database_url: str, broker_url: str, **overrides: str) -> Faults:
         env = process_env(
             DATABASE_URL=database_url,
-            REDIS_URL=redis_url,
+            BROKER_URL=broker_url,
             BROKER_NAMESPACE=f"settle-faults-{uuid.uuid4().hex[:8]}",
             **overrides,
         )
@@ -128,9 +130,11 @@ class FaultsFactory:
     def cleanup(self) -> None:
         for faults in self.created:
             faults.kill_all()
+            if broker_name(faults.env["BROKER_URL"]) != "redis":
+                continue  # a RabbitMQ vhost is deleted by the fixture that made it
             namespace = faults.env["BROKER_NAMESPACE"]
             with contextlib.suppress(redis.RedisError):
-                client = redis.Redis.from_url(faults.env["REDIS_URL"], socket_timeout=5)
+                client = redis.Redis.from_url(faults.env["BROKER_URL"], socket_timeout=5)
                 keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
                 if keys:
                     client.delete(*keys)

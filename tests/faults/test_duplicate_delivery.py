@@ -1,36 +1,40 @@
 """A message delivered twice, or again after its transfer settled or failed, through the
 real `settle worker` processes: no effect. (tests/integration/test_settle_actor.py shows the
-same for one message on an in-process worker; here it is hundreds at once, racing.)"""
+same for one message on an in-process worker; here it is hundreds at once, racing.) On
+each broker."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import dramatiq
 import psycopg
 import pytest
 
 from shared.runtime.settings import Settings
 from tests.faults.conftest import Faults, FaultsFactory
 from tests.faults.load import accounts_with_money, random_plan
-from tests.helpers import submit
+from tests.helpers import join_queue, submit
 from worker.actors import settle_transfer
-from worker.broker import SettleRedisBroker, create_broker
-from worker.queues import TRANSFER_QUEUE
+from worker.broker import create_broker
 
 pytestmark = pytest.mark.faults
 
 
 @pytest.fixture
-def faults(fault_database: str, settings: Settings, make_faults: FaultsFactory) -> Faults:
-    return make_faults(fault_database, settings.redis_url)
+def faults(fault_database: str, broker_url: str, make_faults: FaultsFactory) -> Faults:
+    """On each broker in turn (tests/conftest.py's `broker_url`)."""
+    return make_faults(fault_database, broker_url)
 
 
 @pytest.fixture
-def sender(faults: Faults, settings: Settings) -> Iterator[SettleRedisBroker]:
-    """A broker on the service's namespace, to send messages from the test."""
+def sender(faults: Faults, settings: Settings) -> Iterator[dramatiq.Broker]:
+    """A broker on the service's namespace or vhost, to send messages from the test."""
     built, _ = create_broker(
         settings.with_(
-            broker_namespace=faults.env["BROKER_NAMESPACE"], database_url=faults.database_url
+            broker_url=faults.env["BROKER_URL"],
+            broker_namespace=faults.env["BROKER_NAMESPACE"],
+            database_url=faults.database_url,
         )
     )
     built.declare_actor(settle_transfer)
@@ -52,7 +56,7 @@ def ledger_state(conn: psycopg.Connection) -> tuple[list[tuple[object, ...]], ..
 
 
 def test_messages_sent_twice_and_again_after_the_outcome_change_nothing(
-    faults: Faults, sender: SettleRedisBroker
+    faults: Faults, sender: dramatiq.Broker
 ) -> None:
     with faults.connect() as conn:
         _, accounts = accounts_with_money(conn, 20, 20_000)
@@ -62,13 +66,13 @@ def test_messages_sent_twice_and_again_after_the_outcome_change_nothing(
     for transfer in transfers * 2:  # every message twice, the copies racing each other
         sender.enqueue(settle_transfer.message(transfer))
     faults.wait_until_finished(transfers, timeout=60)
-    sender.join(TRANSFER_QUEUE, timeout=60_000)
+    join_queue(sender, timeout=60)
     with faults.connect() as conn:
         before = ledger_state(conn)
 
     for transfer in transfers * 2:  # and twice more once each has its outcome
         sender.enqueue(settle_transfer.message(transfer))
-    sender.join(TRANSFER_QUEUE, timeout=60_000)
+    join_queue(sender, timeout=60)
 
     with faults.connect() as conn:
         assert ledger_state(conn) == before

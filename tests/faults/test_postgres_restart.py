@@ -38,7 +38,7 @@ def database(postgres: DedicatedPostgres) -> Iterator[str]:
 def test_a_postgres_restart_mid_load_answers_503_then_recovers_and_loses_nothing(
     postgres: DedicatedPostgres, database: str, settings: Settings, make_faults: FaultsFactory
 ) -> None:
-    faults = make_faults(database, settings.redis_url, SWEEPER_GRACE_SECONDS="2")
+    faults = make_faults(database, settings.message_broker_url, SWEEPER_GRACE_SECONDS="2")
     with faults.connect() as conn:
         _, accounts = accounts_with_money(conn, 30, 50_000)
     faults.start_web()

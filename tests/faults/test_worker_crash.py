@@ -2,8 +2,9 @@
 transfers are in flight: every accepted transfer still ends settled or failed, none twice.
 
 No sweeper runs here, and every wait is shorter than dramatiq's default heartbeat timeout
-(60 s): the messages a killed worker held come back through the broker's heartbeat and
-maintenance (worker.middleware), which is what these tests hold to account."""
+(60 s): on Redis, the messages a killed worker held come back through the broker's heartbeat
+and maintenance (worker.middleware); on RabbitMQ, when the killed process's connection
+closes. Each test runs on both brokers."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ RECOVERY_DEADLINE = 45.0
 
 
 @pytest.fixture
-def faults(fault_database: str, settings: Settings, make_faults: FaultsFactory) -> Faults:
-    return make_faults(fault_database, settings.redis_url)
+def faults(fault_database: str, broker_url: str, make_faults: FaultsFactory) -> Faults:
+    """On each broker in turn (tests/conftest.py's `broker_url`)."""
+    return make_faults(fault_database, broker_url)
 
 
 def run_with_a_kill(faults: Faults, kill: str) -> tuple[Load, Load, list[int]]:
@@ -89,7 +91,7 @@ def test_killing_a_worker_process_behind_pgbouncer_loses_no_transfer_and_settles
     # The same kill, with every connection of the service going through PgBouncer in
     # transaction mode: the dead worker's clients drop mid-transaction, its lease expires.
     env = pooled_env(pgbouncer, fault_database)
-    faults = make_faults(env.pop("DATABASE_URL"), settings.redis_url, **env)
+    faults = make_faults(env.pop("DATABASE_URL"), settings.message_broker_url, **env)
     done = settle("migrate", env=faults.env)
     assert done.returncode == 0, done.stdout
     pgbouncer.reconnect(fault_database)
@@ -118,13 +120,14 @@ def test_killing_the_dramatiq_master_mid_load_loses_no_transfer_and_leaves_no_or
 def test_transfers_in_flight_on_a_killed_worker_are_delivered_again_without_the_sweeper(
     fault_database: str,
     settings: Settings,
+    broker_url: str,
     make_faults: FaultsFactory,
 ) -> None:
     # One worker thread, and no Postgres timeout that would end its wait for a lock: the
     # first message is being processed and the second one is prefetched when the kill comes.
     faults = make_faults(
         fault_database,
-        settings.redis_url,
+        broker_url,
         WORKER_PROCESSES="1",
         WORKER_THREADS="1",
         LOCK_TIMEOUT_MS="120000",
@@ -132,7 +135,9 @@ def test_transfers_in_flight_on_a_killed_worker_are_delivered_again_without_the_
     )
     sender, _ = create_broker(
         settings.with_(
-            broker_namespace=faults.env["BROKER_NAMESPACE"], database_url=faults.database_url
+            broker_url=broker_url,
+            broker_namespace=faults.env["BROKER_NAMESPACE"],
+            database_url=faults.database_url,
         )
     )
     sender.declare_actor(settle_transfer)

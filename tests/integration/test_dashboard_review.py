@@ -28,11 +28,13 @@ def _app(settings: Settings, pool: ConnectionPool, **kw: Any) -> TestClient:
     from dramatiq import get_broker
 
     from web.app import create_app
+    from worker.queues import broker_operations
 
     broker = get_broker()  # the broker conftest installed
 
-    kw.setdefault("queue_client", broker.client)
-    app = create_app(settings, pool=pool, ping_broker=broker.client.ping, **kw)
+    operations = broker_operations(broker)
+    kw.setdefault("queues", operations)
+    app = create_app(settings, pool=pool, ping_broker=operations.ping, **kw)
     return falcon.testing.TestClient(app)
 
 
@@ -208,11 +210,13 @@ def test_retry_and_cancel_scan_the_dead_letters_and_survive_a_foreign_body(
 
     from worker.actors import sender, settle_transfer
     from worker.queues import TRANSFER_QUEUE
+    from worker.redis_queues import RedisOperations
 
     broker = get_broker()  # the broker conftest installed
 
     client = _Recording(connection_pool=broker.client.connection_pool)
-    app = _app(settings, pool, enqueue=sender(broker), queue_client=client)
+    queues = RedisOperations(broker, client=client)
+    app = _app(settings, pool, enqueue=sender(broker), queues=queues)
     key = f"{broker.namespace}:{TRANSFER_QUEUE}.XQ"
 
     def park(redis_id: str, body: bytes) -> str:
@@ -251,6 +255,7 @@ def test_the_overview_metrics_and_status_take_the_budget_from_pgbouncers_side(
     from shared.ledger.overview import budget_use
     from shared.runtime.metrics import OverviewCollector
     from shared.runtime.status import gather
+    from worker.queues import broker_operations
 
     broker = get_broker()  # the broker conftest installed
 
@@ -262,10 +267,10 @@ def test_the_overview_metrics_and_status_take_the_budget_from_pgbouncers_side(
     )
     expected = 77 - pooled.db_reserved_connections
     assert budget_use(db, pooled, str(db.info.dbname)).capacity.available == expected
-    assert gather(pooled, db, broker.client).capacity.available == expected
+    assert gather(pooled, db, broker_operations(broker).depths).capacity.available == expected
     series = {
         s.labels.get("kind"): s.value
-        for m in OverviewCollector(pooled, pool, queue_client=None).collect()
+        for m in OverviewCollector(pooled, pool, queue_counts=None).collect()
         if m.name == "settle_connection_budget"
         for s in m.samples
     }
@@ -281,10 +286,12 @@ def test_status_defaults_its_pending_threshold_to_the_dashboards(
     from dramatiq import get_broker
 
     from shared.runtime.status import gather
+    from worker.queues import broker_operations
 
     broker = get_broker()  # the broker conftest installed
 
-    status = gather(settings.with_(dashboard_pending_threshold_seconds=1234.0), db, broker.client)
+    threshold = settings.with_(dashboard_pending_threshold_seconds=1234.0)
+    status = gather(threshold, db, broker_operations(broker).depths)
     assert status.pending_threshold == 1234.0
 
 

@@ -1,6 +1,6 @@
-"""Dead letters on the real database and the real Redis: a transfer whose retries run out is
-parked (marked in Postgres, its message in dramatiq's dead-letter queue), the sweeper leaves
-it alone, and `settle dead-letters` lists it and sends it again.
+"""Dead letters on the real database and each real broker (Redis, RabbitMQ): a transfer whose
+retries run out is parked (marked in Postgres, its message in dramatiq's dead-letter queue),
+the sweeper leaves it alone, and `settle dead-letters` lists it and sends it again.
 
 Each test runs the actor on a broker of its own namespace with a short lock timeout, two
 retries and a short backoff, and makes settlement fail by holding a lock on the payer."""
@@ -39,7 +39,7 @@ from tests.helpers import (
 from tests.scratch import scratch_database, settle
 from worker.actors import send_batches, settle_transfer, settle_transfers
 from worker.broker import SettleRedisBroker, create_broker
-from worker.dead_letters import dead_messages
+from worker.queues import broker_operations
 from worker.sweeper import sweep_once
 
 
@@ -59,9 +59,11 @@ def db(scratch: str) -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture
-def short_settings(settings: Settings, scratch: str) -> Settings:
+def short_settings(settings: Settings, scratch: str, broker_url: str) -> Settings:
+    """On each broker in turn (tests/conftest.py's `broker_url`)."""
     return settings.with_(
         database_url=scratch,
+        broker_url=broker_url,
         broker_namespace=f"{settings.broker_namespace}-dl-{uuid.uuid4().hex[:6]}",
         lock_timeout_ms=100,
         transfer_max_retries=2,
@@ -72,15 +74,16 @@ def short_settings(settings: Settings, scratch: str) -> Settings:
 
 
 @pytest.fixture
-def short_broker(short_settings: Settings) -> Iterator[SettleRedisBroker]:
-    """The settle actor on a broker of its own namespace (dropped afterwards)."""
+def short_broker(short_settings: Settings) -> Iterator[dramatiq.Broker]:
+    """The settle actor on a broker of its own namespace, or vhost (dropped afterwards)."""
     built, _ = create_broker(short_settings)
     built.declare_actor(settle_transfer)
     built.declare_actor(settle_transfers)
     yield built
-    keys = list(built.client.scan_iter(match=f"{built.namespace}*", count=1000))
-    if keys:
-        built.client.delete(*keys)
+    if isinstance(built, SettleRedisBroker):
+        keys = list(built.client.scan_iter(match=f"{built.namespace}*", count=1000))
+        if keys:
+            built.client.delete(*keys)
     built.close()
 
 
@@ -109,13 +112,14 @@ def settle_env(settings: Settings) -> dict[str, str]:
         **os.environ,
         "DATABASE_URL": settings.database_url,
         "BROKER_NAMESPACE": settings.broker_namespace,
+        "BROKER_URL": settings.message_broker_url,
     }
 
 
 def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_lettered(
     db: psycopg.Connection,
     short_settings: Settings,
-    short_broker: SettleRedisBroker,
+    short_broker: dramatiq.Broker,
     accounts: tuple[int, int],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -126,7 +130,7 @@ def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_letter
     assert (row["status"], row["attempts"]) == ("pending", 3)  # the first try and two retries
     assert row["dead_lettered_at"] is not None
     assert "LockNotAvailable" in str(row["last_error"])
-    assert list(dead_messages(short_broker)) == [transfer]
+    assert list(broker_operations(short_broker).dead_letters()) == [transfer]
     assert entry_amounts(db, transfer) == []
     logged = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert (
@@ -138,7 +142,7 @@ def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_letter
 
 
 def test_an_error_not_worth_retrying_parks_the_transfer_at_once(
-    db: psycopg.Connection, short_broker: SettleRedisBroker, accounts: tuple[int, int]
+    db: psycopg.Connection, short_broker: dramatiq.Broker, accounts: tuple[int, int]
 ) -> None:
     payer, payee = accounts
     transfer = submit(db, payer, payee, 100)
@@ -160,11 +164,11 @@ def test_an_error_not_worth_retrying_parks_the_transfer_at_once(
     assert (row["status"], row["dead_lettered_at"] is not None) == ("pending", True)
     assert str(row["last_error"]).startswith("CheckViolation:")
     assert row["attempts"] == 0  # not counted as a transient failure, and never retried
-    assert list(dead_messages(short_broker)) == [transfer]
+    assert list(broker_operations(short_broker).dead_letters()) == [transfer]
 
 
 def test_insufficient_funds_is_a_final_outcome_and_never_a_dead_letter(
-    db: psycopg.Connection, short_broker: SettleRedisBroker, accounts: tuple[int, int]
+    db: psycopg.Connection, short_broker: dramatiq.Broker, accounts: tuple[int, int]
 ) -> None:
     payer, payee = accounts
     transfer = submit(db, payer, payee, 5_000)
@@ -180,7 +184,7 @@ def test_insufficient_funds_is_a_final_outcome_and_never_a_dead_letter(
         1,
     )
     assert row["dead_lettered_at"] is None
-    assert dead_messages(short_broker) == {}
+    assert broker_operations(short_broker).dead_letters() == {}
 
 
 @pytest.fixture
@@ -220,7 +224,7 @@ def test_the_sweeper_leaves_a_dead_lettered_transfer_alone_until_it_is_released(
 def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_it_settles(
     db: psycopg.Connection,
     short_settings: Settings,
-    short_broker: SettleRedisBroker,
+    short_broker: dramatiq.Broker,
     accounts: tuple[int, int],
 ) -> None:
     payer, payee = accounts
@@ -238,7 +242,7 @@ def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_i
     assert f"transfer {transfer}: sent again" in retried.stdout.splitlines()
 
     assert transfer_row(db, transfer)["dead_lettered_at"] is None
-    assert dead_messages(short_broker) == {}  # the old message is dropped...
+    assert broker_operations(short_broker).dead_letters() == {}  # the old message is dropped...
     assert queued_transfer_ids(short_broker) == [transfer]  # ...and a fresh one sent
     with running_worker(short_broker):
         join_queue(short_broker)
@@ -254,7 +258,7 @@ def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_i
 def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_queue(
     db: psycopg.Connection,
     short_settings: Settings,
-    short_broker: SettleRedisBroker,
+    short_broker: dramatiq.Broker,
     accounts: tuple[int, int],
 ) -> None:
     payer, payee = accounts
@@ -277,7 +281,7 @@ def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_q
         f"transfer {second}: sent again",
         "1 transfer(s) sent again",
     ]
-    assert dead_messages(short_broker) == {}
+    assert broker_operations(short_broker).dead_letters() == {}
     assert queued_transfer_ids(short_broker) == [second]
     with running_worker(short_broker):
         join_queue(short_broker)
@@ -288,7 +292,7 @@ def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_q
 def test_a_dead_letter_carrying_several_transfers_stays_until_none_of_them_is_parked(
     db: psycopg.Connection,
     short_settings: Settings,
-    short_broker: SettleRedisBroker,
+    short_broker: dramatiq.Broker,
     accounts: tuple[int, int],
 ) -> None:
     payer, payee = accounts
@@ -302,18 +306,18 @@ def test_a_dead_letter_carrying_several_transfers_stays_until_none_of_them_is_pa
         True,
         True,
     ]
-    held = dead_messages(short_broker)
+    held = broker_operations(short_broker).dead_letters()
     assert sorted(held) == [first, second] and held[first] == held[second]  # one message
     env = settle_env(short_settings)
 
     retried = settle("dead-letters", "retry", str(first), env=env)
     assert retried.returncode == 0, retried.stdout
-    assert dead_messages(short_broker) == held  # kept: `second` is still parked
+    assert broker_operations(short_broker).dead_letters() == held  # kept: `second` is still parked
     assert queued_transfer_ids(short_broker) == [first]
 
     retried = settle("dead-letters", "retry", str(second), env=env)
     assert retried.returncode == 0, retried.stdout
-    assert dead_messages(short_broker) == {}
+    assert broker_operations(short_broker).dead_letters() == {}
     assert queued_transfer_ids(short_broker) == [first, second]
     with running_worker(short_broker):
         join_queue(short_broker)

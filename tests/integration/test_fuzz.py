@@ -19,7 +19,6 @@ import falcon
 import hypothesis
 import psycopg
 import pytest
-import redis
 import schemathesis
 
 from shared.db.pool import create_pool
@@ -89,7 +88,12 @@ def target(settings: Settings, fuzz_database: str) -> Iterator[Target]:
     fuzz_settings = settings.with_(database_url=fuzz_database)
     pool = create_pool(fuzz_settings, "web-fuzz", size=2)
     pool.open(wait=True, timeout=10)
-    ping = redis.Redis.from_url(settings.redis_url)
+    from worker.actors import settle_transfer
+
+    suite_broker = settle_transfer.broker  # the broker conftest installed
+    from worker.queues import broker_operations
+
+    ping = broker_operations(suite_broker).ping
     with psycopg.connect(fuzz_database, autocommit=True) as conn:
         user = conn.execute("SELECT id FROM users WHERE email = 'ada@fuzz.example'").fetchone()
         assert user is not None
@@ -98,12 +102,11 @@ def target(settings: Settings, fuzz_database: str) -> Iterator[Target]:
             "user": auth.create_key(conn, user_id=user[0]).key,
         }
     broker = FakeBroker()
-    app = create_app(fuzz_settings, pool=pool, enqueue=broker.enqueue, ping_broker=ping.ping)
+    app = create_app(fuzz_settings, pool=pool, enqueue=broker.enqueue, ping_broker=ping)
     try:
         yield Target(app, keys, broker)
     finally:
         pool.close()
-        ping.close()
 
 
 # The document is data, so it loads at import without the app (schemathesis's fixture-based

@@ -1,4 +1,5 @@
-"""GET /healthz (liveness) and GET /readyz (Postgres and Redis answer)."""
+"""GET /healthz (liveness) and GET /readyz (Postgres and the broker answer; on RabbitMQ
+see tests/integration/test_broker_operations.py)."""
 
 from __future__ import annotations
 
@@ -43,16 +44,19 @@ def test_healthz_answers_200_ok(client: TestClient) -> None:
     assert resp.json == {"data": {"status": "ok"}}
 
 
-def test_readyz_answers_200_when_postgres_and_redis_answer(client: TestClient) -> None:
+def test_readyz_answers_200_when_postgres_and_the_broker_answer(
+    client: TestClient, settings: Settings
+) -> None:
     resp = client.simulate_get("/readyz")
     assert resp.status_code == 200
-    assert resp.json == {"data": {"status": "ready", "postgres": "ok", "redis": "ok"}}
+    assert resp.json == {"data": {"status": "ready", "postgres": "ok", settings.broker: "ok"}}
 
 
 def test_readyz_answers_503_with_retry_after_when_redis_is_unreachable(
     settings: Settings, pool: ConnectionPool, unreachable_redis: redis.Redis
 ) -> None:
-    app = create_app(settings, pool=pool, enqueue=no_enqueue, ping_broker=unreachable_redis.ping)
+    on_redis = settings.with_(broker_url=NOWHERE)
+    app = create_app(on_redis, pool=pool, enqueue=no_enqueue, ping_broker=unreachable_redis.ping)
     resp = falcon.testing.TestClient(app).simulate_get("/readyz")
     assert resp.status_code == 503
     assert resp.headers["retry-after"] == "1"
@@ -63,16 +67,18 @@ def test_readyz_answers_503_with_retry_after_when_redis_is_unreachable(
 def test_readyz_answers_503_when_the_process_has_no_open_pool(
     settings: Settings, closed_pool: ConnectionPool
 ) -> None:
-    ping = redis.Redis.from_url(settings.redis_url)
-    try:
-        app = create_app(settings, pool=closed_pool, enqueue=no_enqueue, ping_broker=ping.ping)
-        resp = falcon.testing.TestClient(app).simulate_get("/readyz")
-    finally:
-        ping.close()
+    from worker.actors import settle_transfer
+
+    broker = settle_transfer.broker  # the broker conftest installed
+    from worker.queues import broker_operations
+
+    ping = broker_operations(broker).ping
+    app = create_app(settings, pool=closed_pool, enqueue=no_enqueue, ping_broker=ping)
+    resp = falcon.testing.TestClient(app).simulate_get("/readyz")
     assert resp.status_code == 503
     assert resp.json["error"]["code"] == "not_ready"
     assert resp.json["error"]["message"].startswith("postgres unavailable: ")
-    assert resp.json["error"]["message"].endswith("; redis ok")
+    assert resp.json["error"]["message"].endswith(f"; {settings.broker} ok")
 
 
 def test_healthz_answers_200_even_when_postgres_and_redis_are_out_of_reach(

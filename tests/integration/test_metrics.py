@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import falcon.testing
 import psycopg
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -26,7 +25,7 @@ from shared.runtime.settings import Settings
 from tests.contract import Recorder
 from tests.helpers import make_account, make_user, submit
 from web.app import create_app
-from worker.broker import create_broker
+from worker.broker import SettleRedisBroker, create_broker
 
 
 def _never_enqueue(transfer_id: int) -> None:
@@ -34,23 +33,23 @@ def _never_enqueue(transfer_id: int) -> None:
 
 
 @pytest.fixture
-def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def metrics_client(
-    settings: Settings, pool: ConnectionPool, redis_client: redis.Redis, operator_key: str
+    settings: Settings, pool: ConnectionPool, operator_key: str
 ) -> Iterator[falcon.testing.TestClient]:
-    """The app with the broker's queues counted, every answer held to the OpenAPI document."""
+    """The app with the suite broker's queues counted, every answer held to the OpenAPI
+    document."""
+    from worker.actors import settle_transfer
+
+    broker = settle_transfer.broker  # the broker conftest installed
+    from worker.queues import broker_operations
+
+    operations = broker_operations(broker)
     app = create_app(
         settings,
         pool=pool,
         enqueue=_never_enqueue,
-        ping_broker=redis_client.ping,
-        queue_client=redis_client,
+        ping_broker=operations.ping,
+        queues=operations,
     )
     recorder = Recorder(app)
     yield falcon.testing.TestClient(recorder, headers={"Authorization": f"Bearer {operator_key}"})
@@ -184,7 +183,7 @@ def test_a_well_formed_request_id_is_echoed_and_any_other_replaced(
 
 
 def test_log_lines_are_json_objects_carrying_the_request_id(
-    settings: Settings, redis_client: redis.Redis, operator_key: str
+    settings: Settings, operator_key: str
 ) -> None:
     """A request turned away because the pool is exhausted logs a warning; as JSON it names
     the request's id, the role and the process."""
@@ -196,7 +195,7 @@ def test_log_lines_are_json_objects_carrying_the_request_id(
     pool = create_pool(settings.with_(pool_timeout=0.1), "web-test", size=1)
     pool.open(wait=True, timeout=10)
     try:
-        app = create_app(settings, pool=pool, enqueue=_never_enqueue, ping_broker=redis_client.ping)
+        app = create_app(settings, pool=pool, enqueue=_never_enqueue, ping_broker=lambda: None)
         client = falcon.testing.TestClient(app)
         with pool.connection():
             resp = client.simulate_get(
@@ -256,13 +255,18 @@ def test_waitress_queue_warnings_are_held_to_one_line_per_interval() -> None:
     assert len(passed) == 1 and passed[0].getMessage() == "Task queue depth is 1"
 
 
-def test_queue_counts_follow_real_messages_through_the_broker(settings: Settings) -> None:
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+def test_queue_counts_follow_real_messages_through_the_broker(
+    settings: Settings, broker_url: str
+) -> None:
     """Pins dramatiq's Redis layout: real enqueues, a delayed message, a fetched one and a
-    dead letter (a nack) land in the states counted."""
+    dead letter (a nack) land in the states counted. (RabbitMQ's counts:
+    tests/integration/test_broker_operations.py.)"""
     from worker.actors import settle_transfer
 
     namespace = f"settle-test-queues-{uuid.uuid4().hex[:8]}"
-    broker, _ = create_broker(settings.with_(broker_namespace=namespace))
+    broker, _ = create_broker(settings.with_(broker_url=broker_url, broker_namespace=namespace))
+    assert isinstance(broker, SettleRedisBroker)
     try:
         broker.declare_queue("transfers")
         for tid in (1, 2, 3):

@@ -223,9 +223,10 @@ def test_the_actor_runs_without_dramatiqs_time_limit(
 
 
 @pytest.fixture
-def quick_settings(settings: Settings) -> Settings:
-    """A short lock timeout and backoff, on a broker namespace of its own."""
+def quick_settings(settings: Settings, own_broker_url: str) -> Settings:
+    """A short lock timeout and backoff, on a broker namespace (or vhost) of its own."""
     return settings.with_(
+        broker_url=own_broker_url,
         broker_namespace=f"{settings.broker_namespace}-retry-{uuid.uuid4().hex[:6]}",
         lock_timeout_ms=100,
         transfer_min_backoff_ms=20,

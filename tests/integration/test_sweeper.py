@@ -93,7 +93,7 @@ def test_a_pending_transfer_without_a_message_is_resent_after_the_grace_period_a
     assert entry_amounts(db, transfer) == [(payer, -1_200), (payee, 1_200)]
 
 
-def test_a_message_lost_from_redis_is_redriven_by_the_sweeper(
+def test_a_message_lost_by_the_broker_is_redriven_by_the_sweeper(
     db: psycopg.Connection,
     sweeper_pool: ConnectionPool,
     sweeper_settings: Settings,
@@ -104,9 +104,8 @@ def test_a_message_lost_from_redis_is_redriven_by_the_sweeper(
     settle_transfer.send(transfer)
     assert transfer in queued_transfer_ids(broker)
 
-    # Redis loses the queue (a flush, a failover without persistence).
-    queue = f"{broker.namespace}:{TRANSFER_QUEUE}"
-    broker.client.delete(queue, f"{queue}.msgs")
+    # The broker loses the queue (a flush, a failover without persistence, a lost vhost).
+    broker.flush(TRANSFER_QUEUE)
     assert transfer not in queued_transfer_ids(broker)
     with running_worker(broker):
         join_queue(broker)

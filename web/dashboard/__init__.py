@@ -3,11 +3,10 @@ twin under /dashboard/api (see `api`), served by the web front."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import falcon
 from psycopg_pool import ConnectionPool
 
+from shared.runtime.queues import BrokerQueues
 from shared.runtime.settings import Settings
 from web.dashboard import api, pages
 from web.dashboard.access import Access
@@ -21,11 +20,11 @@ def add_dashboard(
     *,
     pool: ConnectionPool,
     enqueue: Enqueue,
-    queue_client: Any | None,
+    queues: BrokerQueues | None,
 ) -> None:
-    """Route the dashboard's pages and their JSON twin on `app`; `queue_client` (the broker's
-    Redis client, or None) is how it counts the queue and drops dead letters."""
-    queue_depths, discard_dead = broker_functions(queue_client, settings.broker_namespace)
+    """Route the dashboard's pages and their JSON twin on `app`; `queues` (the broker's, or
+    None) is how it counts the queue and drops dead letters."""
+    queue_depths, discard_dead = broker_functions(queues)
     access = Access(settings, pool)
     c = (access, pool, settings)
     source = OverviewSource(pool, settings, queue_depths)

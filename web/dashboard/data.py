@@ -31,15 +31,15 @@ QUEUE = "transfers"
 
 
 def broker_functions(
-    client: Any | None, namespace: str
+    broker_queues: queues.BrokerQueues | None,
 ) -> tuple[QueueDepths | None, DiscardDead | None]:
-    """The two things the dashboard asks the broker, through its Redis client (None: no
-    queue numbers, and dead letters left to expire)."""
-    if client is None:
+    """The two things the dashboard asks the broker, whichever it is (None: no queue
+    numbers, and dead letters left to expire)."""
+    if broker_queues is None:
         return None, None
     return (
-        functools.partial(queues.queue_counts, client, namespace, QUEUE),
-        functools.partial(queues.drop_dead_letters_of, client, namespace, QUEUE),
+        functools.partial(broker_queues.depths, QUEUE),
+        functools.partial(broker_queues.drop_dead_letters_of, queue=QUEUE),
     )
 
 
