@@ -10,8 +10,11 @@ known, `request_id` and `transfer_id`: `bind(...)` sets them in ContextVars for 
 request or message, and every line logged meanwhile by that thread carries them.
 
 Waitress warns `Task queue depth is N` for every request that waits for a thread; under load
-that is thousands of lines a second. `RateLimited` lets one such line through per interval
-and counts the rest into it (the depth itself is a metric: `settle_web_queue_depth`).
+that is thousands of lines a second, and even a filter that drops them pays for building
+each record (the caller's frame is looked up first). So `configure` raises the
+`waitress.queue` logger to ERROR, which waitress's call skips at once; the depth is read once
+a second instead (`shared.runtime.metrics.QueueDepth`: the `settle_web_queue_depth` gauge,
+and at most one warning line a minute while requests wait).
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import datetime
 import json
 import logging
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -33,9 +34,6 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 transfer_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "transfer_id", default=None
 )
-
-#: Seconds between two waitress queue warnings that get through.
-QUEUE_WARNING_INTERVAL = 60.0
 
 
 @contextlib.contextmanager
@@ -122,30 +120,6 @@ def formatter(role: str, fmt: str) -> logging.Formatter:
     return JsonFormatter(role) if fmt == "json" else TextFormatter(role)
 
 
-class RateLimited(logging.Filter):
-    """Lets one record through per `interval` seconds; the next one that gets through says
-    how many were held back meanwhile."""
-
-    def __init__(self, interval: float = QUEUE_WARNING_INTERVAL) -> None:
-        super().__init__()
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._next = 0.0
-        self._held = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            if now < self._next:
-                self._held += 1
-                return False
-            held, self._held, self._next = self._held, 0, now + self._interval
-        if held:
-            record.msg = f"{record.msg} ({held} similar line(s) held back in the last %.0fs)"
-            record.args = (*(record.args or ()), self._interval)
-        return True
-
-
 def configure(role: str, fmt: str | None = "auto", *, stream: TextIO | None = None) -> str:
     """Log INFO and above from every logger to `stream` (default stderr) in `fmt`; returns
     the format chosen (`json` or `text`). Replaces handlers installed before (dramatiq's)."""
@@ -158,7 +132,5 @@ def configure(role: str, fmt: str | None = "auto", *, stream: TextIO | None = No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    queue = logging.getLogger("waitress.queue")
-    if not any(isinstance(f, RateLimited) for f in queue.filters):
-        queue.addFilter(RateLimited())
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     return chosen

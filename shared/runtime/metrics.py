@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -57,6 +58,8 @@ SCRAPE_STATEMENT_TIMEOUT_MS = 1000
 
 #: Seconds between two readings of a process's pool (and waitress queue).
 PUBLISH_INTERVAL = 1.0
+#: Seconds between two warnings that requests wait for a web thread (per process).
+QUEUE_WARNING_INTERVAL = 60.0
 
 POOL_SIZE = Gauge(
     "settle_db_pool_size",
@@ -176,6 +179,44 @@ class Publisher:
             self._stop.wait(self._interval)
 
 
+class QueueDepth:
+    """Copies the number of requests waiting for a thread into `settle_web_queue_depth`, and
+    logs a warning when some wait, at most once per `interval` seconds (the line counts the
+    readings that found a queue since the last one). Waitress's own per-request warning is
+    off (`shared.runtime.logs.configure`)."""
+
+    def __init__(
+        self,
+        depth: Callable[[], int],
+        *,
+        interval: float = QUEUE_WARNING_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._depth = depth
+        self._interval = interval
+        self._clock = clock
+        self._next = 0.0
+        self._queued_readings = 0
+
+    def publish(self) -> None:
+        depth = self._depth()
+        WEB_QUEUE.set(depth)
+        if depth <= 0:
+            return
+        self._queued_readings += 1
+        now = self._clock()
+        if now < self._next:
+            return
+        log.warning(
+            "%d request(s) waiting for a web thread (%d reading(s) found a queue in the last"
+            " %.0fs); see settle_web_queue_depth",
+            depth,
+            self._queued_readings,
+            self._interval,
+        )
+        self._next, self._queued_readings = now + self._interval, 0
+
+
 def publish_pool(
     pool: Any, role: str, *, queue_depth: Callable[[], int] | None = None
 ) -> Publisher:
@@ -184,7 +225,7 @@ def publish_pool(
     stats = PoolStats(pool, role)
     sources: list[Callable[[], None]] = [stats.publish]
     if queue_depth is not None:
-        sources.append(lambda: WEB_QUEUE.set(queue_depth()))
+        sources.append(QueueDepth(queue_depth).publish)
     publisher = Publisher(sources, interval=PUBLISH_INTERVAL)
     publisher.publish()
     return publisher.start()

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 import falcon.testing
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.db.pool import create_pool
 from shared.ledger import auth, dead_letters
 from shared.runtime import logs
-from shared.runtime.metrics import PoolStats
+from shared.runtime.metrics import PoolStats, QueueDepth
 from shared.runtime.queues import queue_counts
 from shared.runtime.settings import Settings
 from tests.contract import Recorder
@@ -243,16 +244,41 @@ def test_auto_means_text_on_a_terminal_and_json_elsewhere() -> None:
     assert logs.resolve_format("text", io.StringIO()) == "text"
 
 
-def test_waitress_queue_warnings_are_held_to_one_line_per_interval() -> None:
-    limit = logs.RateLimited(interval=3600)
-    records = [
-        logging.LogRecord(
-            "waitress.queue", logging.WARNING, "", 1, "Task queue depth is %d", (n,), None
-        )
-        for n in range(1, 1001)
+def test_waitress_queue_warning_is_never_built() -> None:
+    """Waitress calls `queue_logger.warning(...)` for every queued request; after `configure`
+    that logger is off below ERROR, so the call returns before building a record."""
+    logs.configure("web", "json", stream=io.StringIO())
+    assert not logging.getLogger("waitress.queue").isEnabledFor(logging.WARNING)
+
+
+def depth_series() -> float | None:
+    return REGISTRY.get_sample_value("settle_web_queue_depth")
+
+
+def test_queue_depth_is_published_and_warned_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    depth = [0]
+    now = [1000.0]
+    queue = QueueDepth(lambda: depth[0], interval=60, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="shared.runtime.metrics")
+    queue.publish()
+    assert depth_series() == 0 and not caplog.records
+    for n in (5, 7, 9):
+        depth[0] = n
+        queue.publish()
+        assert depth_series() == n
+        now[0] += 1
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "5 request(s) waiting for a web thread"
     ]
-    passed = [r for r in records if limit.filter(r)]
-    assert len(passed) == 1 and passed[0].getMessage() == "Task queue depth is 1"
+    now[0] += 60
+    queue.publish()
+    assert len(caplog.records) == 2
+    assert "(3 reading(s) found a queue in the last 60s)" in caplog.records[1].getMessage()
+    depth[0] = 0
+    queue.publish()
+    assert depth_series() == 0 and len(caplog.records) == 2
 
 
 @pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
