@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import falcon
 from prometheus_client import Counter, Histogram
@@ -60,7 +61,16 @@ def request_id_of(header: str | None) -> str:
 
 
 class RequestTelemetry:
-    """Falcon middleware: request id, log binding, and the per-request series."""
+    """Falcon middleware: request id, log binding, and the per-request series.
+
+    The series' children are looked up once per (route, method, status) and kept:
+    `labels(...)` takes the metric's lock and checks its arguments on every call, which cost
+    about as much as the increments themselves. The keys are bounded (route templates, the
+    methods above and the statuses the app answers)."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         rid = request_id_of(req.get_header(REQUEST_ID_HEADER))
@@ -79,10 +89,18 @@ class RequestTelemetry:
         started = getattr(req.context, "started", None)
         route = req.uri_template or UNMATCHED
         method = req.method if req.method in METHODS else "other"
-        status = str(resp.status_code)
-        REQUESTS.labels(route, method, status).inc()
+        status = resp.status_code
+        counter = self._counters.get((route, method, status))
+        if counter is None:
+            counter = self._counters[route, method, status] = REQUESTS.labels(
+                route, method, str(status)
+            )
+        counter.inc()
         if started is not None:
-            DURATION.labels(route, method).observe(time.perf_counter() - started)
+            timer = self._timers.get((route, method))
+            if timer is None:
+                timer = self._timers[route, method] = DURATION.labels(route, method)
+            timer.observe(time.perf_counter() - started)
         token = getattr(req.context, "log_token", None)
         if token is not None:
             logs.request_id.reset(token)
