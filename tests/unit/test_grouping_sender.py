@@ -4,6 +4,7 @@ every caller still learns whether its own id was queued."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -81,3 +82,32 @@ def test_after_a_refused_send_the_next_group_is_sent_afresh() -> None:
     broker.down = False
     send(1)
     assert broker.sent == [[1]]
+
+
+def test_without_a_window_ids_handed_over_during_a_send_go_out_together_next() -> None:
+    """The default: no wait for company; ids that arrive while a send is in flight form the
+    next message, so a busy process still sends fewer, larger messages."""
+    release = threading.Event()
+    first_sending = threading.Event()
+    broker = FakeBroker()
+
+    def slow_send(ids: list[int]) -> None:
+        if not first_sending.is_set():
+            first_sending.set()
+            assert release.wait(10)
+        broker.send(ids)
+
+    send = GroupingSender(slow_send, window=0, max_ids=100)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(send, 1)
+        assert first_sending.wait(10)
+        rest = [pool.submit(send, tid) for tid in (2, 3, 4)]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # all three wait in the next group
+            group = send._open
+            if group is not None and len(group.ids) == 3:
+                break
+            time.sleep(0.001)
+        release.set()
+        assert [f.result(10) for f in (first, *rest)] == [None] * 4
+    assert broker.sent == [[1], [2, 3, 4]]
