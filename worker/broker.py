@@ -19,15 +19,18 @@ dead consumer's messages back when its connection closes; the beat does nothing 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from typing import Any
 from uuid import uuid4
 
 import dramatiq
 import redis
 from dramatiq import Message
-from dramatiq.broker import Consumer
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
+from dramatiq.broker import Consumer, MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import compute_backoff, current_millis
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import AgeLimit, Retries
 
 from shared.db.pool import TRANSIENT
@@ -53,33 +56,95 @@ HEARTBEAT_INTERVAL = 1.0
 #: The dramatiq release whose Redis broker internals `SettleRedisBroker` was checked against.
 DRAMATIQ_CHECKED_VERSION = "2.2.1"
 
-#: Longest pause of a worker's consumer between two polls of an empty queue. Dramatiq's
-#: Redis consumer backs off exponentially up to the worker timeout (1 s by default) while its
-#: queue stays empty, so under a light, steady load a transfer could wait hundreds of
-#: milliseconds before its worker looked; capped, an idle worker process polls about 150 times
-#: a second, one cheap script call each.
-IDLE_POLL_MS = 10
+#: Longest pause of a worker's consumer between two polls while it already holds as many
+#: messages as it may prefetch (it cannot take more, so it does not wait for a wake-up).
+FULL_POLL_MS = 10
+
+#: Wake-up tokens kept at most per queue: enough to wake every idle consumer of a burst.
+WAKE_TOKENS = 16
 
 #: The broker command a heartbeat sends: dramatiq's dispatch script records the heartbeat of
 #: every command, runs maintenance when asked, and does nothing else for an unknown one.
 _BEAT = "heartbeat"
 
 
+def wake_key(namespace: str, queue_name: str) -> str:
+    """The Redis list of wake-up tokens of `queue_name`'s idle consumers."""
+    return f"{namespace}:{queue_name}.wake"
+
+
+class _WakingConsumer(_RedisConsumer):
+    """dramatiq's Redis consumer, except where its queue is empty: instead of sleeping its
+    back-off (up to the worker timeout, 1 s), it waits as long on the queue's wake-up list
+    (BLPOP), which every enqueue pushes a token to, so a message sent to an idle worker is
+    fetched at once. A token pushed while no consumer waits stays for the next wait (no lost
+    wake-up); a spare one costs one empty fetch. While it holds all it may prefetch it cannot
+    take more, so it sleeps (at most `FULL_POLL_MS`) rather than take a token another
+    consumer could use. `__next__` is dramatiq's own otherwise."""
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                try:
+                    data = self.message_cache.pop(0)
+                    if data is None:  # dramatiq warns of this (its issue #266) and skips it
+                        self.logger.warning("Found 'None' message in message cache")
+                        continue
+                    self.misses = 0
+                    message = Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    return MessageProxy(message)
+                except IndexError:
+                    messages = []
+                    room = self.prefetch - self.outstanding_message_count
+                    if room > 0:
+                        self.message_cache = messages = self.broker.do_fetch(self.queue_name, room)
+                    if not messages:
+                        self.misses, backoff_ms = compute_backoff(
+                            self.misses, max_backoff=self.timeout
+                        )
+                        if room > 0:
+                            self.broker.client.blpop(
+                                [wake_key(self.broker.namespace, self.queue_name)],
+                                timeout=max(backoff_ms, 1) / 1000,
+                            )
+                        else:
+                            time.sleep(min(backoff_ms, FULL_POLL_MS) / 1000)
+                        return None
+        except redis.ConnectionError as e:
+            raise ConnectionClosed(e) from None
+
+
 class SettleRedisBroker(RedisBroker):
     """dramatiq's Redis broker, plus `beat()`: a heartbeat that always runs maintenance;
-    `enqueue_many`: several messages in one round trip; and a capped idle poll.
+    `enqueue_many`: several messages in one round trip; and consumers woken by each enqueue
+    rather than polling (`_WakingConsumer`).
 
     It leans on dramatiq's internals (`_should_do_maintenance`, the dispatch script's
-    arguments, `_max_unpack_size`, the consumer's use of `timeout`), checked against dramatiq
-    `DRAMATIQ_CHECKED_VERSION`; tests/integration/test_adapters.py fails on another release.
+    arguments, `_max_unpack_size`, the Redis consumer's class and its `__next__`), checked
+    against dramatiq `DRAMATIQ_CHECKED_VERSION`; tests/integration/test_adapters.py fails on
+    another release.
     """
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
-        # The consumer uses `timeout` only as the cap of its back-off between empty polls.
-        # Delay queues (retries) keep dramatiq's pace: nothing there is urgent to the ms.
-        if not queue_name.endswith(".DQ"):
-            timeout = min(timeout, IDLE_POLL_MS)
-        return super().consume(queue_name, prefetch, timeout)
+        # Delay queues (retries) keep dramatiq's polling: nothing there is urgent to the ms,
+        # and nothing wakes them.
+        if queue_name.endswith(".DQ"):
+            return super().consume(queue_name, prefetch, timeout)
+        return _WakingConsumer(self, queue_name, prefetch, timeout)
+
+    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+        enqueued = super().enqueue(message, delay=delay)
+        if delay is None:
+            with self.client.pipeline(transaction=False) as pipe:
+                self._wake(pipe, message.queue_name, 1)
+                pipe.execute()
+        return enqueued
+
+    def _wake(self, pipe: Any, queue_name: str, count: int) -> None:
+        key = wake_key(self.namespace, queue_name)
+        pipe.lpush(key, *[b"1"] * min(count, WAKE_TOKENS))
+        pipe.ltrim(key, 0, WAKE_TOKENS - 1)
 
     def enqueue_many(self, messages: Sequence[Message]) -> list[Message]:
         """Enqueue `messages` (none delayed) in one pipeline: one round trip for all of them
@@ -105,6 +170,8 @@ class SettleRedisBroker(RedisBroker):
                     message.encode(),
                 ]
                 dispatch(keys=[self.namespace], args=args, client=pipe)
+            for queue_name in {m.queue_name for m in prepared}:
+                self._wake(pipe, queue_name, sum(m.queue_name == queue_name for m in prepared))
             pipe.execute()
         for message in prepared:
             self.emit_after("enqueue", message, None)
