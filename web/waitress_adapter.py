@@ -9,7 +9,9 @@ Waitress has no stop call and no queue limit, so `settle web` drives it itself:
 - `server.task_dispatcher.queue` (requests waiting for a thread), `.active_count` (threads
   running one) and `.shutdown(cancel_pending, timeout)`: load shedding and the drain;
 - `HTTPChannel.requests` and `.total_outbufs_len`: a connection with a request not yet
-  answered, or a response not yet sent.
+  answered, or a response not yet sent;
+- `waitress.parser.split_uri`, replaced by `split_uri`: the same answer with a fast path for
+  the usual request target (see there).
 
 `tests/unit/test_waitress_adapter.py` runs a real waitress through this module and fails
 when an upgrade changes any of them.
@@ -17,12 +19,15 @@ when an upgrade changes any of them.
 
 from __future__ import annotations
 
+import re
 import socket
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import waitress
+import waitress.parser
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
 
@@ -30,6 +35,28 @@ from waitress.channel import HTTPChannel
 CHECKED_VERSION = "3.0.2"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+#: An origin-form request target (`/path?query`) of visible ASCII without a fragment: the
+#: case `split_uri` answers itself.
+_PLAIN_TARGET = re.compile(rb"/(?!/)[!-\"$-~]*\Z")
+
+_waitress_split_uri = waitress.parser.split_uri
+
+
+def split_uri(uri: bytes) -> tuple[str, str, str, str, str]:
+    """Waitress's `split_uri` (scheme, netloc, path, query, fragment of a request target),
+    without `urllib.parse.urlsplit` for a target like `/users/7?x=1`: urlsplit was a tenth of
+    a loaded web process's time. For such a target urlsplit finds no scheme, no netloc, no
+    fragment and strips nothing, and splits the query at the first `?`; anything else goes
+    to waitress's own function. tests/unit/test_waitress_adapter.py holds the two equal."""
+    if _PLAIN_TARGET.match(uri) is None:
+        result: tuple[str, str, str, str, str] = _waitress_split_uri(uri)
+        return result
+    path, _, query = uri.partition(b"?")
+    return "", "", unquote_to_bytes(path).decode("latin-1"), query.decode("latin-1"), ""
+
+
+waitress.parser.split_uri = split_uri
 
 
 class WaitressServer:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import wait_until
 from web.server import shed_load
@@ -124,3 +126,63 @@ def test_a_wake_ends_the_turn_of_the_event_loop() -> None:
     alive = turn.is_alive()
     quiet.close()
     assert not alive
+
+
+SPLIT_EXAMPLES = [
+    b"/",
+    b"/users/7",
+    b"/users/7?x=1&y=%20",
+    b"/a%2Fb/%C3%A9?q=%41",
+    b"/p??q",
+    b"/p?",
+    b"/p#frag",
+    b"/p?q#frag",
+    b"//host/p?q",
+    b"http://example.com/p?q",
+    b"*",
+    b"/p q",
+    b"/p\tq",
+    b"/p\x7f",
+    b"/\xc3\xa9",
+    b"",
+    b"users",
+]
+
+
+@pytest.mark.parametrize("uri", SPLIT_EXAMPLES)
+def test_the_fast_split_uri_answers_as_waitress_does(uri: bytes) -> None:
+    from waitress import parser
+
+    from web import waitress_adapter
+
+    assert parser.split_uri is waitress_adapter.split_uri  # installed where waitress calls it
+    try:
+        expected: object = waitress_adapter._waitress_split_uri(uri)
+    except parser.ParsingError as exc:
+        expected = type(exc)
+    try:
+        got: object = waitress_adapter.split_uri(uri)
+    except parser.ParsingError as exc:
+        got = type(exc)
+    assert got == expected
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7F), max_size=40).map(str.encode),
+    ).map(lambda b: b"/" + b)
+)
+def test_the_fast_split_uri_answers_as_waitress_does_for_any_target(uri: bytes) -> None:
+    from web import waitress_adapter
+
+    try:
+        expected: object = waitress_adapter._waitress_split_uri(uri)
+    except Exception as exc:
+        expected = type(exc)
+    try:
+        got: object = waitress_adapter.split_uri(uri)
+    except Exception as exc:
+        got = type(exc)
+    assert got == expected
