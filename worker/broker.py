@@ -56,9 +56,13 @@ HEARTBEAT_INTERVAL = 1.0
 #: The dramatiq release whose Redis broker internals `SettleRedisBroker` was checked against.
 DRAMATIQ_CHECKED_VERSION = "2.2.1"
 
-#: Longest pause of a worker's consumer between two polls while it already holds as many
-#: messages as it may prefetch (it cannot take more, so it does not wait for a wake-up).
-FULL_POLL_MS = 10
+#: Longest pause of a busy worker's consumer between two polls of its queue (dramatiq's
+#: back-off, capped): under load it polls, and each poll takes what came meanwhile at once.
+POLL_MS = 10
+
+#: Empty polls in a row after which a consumer counts as idle and waits to be woken instead
+#: (about 100 ms without a message).
+IDLE_AFTER_MISSES = 12
 
 #: Wake-up tokens kept at most per queue: enough to wake every idle consumer of a burst.
 WAKE_TOKENS = 16
@@ -74,13 +78,17 @@ def wake_key(namespace: str, queue_name: str) -> str:
 
 
 class _WakingConsumer(_RedisConsumer):
-    """dramatiq's Redis consumer, except where its queue is empty: instead of sleeping its
-    back-off (up to the worker timeout, 1 s), it waits as long on the queue's wake-up list
-    (BLPOP), which every enqueue pushes a token to, so a message sent to an idle worker is
-    fetched at once. A token pushed while no consumer waits stays for the next wait (no lost
-    wake-up); a spare one costs one empty fetch. While it holds all it may prefetch it cannot
-    take more, so it sleeps (at most `FULL_POLL_MS`) rather than take a token another
-    consumer could use. `__next__` is dramatiq's own otherwise."""
+    """dramatiq's Redis consumer, except where its queue is empty. Busy (fewer than
+    `IDLE_AFTER_MISSES` empty polls in a row), it sleeps its back-off capped at `POLL_MS`,
+    then polls again. Idle, instead of sleeping its back-off (up to the worker timeout, 1 s)
+    it waits as long on the queue's wake-up list (BLPOP), which every enqueue pushes a token
+    to, so a message sent to an idle worker is fetched at once and an idle worker costs
+    nothing. A token pushed while no consumer waits stays for the next wait (no lost
+    wake-up); a spare one costs one empty fetch. While it holds all it may prefetch it
+    cannot take more, so it polls rather than take a token another consumer could use.
+    (Waking on every message also while busy cost more in the tail than it saved: at 300
+    transfers/s accepted -> settled p99 was 1.15x polling's, median of 4 alternated rounds.)
+    `__next__` is dramatiq's own otherwise."""
 
     def __next__(self) -> MessageProxy | None:
         try:
@@ -103,13 +111,13 @@ class _WakingConsumer(_RedisConsumer):
                         self.misses, backoff_ms = compute_backoff(
                             self.misses, max_backoff=self.timeout
                         )
-                        if room > 0:
+                        if room > 0 and self.misses > IDLE_AFTER_MISSES:
                             self.broker.client.blpop(
                                 [wake_key(self.broker.namespace, self.queue_name)],
                                 timeout=max(backoff_ms, 1) / 1000,
                             )
                         else:
-                            time.sleep(min(backoff_ms, FULL_POLL_MS) / 1000)
+                            time.sleep(min(backoff_ms, POLL_MS) / 1000)
                         return None
         except redis.ConnectionError as e:
             raise ConnectionClosed(e) from None
