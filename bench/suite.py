@@ -266,17 +266,13 @@ def settlement(
     conn: psycopg.Connection,
     accounts: range,
 ) -> dict:
-    # Imported here: importing the actor module builds the process's default broker.
     from worker import actors
-    from worker.broker import create_broker
 
     settings = Settings.from_env(env)
     plan = make_plan(settings, capacity(settings))
     clients = next(role.total for role in plan.roles if role.role == "worker")
-    broker, _ = create_broker(settings)
-    for actor in (getattr(actors, "settle_transfers", None), actors.settle_transfer):
-        if actor is not None:
-            broker.declare_actor(actor)
+    # The composition root's own call: builds the broker and declares the actors on it.
+    broker = actors.install(settings)
     # The product's own way of queueing many ids: its batch form where it has one (what the
     # sweeper uses), else its per-id sender, one call per id.
     send_batches = getattr(actors, "send_batches", None)
