@@ -1,17 +1,12 @@
 """`settle web`: the waitress launcher, the composition root of the web processes.
 
-The parent binds one listening socket per child, all on HOST:PORT with SO_REUSEPORT, and
-forks WEB_PROCESSES children, each serving its own socket: the kernel spreads new connections
-evenly over them. (One socket shared by every child left the split to whichever child woke
-first: wrk's 32 connections landed 0/32, 2/30 or 12/20 on two children, so one served
-while the other idled.) Each child opens its own pool after the fork and serves with
-WEB_THREADS threads. Waitress has no signal handling of its own, so each child drives
-waitress's event loop itself: on SIGTERM it stops accepting, lets in-flight requests finish
-and their responses flush, closes its pool and exits 0. The parent holds every socket,
-passes SIGTERM on and replaces a child that dies on its own, with the backoff and give-up
-rules of `shared.runtime.lifecycle.Supervisor`; the dead child's socket stays open and
-listening meanwhile, so the connections the kernel gives it wait in its backlog for the
-replacement (none is refused), and the other children keep answering theirs.
+The parent binds one listening socket and forks WEB_PROCESSES children that share it; each
+child opens its own pool after the fork and serves with WEB_THREADS threads. Waitress has no
+signal handling of its own, so each child drives waitress's event loop itself: on SIGTERM it
+stops accepting, lets in-flight requests finish and their responses flush, closes its pool
+and exits 0. The parent holds the socket, passes SIGTERM on and replaces a child that dies
+on its own, with the backoff and give-up rules of `shared.runtime.lifecycle.Supervisor`; the
+socket stays open meanwhile, so the other children keep answering.
 """
 
 from __future__ import annotations
@@ -74,26 +69,10 @@ def shed_load(app: WSGIApp, queue_depth: Callable[[], int], limit: int) -> WSGIA
     return shedding
 
 
-def listen(settings: Settings, count: int) -> list[socket.socket]:
-    """`count` listening sockets on HOST:PORT, one per web process (SO_REUSEPORT).
-
-    A plain bind comes first, so that a port already taken fails as before rather than be
-    shared with whoever holds it (another `settle web` of this user, say); with PORT=0 it
-    also picks the port the others join."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((settings.host, settings.port))
-        port = probe.getsockname()[1]
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.create_server((settings.host, port), backlog=1024, reuse_port=True)
-            sock.setblocking(False)
-            socks.append(sock)
-    except OSError:
-        for sock in socks:
-            sock.close()
-        raise
-    return socks
+def listen(settings: Settings) -> socket.socket:
+    sock = socket.create_server((settings.host, settings.port), backlog=1024, reuse_port=False)
+    sock.setblocking(False)
+    return sock
 
 
 def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan) -> int:
@@ -168,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
 
         count_restarts()
         try:
-            socks = listen(settings, settings.web_processes)
+            sock = listen(settings)
         except OSError as exc:
             exit_with(
                 "web", f"cannot listen on {settings.host}:{settings.port}: {exc}", EXIT_FAILED
@@ -176,33 +155,27 @@ def main(argv: list[str] | None = None) -> None:
         log.info(
             "listening on http://%s:%s (%d processes)",
             settings.host,
-            socks[0].getsockname()[1],
+            sock.getsockname()[1],
             settings.web_processes,
         )
         try:
             code = supervise(
                 "web",
                 "web process",
-                lambda slot: fork_child("web", lambda: _child(settings, socks, slot, plan)),
+                lambda slot: fork_child("web", lambda: _child(settings, sock, plan)),
                 stop=stop,
                 slots=settings.web_processes,
                 reaped=multiproc.process_exited,
             )
         finally:
-            for sock in socks:
-                sock.close()
+            sock.close()
     raise SystemExit(code)
 
 
-def _child(settings: Settings, socks: list[socket.socket], slot: int, plan: Plan) -> int:
-    """The forked web process of `slot` (entered with stop signals blocked): serve its own
-    socket until stopped. Its copies of the other slots' sockets are closed: the parent
-    keeps those."""
-    for other, sock in enumerate(socks):
-        if other != slot:
-            sock.close()
+def _child(settings: Settings, sock: socket.socket, plan: Plan) -> int:
+    """The forked web process (entered with stop signals blocked): serve until stopped."""
     with stop_signals() as stop:
-        return serve(settings, socks[slot], stop, plan)
+        return serve(settings, sock, stop, plan)
 
 
 if __name__ == "__main__":
