@@ -4,12 +4,12 @@ every caller still learns whether its own id was queued."""
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from shared.errors import BrokerUnavailable
+from tests.helpers import wait_until
 from worker.actors import GroupingSender
 
 #: Only an upper bound: a group is sent as soon as it is full.
@@ -102,12 +102,12 @@ def test_without_a_window_ids_handed_over_during_a_send_go_out_together_next() -
         first = pool.submit(send, 1)
         assert first_sending.wait(10)
         rest = [pool.submit(send, tid) for tid in (2, 3, 4)]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # all three wait in the next group
-            group = send._open
-            if group is not None and len(group.ids) == 3:
-                break
-            time.sleep(0.001)
+        wait_until(  # all three wait in the next group
+            lambda: send._open is not None and len(send._open.ids) == 3,
+            timeout=10,
+            what="the three later ids wait in the next group",
+            interval=0.001,
+        )
         release.set()
         assert [f.result(10) for f in (first, *rest)] == [None] * 4
     assert broker.sent == [[1], [2, 3, 4]]
