@@ -3,13 +3,14 @@ make dead-lettered transfers in bulk."""
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 
 import psycopg
 from falcon.testing import Result, TestClient
 
-from shared.ledger import dead_letters
+from shared.ledger import dead_letters, sessions
 from tests.helpers import make_account, submit
 
 COOKIE = "settle_dashboard"
@@ -49,6 +50,12 @@ class Browser:
     @property
     def cookies(self) -> dict[str, str]:
         return {COOKIE: self.cookie}
+
+    @property
+    def id_hash(self) -> bytes:
+        """What `dashboard_sessions` keeps of this session (its `id_hash`)."""
+        raw = self.cookie.partition(".")[0]
+        return sessions.id_hash(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
 
     def get(self, path: str, **kw: object) -> Result:
         return self.client.simulate_get(path, cookies=self.cookies, **kw)  # type: ignore[arg-type]

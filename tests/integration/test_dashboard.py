@@ -265,8 +265,8 @@ def test_a_session_idle_longer_than_the_setting_is_over(
     assert browser.get("/dashboard/actions").status_code == 200
     db.execute(
         "UPDATE dashboard_sessions SET last_seen_at = now() - make_interval(secs => %s)"
-        " WHERE csrf_token = %s",
-        (settings.dashboard_idle_seconds + 1, browser.csrf),
+        " WHERE id_hash = %s",
+        (settings.dashboard_idle_seconds + 1, browser.id_hash),
     )
     resp = browser.get("/dashboard/actions")
     assert resp.status_code == 303 and resp.headers["location"].endswith("/dashboard/login")
@@ -278,8 +278,8 @@ def test_a_session_in_use_stays_alive(
     browser = Browser(dash, keys["operator"])
     db.execute(
         "UPDATE dashboard_sessions SET last_seen_at = now() - make_interval(secs => %s)"
-        " WHERE csrf_token = %s",
-        (settings.dashboard_idle_seconds - 60, browser.csrf),
+        " WHERE id_hash = %s",
+        (settings.dashboard_idle_seconds - 60, browser.id_hash),
     )
     assert browser.get("/dashboard/actions").status_code == 200
     assert browser.get("/dashboard/actions").status_code == 200

@@ -97,15 +97,15 @@ def test_the_overviews_self_refresh_does_not_keep_an_idle_session_alive(
     def idle_for(seconds: float) -> None:
         db.execute(
             "UPDATE dashboard_sessions SET last_seen_at = now() - make_interval(secs => %s)"
-            " WHERE csrf_token = %s",
-            (seconds, browser.csrf),
+            " WHERE id_hash = %s",
+            (seconds, browser.id_hash),
         )
 
     def idle() -> float:
         row = db.execute(
             "SELECT extract(epoch FROM now() - last_seen_at) FROM dashboard_sessions"
-            " WHERE csrf_token = %s",
-            (browser.csrf,),
+            " WHERE id_hash = %s",
+            (browser.id_hash,),
         ).fetchone()
         assert row is not None
         return float(row[0])
@@ -121,14 +121,14 @@ def test_the_overviews_self_refresh_does_not_keep_an_idle_session_alive(
     other = Browser(dash, keys["operator"])
     db.execute(
         "UPDATE dashboard_sessions SET last_seen_at = now() - make_interval(secs => %s)"
-        " WHERE csrf_token = %s",
-        (nearly, other.csrf),
+        " WHERE id_hash = %s",
+        (nearly, other.id_hash),
     )
     assert other.get("/dashboard").status_code == 200
     row = db.execute(
         "SELECT extract(epoch FROM now() - last_seen_at) FROM dashboard_sessions"
-        " WHERE csrf_token = %s",
-        (other.csrf,),
+        " WHERE id_hash = %s",
+        (other.id_hash,),
     ).fetchone()
     assert row is not None and float(row[0]) < nearly
 

@@ -31,3 +31,12 @@ def test_the_csrf_token_must_be_the_sessions_own() -> None:
     assert not csrf_matches(session, "token-b")
     assert not csrf_matches(session, None)
     assert not csrf_matches(session, "")
+
+
+def test_the_csrf_token_is_derived_from_the_session_id_with_the_secret() -> None:
+    secret, session_id = secrets.token_bytes(32), secrets.token_bytes(32)
+    token = sessions.csrf_token(secret, session_id)
+    assert token == sessions.csrf_token(secret, session_id)
+    assert token != sessions.csrf_token(secrets.token_bytes(32), session_id)
+    assert token != sessions.csrf_token(secret, secrets.token_bytes(32))
+    assert sessions.id_hash(session_id) != session_id and len(sessions.id_hash(session_id)) == 32

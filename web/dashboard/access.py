@@ -76,7 +76,7 @@ class Access:
             if session_id is not None:
                 with connection(self._pool) as conn:
                     return sessions.resume(
-                        conn, session_id, idle_seconds=self.idle_seconds, seen=seen
+                        conn, session_id, secret=secret, idle_seconds=self.idle_seconds, seen=seen
                     )
         return None
 
@@ -86,7 +86,7 @@ class Access:
         auth.check_well_formed(key)
         with connection(self._pool) as conn:
             secret = self._signing_secret(conn)
-            session = sessions.start(conn, key, idle_seconds=self.idle_seconds)
+            session = sessions.start(conn, key, secret=secret, idle_seconds=self.idle_seconds)
         return session, sessions.sign(secret, session.id)
 
     def log_out(self, session: Session) -> None:
