@@ -104,3 +104,189 @@ def test_a_copy_of_the_sessions_and_the_signing_secret_opens_no_session(
     # The victim's own session still works: the thief changed nothing.
     assert victim.post(f"/dashboard/transfers/{transfer}/cancel").status_code == 303
     assert transfer_row(db, transfer)["failure_code"] == "cancelled_by_operator"
+
+
+# --- Malformed CSRF tokens and cookies are refused, never a 500 -----------------------
+
+#: Values a client may send where a token or cookie belongs: non-ASCII (of a token's length
+#: too), empty, huge, and bytes a browser would never send.
+MALFORMED = {
+    "non-ascii": "é" * 43,
+    "non-ascii-short": "tökén",
+    "cyrillic": "токен" * 9,
+    "empty": "",
+    "huge": "A" * 6000,
+    "nul": "\x00" * 43,
+    "controls": "a\tb\x7f\x85" * 11,
+}
+
+
+def _no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+def _sessions(db: psycopg.Connection) -> int:
+    row = db.execute("SELECT count(*) FROM dashboard_sessions").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _login_form(dash: TestClient) -> str:  # noqa: F811
+    return dash.simulate_get("/dashboard/login").cookies[LOGIN_COOKIE].value
+
+
+@pytest.mark.parametrize("value", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_login_csrf_field_is_403_and_opens_no_session(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+) -> None:
+    token = _login_form(dash)
+    before = _sessions(db)
+    resp = dash.simulate_post(
+        "/dashboard/login",
+        body=f"key={keys['operator']}&csrf={quote(value)}",
+        headers=FORM,
+        cookies={LOGIN_COOKIE: token},
+    )
+    assert resp.status_code == 403, resp.text[:300]
+    assert "stale or was not sent by the dashboard" in resp.text
+    assert COOKIE not in resp.cookies or resp.cookies[COOKIE].value == ""
+    assert _sessions(db) == before
+    _no_errors_logged(caplog)
+
+
+@pytest.mark.parametrize("value", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_login_cookie_is_403_and_opens_no_session(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+) -> None:
+    before = _sessions(db)
+    resp = dash.simulate_post(
+        "/dashboard/login",
+        body=f"key={keys['operator']}&csrf={quote(value)}",  # the form echoes the cookie
+        headers={**FORM, "Cookie": f"{LOGIN_COOKIE}={value}"},
+    )
+    assert resp.status_code == 403, resp.text[:300]
+    assert _sessions(db) == before
+    # The login form itself, asked for with that cookie, answers with a fresh token.
+    form = dash.simulate_get("/dashboard/login", headers={"Cookie": f"{LOGIN_COOKIE}={value}"})
+    assert form.status_code == 200
+    fresh = form.cookies[LOGIN_COOKIE].value
+    assert fresh != value and fresh.isascii() and len(fresh) == 43
+    _no_errors_logged(caplog)
+
+
+def test_repeated_login_tokens_are_403_and_open_no_session(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    token, other = _login_form(dash), _login_form(dash)
+    before = _sessions(db)
+    attempts = [
+        # the field twice (the right token last, then first)
+        (f"csrf={other}&csrf={token}", f"{LOGIN_COOKIE}={token}"),
+        (f"csrf={token}&csrf={other}", f"{LOGIN_COOKIE}={token}"),
+        (f"csrf={token}&csrf={token}", f"{LOGIN_COOKIE}={token}"),
+        # the cookie twice
+        (f"csrf={token}", f"{LOGIN_COOKIE}={other}; {LOGIN_COOKIE}={token}"),
+        (f"csrf={token}", f"{LOGIN_COOKIE}={token}; {LOGIN_COOKIE}={other}"),
+    ]
+    for form, cookie in attempts:
+        resp = dash.simulate_post(
+            "/dashboard/login",
+            body=f"key={keys['operator']}&{form}",
+            headers={**FORM, "Cookie": cookie},
+        )
+        assert resp.status_code == 403, (form, cookie, resp.text[:300])
+    assert _sessions(db) == before
+    _no_errors_logged(caplog)
+
+
+ACTIONS = [
+    "/dashboard/transfers/{id}/retry",
+    "/dashboard/transfers/{id}/cancel",
+    "/dashboard/transfers/retry",
+    "/dashboard/logout",
+]
+
+
+@pytest.mark.parametrize("template", ACTIONS)
+def test_a_malformed_or_repeated_csrf_field_on_an_action_is_403_and_changes_nothing(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+    sent_ids: list[int],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    template: str,
+) -> None:
+    transfer = dead_lettered(db, error=f"csrf {uuid.uuid4().hex}")
+    error = transfer_row(db, transfer)["last_error"]
+    browser = Browser(dash, keys["operator"])
+    path = template.replace("{id}", str(transfer))
+    bodies = [f"error={quote(error)}&csrf={quote(v)}" for v in MALFORMED.values()]
+    bodies += [
+        f"error={quote(error)}&csrf={browser.csrf}&csrf={browser.csrf}",
+        f"error={quote(error)}&csrf=forged&csrf={browser.csrf}",
+    ]
+    for body in bodies:
+        resp = dash.simulate_post(path, body=body, headers=FORM, cookies=browser.cookies)
+        assert resp.status_code == 403, (body[:80], resp.text[:300])
+        assert "csrf_token_invalid" in resp.text
+    assert transfer_row(db, transfer)["dead_lettered_at"] is not None
+    assert sent_ids == []
+    assert browser.get("/dashboard").status_code == 200  # not even logged out
+    _no_errors_logged(caplog)
+
+
+def test_a_malformed_csrf_header_on_the_json_twin_is_403_and_changes_nothing(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+    sent_ids: list[int],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transfer = dead_lettered(db, error=f"csrf header {uuid.uuid4().hex}")
+    browser = Browser(dash, keys["operator"])
+    sent = [*MALFORMED.values(), f"{browser.csrf},{browser.csrf}", f"{browser.csrf}, x"]
+    for value in sent:
+        resp = dash.simulate_post(
+            f"/dashboard/api/transfers/{transfer}/cancel",
+            cookies=browser.cookies,
+            headers={"X-CSRF-Token": value},
+        )
+        assert resp.status_code == 403, (value[:40], resp.text[:300])
+        assert resp.json["error"]["code"] == "csrf_token_invalid"
+    assert transfer_row(db, transfer)["dead_lettered_at"] is not None
+    assert sent_ids == []
+    _no_errors_logged(caplog)
+
+
+@pytest.mark.parametrize("value", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_session_cookie_is_no_session_and_no_error(
+    dash: TestClient,  # noqa: F811
+    keys: dict[str, str],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+    value: str,
+) -> None:
+    browser = Browser(dash, keys["operator"])
+    for cookie in (f"{COOKIE}={value}", f"{COOKIE}={value}.{value}", f"{COOKIE}={value}" * 3):
+        page = dash.simulate_get("/dashboard", headers={"Cookie": cookie})
+        assert page.status_code == 303 and page.headers["location"].endswith("/dashboard/login")
+        api = dash.simulate_get("/dashboard/api/overview", headers={"Cookie": cookie})
+        assert api.status_code == 401
+    # Repeated with the real cookie, before or after: the real one still counts.
+    for cookie in (
+        f"{COOKIE}={value}; {COOKIE}={browser.cookie}",
+        f"{COOKIE}={browser.cookie}; {COOKIE}={value}",
+    ):
+        assert dash.simulate_get("/dashboard", headers={"Cookie": cookie}).status_code == 200
+    _no_errors_logged(caplog)

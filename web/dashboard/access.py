@@ -9,6 +9,7 @@ the CSRF token in an `X-CSRF-Token` header for what changes something.
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 
@@ -28,6 +29,8 @@ COOKIE = "settle_dashboard"
 #: The login form's CSRF token is checked against this cookie (there is no session yet).
 LOGIN_COOKIE = "settle_dashboard_login"
 PATH = "/dashboard"
+#: What `secrets.token_urlsafe(32)` makes: the only login token accepted back.
+_LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 class Access:
@@ -112,9 +115,13 @@ class Access:
         resp.unset_cookie(COOKIE, path=PATH, same_site="Strict")
 
     def login_token(self, req: falcon.Request, resp: falcon.Response) -> str:
-        """The login form's CSRF token: the one in the browser's login cookie, or a new one."""
-        current = (req.get_cookie_values(LOGIN_COOKIE) or [""])[0]
-        token = current if len(current) == 43 else secrets.token_urlsafe(32)
+        """The login form's CSRF token: the one in the browser's login cookie when it is one
+        this service could have made, else a new one."""
+        current = req.get_cookie_values(LOGIN_COOKIE) or []
+        if len(current) == 1 and _LOGIN_TOKEN.fullmatch(current[0]):
+            token = current[0]
+        else:
+            token = secrets.token_urlsafe(32)
         resp.set_cookie(
             LOGIN_COOKIE,
             token,
@@ -127,9 +134,14 @@ class Access:
 
     @staticmethod
     def check_login_token(req: falcon.Request, sent: str | None) -> None:
-        """Raises `CsrfRefused` unless the login form echoed the login cookie's token."""
-        current = (req.get_cookie_values(LOGIN_COOKIE) or [""])[0]
-        if not current or not sent or not secrets.compare_digest(current, sent):
+        """Raises `CsrfRefused` unless the login form echoed the login cookie's token (one
+        cookie, one well-formed token: anything else is refused, never an error)."""
+        current = req.get_cookie_values(LOGIN_COOKIE) or []
+        if not (
+            len(current) == 1
+            and _LOGIN_TOKEN.fullmatch(current[0])
+            and sessions.tokens_match(current[0], sent)
+        ):
             raise CsrfRefused("the form is stale or was not sent by the dashboard; log in again")
 
     def api_principal(self, req: falcon.Request, *, changes: bool) -> Principal:

@@ -20,6 +20,7 @@ from shared.db.pool import connection
 from shared.errors import (
     BodyTooLarge,
     CsrfRefused,
+    InvalidRequest,
     OperatorOnly,
     SettleError,
     Unauthenticated,
@@ -74,8 +75,9 @@ def page(responder: Callable[..., None]) -> Callable[..., None]:
 
 
 def read_form(req: falcon.Request) -> Mapping[str, str]:
-    """The urlencoded form of a POST (repeated fields: the last one). Raises
-    `UnsupportedMediaType` and `BodyTooLarge`."""
+    """The urlencoded form of a POST. Raises `UnsupportedMediaType`, `BodyTooLarge`, and for a
+    field sent twice (the dashboard's forms never do) `CsrfRefused` when it is the CSRF token,
+    else `InvalidRequest`."""
     media_type = (req.content_type or "").split(";", 1)[0].strip().lower()
     if media_type != falcon.MEDIA_URLENCODED:
         raise UnsupportedMediaType("send the form as application/x-www-form-urlencoded")
@@ -87,7 +89,12 @@ def read_form(req: falcon.Request) -> Mapping[str, str]:
     parsed = falcon.uri.parse_query_string(
         raw.decode("utf-8", "replace"), keep_blank=True, csv=False
     )
-    return {k: (v[-1] if isinstance(v, list) else v) for k, v in parsed.items()}
+    repeated = sorted(k for k, v in parsed.items() if isinstance(v, list))
+    if "csrf" in repeated:
+        raise CsrfRefused("the form sent its CSRF token twice; reload it")
+    if repeated:
+        raise InvalidRequest(f"the form sent {', '.join(repeated)} more than once")
+    return {k: str(v) for k, v in parsed.items()}
 
 
 def query_params(req: falcon.Request) -> dict[str, str]:
@@ -162,8 +169,8 @@ class Login(_Page):
 
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        form = read_form(req)
         try:
+            form = read_form(req)
             self._access.check_login_token(req, form.get("csrf"))
             session, cookie = self._access.log_in((form.get("key") or "").strip())
         except (Unauthenticated, OperatorOnly, CsrfRefused) as exc:
