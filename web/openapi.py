@@ -465,7 +465,9 @@ def _page_of(name: str) -> Schema:
 
 _TRANSFER_404 = error("no such transfer", "transfer_not_found")
 _BAD_FILTER = error(
-    "a filter value, limit or cursor is malformed", "invalid_request", "invalid_cursor"
+    "a filter value, limit or cursor is malformed, or a parameter is unknown or repeated",
+    "invalid_request",
+    "invalid_cursor",
 )
 
 

@@ -81,6 +81,8 @@ _INTS = {
     "older_than_minutes": (0, 10**7),
 }
 _PATTERNS = {"currency": "[A-Z]{3}", "failure_code": "[a-z_]{1,64}", "error": None}
+#: The fields of a filter, in the order forms show them.
+FILTER_FIELDS = ("state", *_INTS, *_PATTERNS)
 #: The longest error text searched for.
 MAX_ERROR_TEXT = 200
 
@@ -111,7 +113,7 @@ def _text_value(name: str, value: object) -> str:
 
 def _build(values: Mapping[str, object], *, text: bool) -> TransferFilter:
     """The filter of `values`; `text`: numbers come as decimal strings (a query string)."""
-    unknown = set(values) - {"state", *_INTS, *_PATTERNS}
+    unknown = set(values) - set(FILTER_FIELDS)
     if unknown:
         raise InvalidRequest(f"unknown filter fields: {', '.join(sorted(unknown))}")
     state = values.get("state", "attention")
@@ -129,14 +131,13 @@ def _build(values: Mapping[str, object], *, text: bool) -> TransferFilter:
 def transfer_filter(params: Mapping[str, str], *, strict: bool = False) -> TransferFilter:
     """A filter from query parameters: state (attention, dead, failed or stuck), account,
     user, currency, min_amount, max_amount, failure_code, error (text found in the last
-    error), older_than_minutes; other parameters are not the filter's. Empty values are
-    ignored (what a form with blank fields sends) unless `strict`. Raises `InvalidRequest`."""
-    known = {"state", *_INTS, *_PATTERNS}
-    values = {
-        k: (v if strict else v.strip())
-        for k, v in params.items()
-        if k in known and (strict or v.strip())
-    }
+    error), older_than_minutes. Empty values are ignored (what a form with blank fields
+    sends) unless `strict`. Raises `InvalidRequest` for a malformed value or any other
+    parameter, naming it (a typo must not widen the filter)."""
+    values = {k: (v if strict else v.strip()) for k, v in params.items() if strict or v.strip()}
+    unknown = set(params) - set(FILTER_FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown filter fields: {', '.join(sorted(unknown))}")
     return _build(values, text=True)
 
 

@@ -290,3 +290,102 @@ def test_a_malformed_session_cookie_is_no_session_and_no_error(
     ):
         assert dash.simulate_get("/dashboard", headers={"Cookie": cookie}).status_code == 200
     _no_errors_logged(caplog)
+
+
+# --- Unknown filter parameters are refused by name ------------------------------------
+
+#: Query strings a typo or a stale link makes, and the parameter each answer must name.
+TYPOS = [("acount=1", "acount"), ("state=dead&curency=EUR", "curency"), ("limt=5", "limt")]
+
+
+@pytest.mark.parametrize(
+    "path", ["/dashboard/api/transfers/count", "/dashboard/api/transfers", "/dashboard/api/actions"]
+)
+@pytest.mark.parametrize(("query", "named"), TYPOS)
+def test_an_unknown_parameter_on_the_json_twin_is_400_naming_it(
+    dash: TestClient,  # noqa: F811
+    keys: dict[str, str],  # noqa: F811
+    path: str,
+    query: str,
+    named: str,
+) -> None:
+    resp = dash.simulate_get(
+        path, query_string=query, headers={"Authorization": f"Bearer {keys['operator']}"}
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json["error"]["code"] == "invalid_request"
+    assert named in resp.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/dashboard/transfers", "/dashboard/transfers/retry", "/dashboard/actions"]
+)
+@pytest.mark.parametrize(("query", "named"), TYPOS)
+def test_an_unknown_parameter_on_a_page_is_a_400_page_naming_it(
+    dash: TestClient,  # noqa: F811
+    keys: dict[str, str],  # noqa: F811
+    path: str,
+    query: str,
+    named: str,
+) -> None:
+    resp = Browser(dash, keys["operator"]).get(path, query_string=query)
+    assert resp.status_code == 400, resp.text[:300]
+    assert resp.headers["content-type"].startswith("text/html")
+    assert "invalid_request" in resp.text and named in resp.text
+
+
+def test_a_filter_parameter_given_twice_is_400_naming_it(
+    dash: TestClient,  # noqa: F811
+    keys: dict[str, str],  # noqa: F811
+) -> None:
+    api = dash.simulate_get(
+        "/dashboard/api/transfers/count",
+        query_string="account=1&account=2",
+        headers={"Authorization": f"Bearer {keys['operator']}"},
+    )
+    assert api.status_code == 400 and "account" in api.json["error"]["message"]
+    page = Browser(dash, keys["operator"]).get("/dashboard/transfers", query_string="user=1&user=2")
+    assert page.status_code == 400 and "user" in page.text
+
+
+def test_a_bulk_retry_form_with_an_unknown_field_is_400_and_sends_nothing(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+    sent_ids: list[int],  # noqa: F811
+) -> None:
+    tag = uuid.uuid4().hex
+    parked = dead_lettered(db, error=f"typo {tag}")
+    resp = Browser(dash, keys["operator"]).post(
+        "/dashboard/transfers/retry", {"error": tag, "acount": "1"}
+    )
+    assert resp.status_code == 400 and "acount" in resp.text
+    assert sent_ids == [] and transfer_row(db, parked)["dead_lettered_at"] is not None
+
+
+def test_known_parameters_still_filter_and_page(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+) -> None:
+    tag = uuid.uuid4().hex
+    first, second = dead_lettered(db, error=f"known {tag}"), dead_lettered(db, error=f"known {tag}")
+    bearer = {"Authorization": f"Bearer {keys['operator']}"}
+    count = dash.simulate_get(
+        "/dashboard/api/transfers/count", params={"error": tag, "state": "dead"}, headers=bearer
+    )
+    assert count.json["data"] == {"matching": 2, "retryable": 2}
+    listed = dash.simulate_get(
+        "/dashboard/api/transfers", params={"error": tag, "limit": "1"}, headers=bearer
+    )
+    assert [t["id"] for t in listed.json["data"]] == [first]
+    browser = Browser(dash, keys["operator"])
+    page = browser.get(
+        "/dashboard/transfers",
+        params={"error": tag, "limit": "1", "cursor": listed.json["next_cursor"]},
+    )
+    assert page.status_code == 200 and f"/dashboard/transfers/{second}" in page.text
+    # The filter form sends its blank fields too: they filter nothing.
+    blank = browser.get("/dashboard/transfers", query_string=f"state=dead&account=&error={tag}")
+    assert blank.status_code == 200 and "2 transfer(s) match" in blank.text
+    assert browser.get("/dashboard", params={"refresh": "1"}).status_code == 200

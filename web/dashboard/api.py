@@ -58,6 +58,7 @@ class Overview(_Api):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._access.api_principal(req, changes=False)
+        pages.query_params(req, ())
         resp.media = {"data": self._source.gather()}
 
 
@@ -83,20 +84,22 @@ TRANSFER_FIELDS = (
     "settled_at",
     "age_seconds",
 )
-_PAGING = ("limit", "cursor")
 
 
-def _filter(req: falcon.Request) -> attention.TransferFilter:
-    params = pages.query_params(req)
+def _filter(req: falcon.Request, *, paging: bool) -> attention.TransferFilter:
+    """The filter of the query string (with `paging`: beside limit and cursor). Raises
+    `InvalidRequest` naming any other parameter."""
+    allowed = (*attention.FILTER_FIELDS, *(pages.PAGING if paging else ()))
+    params = pages.query_params(req, allowed)
     return attention.transfer_filter(
-        {k: v for k, v in params.items() if k not in _PAGING}, strict=True
+        {k: v for k, v in params.items() if k not in pages.PAGING}, strict=True
     )
 
 
 class Transfers(_Api):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._access.api_principal(req, changes=False)
-        wanted = _filter(req)
+        wanted = _filter(req, paging=True)
         limit = commands.limit(req.get_param("limit"))
         with connection(self._pool) as conn:
             found = attention.needing_attention(
@@ -112,7 +115,7 @@ class Transfers(_Api):
 class TransferCount(_Api):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._access.api_principal(req, changes=False)
-        wanted = _filter(req)
+        wanted = _filter(req, paging=False)
         with connection(self._pool) as conn:
             counts = attention.count_matching(conn, wanted, stuck_after_seconds=self._threshold)
         resp.media = {"data": counts}
@@ -121,6 +124,7 @@ class TransferCount(_Api):
 class Transfer(_Api):
     def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         self._access.api_principal(req, changes=False)
+        pages.query_params(req, ())
         tid = actions.transfer_id(transfer_id)
         with connection(self._pool) as conn:
             resp.media = {"data": attention.transfer_detail(conn, tid)}
@@ -169,6 +173,7 @@ class BulkRetry(_Acting):
 class Actions(_Api):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._access.api_principal(req, changes=False)
+        pages.query_params(req, pages.PAGING)
         limit = commands.limit(req.get_param("limit"))
         cursor = req.get_param("cursor")
         before = decode_cursor(cursor) if cursor else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import falcon
@@ -97,9 +97,30 @@ def read_form(req: falcon.Request) -> Mapping[str, str]:
     return {k: str(v) for k, v in parsed.items()}
 
 
-def query_params(req: falcon.Request) -> dict[str, str]:
-    """The query string's parameters (a repeated one: its last value)."""
-    return {k: (v[-1] if isinstance(v, list) else v) for k, v in req.params.items()}
+#: The query parameters that page through a list.
+PAGING = ("limit", "cursor")
+
+
+def query_params(req: falcon.Request, allowed: Collection[str]) -> dict[str, str]:
+    """The query string's parameters. Raises `InvalidRequest` naming those that are not
+    `allowed` or are given more than once: a typo must not widen what an operator sees or
+    acts on."""
+    unknown = sorted(set(req.params) - set(allowed))
+    if unknown:
+        known = ", ".join(allowed) or "none"
+        raise InvalidRequest(
+            f"unknown query parameter {_names(unknown)} (this page takes: {known})"
+        )
+    repeated = sorted(k for k, v in req.params.items() if isinstance(v, list))
+    if repeated:
+        raise InvalidRequest(f"query parameter {_names(repeated)} given more than once")
+    return {k: str(v) for k, v in req.params.items()}
+
+
+def _names(names: list[str]) -> str:
+    """Parameter names for an error message, a few of them, each cut short."""
+    shown = ", ".join(n[:40] for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 class _Page:
@@ -165,6 +186,7 @@ class Login(_Page):
 
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query_params(req, ())
         self._form(req, resp)
 
     @page
@@ -335,6 +357,7 @@ class Overview(_Page):
         # The page reloads itself with REFRESH_PARAM: that is not the operator at work, so
         # it does not keep an idle session alive.
         session = self._session(req, resp, seen=req.get_param(REFRESH_PARAM) is None)
+        query_params(req, (REFRESH_PARAM,))
         data = self._source.gather()
         body = render_overview(data, self._settings.dashboard_pending_threshold_seconds)
         self._render(
@@ -413,7 +436,8 @@ class TransferList(_Page):
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         session = self._session(req, resp)
-        wanted = attention.transfer_filter(query_params(req))
+        params = query_params(req, (*attention.FILTER_FIELDS, *PAGING))
+        wanted = attention.transfer_filter({k: v for k, v in params.items() if k not in PAGING})
         limit = commands.limit(req.get_param("limit"), default=50)
         threshold = self._settings.dashboard_pending_threshold_seconds
         with connection(self._pool) as conn:
@@ -457,6 +481,7 @@ class Transfer(_Page):
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         session = self._session(req, resp)
+        query_params(req, ())
         tid = actions.transfer_id(transfer_id)
         with connection(self._pool) as conn:
             t = attention.transfer_detail(conn, tid)
@@ -592,7 +617,7 @@ class BulkRetry(_Action):
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """The confirmation step: how many would be sent again."""
         session = self._session(req, resp)
-        wanted = attention.transfer_filter(query_params(req))
+        wanted = attention.transfer_filter(query_params(req, attention.FILTER_FIELDS))
         with connection(self._pool) as conn:
             counts = attention.count_matching(
                 conn, wanted, stuck_after_seconds=self._settings.dashboard_pending_threshold_seconds
@@ -618,7 +643,7 @@ class BulkRetry(_Action):
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         session, form = self._posted(req, resp)
-        wanted = attention.transfer_filter(form)
+        wanted = attention.transfer_filter({k: v for k, v in form.items() if k != "csrf"})
         sent, batches, notice = actions.bulk_retry(
             self._pool,
             wanted,
@@ -663,6 +688,7 @@ class Actions(_Page):
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         session = self._session(req, resp)
+        query_params(req, ())
         with connection(self._pool) as conn:
             rows = operator_actions.recent(conn, limit=100)
         body = html.table(
