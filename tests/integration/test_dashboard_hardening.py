@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import uuid
+from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import quote
 
@@ -389,3 +390,170 @@ def test_known_parameters_still_filter_and_page(
     blank = browser.get("/dashboard/transfers", query_string=f"state=dead&account=&error={tag}")
     assert blank.status_code == 200 and "2 transfer(s) match" in blank.text
     assert browser.get("/dashboard", params={"refresh": "1"}).status_code == 200
+
+
+# --- Headers: what a browser is told to refuse ----------------------------------------
+
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self';"
+    " frame-ancestors 'none'; base-uri 'none'"
+)
+PROTECTIVE = {
+    "content-security-policy": CSP,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+class _InlineCode(HTMLParser):
+    """What a page holds that its CSP would block: script, inline style, event handlers,
+    `javascript:` URLs, and resources from elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "iframe", "object", "embed", "base"):
+            self.found.append(f"<{tag}>")
+        for name, value in attrs:
+            if name.startswith("on") or name == "style":
+                self.found.append(f"<{tag} {name}=...>")
+            if name in ("href", "src", "action", "formaction") and value is not None:
+                if value.strip().lower().startswith("javascript:"):
+                    self.found.append(f"<{tag} {name}={value}>")
+                if "//" in value and tag != "a":  # a resource loaded from elsewhere
+                    self.found.append(f"<{tag} {name}={value}>")
+
+
+def _inline_code(page: str) -> list[str]:
+    parser = _InlineCode()
+    parser.feed(page)
+    return parser.found
+
+
+PAGES = [
+    "/dashboard",
+    "/dashboard?refresh=1",
+    "/dashboard/transfers",
+    "/dashboard/transfers?state=dead",
+    "/dashboard/transfers/retry",
+    "/dashboard/transfers/{id}",
+    "/dashboard/transfers/{id}/cancel",
+    "/dashboard/actions",
+    "/dashboard/transfers/999999999",  # a 404 page
+    "/dashboard/transfers?state=nope",  # a 400 page
+]
+
+
+@pytest.mark.parametrize("template", PAGES)
+def test_every_page_sends_the_protective_headers_and_holds_no_inline_code(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+    template: str,
+) -> None:
+    transfer = dead_lettered(db, error=f"headers {uuid.uuid4().hex}")
+    resp = Browser(dash, keys["operator"]).get(
+        *template.replace("{id}", str(transfer)).split("?", 1)[:1],
+        query_string=template.partition("?")[2] or None,
+    )
+    assert resp.headers["content-type"].startswith("text/html")
+    for name, value in PROTECTIVE.items():
+        assert resp.headers.get(name) == value, name
+    assert resp.headers.get("cache-control") == "no-store"
+    assert _inline_code(resp.text) == []
+    assert '<link rel="stylesheet" href="/dashboard/static/dashboard.css">' in resp.text
+
+
+def test_the_login_page_redirects_and_refusals_send_the_protective_headers(
+    dash: TestClient,  # noqa: F811
+    keys: dict[str, str],  # noqa: F811
+) -> None:
+    login = dash.simulate_get("/dashboard/login")
+    refused = dash.simulate_post("/dashboard/login", body="key=x&csrf=y", headers=FORM)
+    redirect = dash.simulate_get("/dashboard")
+    for resp in (login, refused, redirect):
+        for name, value in PROTECTIVE.items():
+            assert resp.headers.get(name) == value, (resp.status, name)
+        assert resp.headers.get("cache-control") == "no-store"
+    assert _inline_code(login.text) == [] and _inline_code(refused.text) == []
+    css = dash.simulate_get("/dashboard/static/dashboard.css")
+    assert css.headers["x-content-type-options"] == "nosniff"
+    assert css.headers["cache-control"] == "max-age=3600"  # the one thing worth caching
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard/api/overview",
+        "/dashboard/api/transfers",
+        "/dashboard/api/transfers/count",
+        "/dashboard/api/transfers/{id}",
+        "/dashboard/api/actions",
+        "/dashboard/api/transfers/999999999",  # a 404
+        "/dashboard/api/transfers?state=nope",  # a 400
+    ],
+)
+@pytest.mark.parametrize("who", ["operator", None])  # None: a 401
+def test_the_json_twin_is_never_cached(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+    path: str,
+    who: str | None,
+) -> None:
+    transfer = dead_lettered(db, error=f"cache {uuid.uuid4().hex}")
+    headers = {"Authorization": f"Bearer {keys[who]}"} if who else {}
+    target, _, query = path.replace("{id}", str(transfer)).partition("?")
+    resp = dash.simulate_get(target, query_string=query or None, headers=headers)
+    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.headers.get("cache-control") == "no-store"
+    assert resp.headers.get("x-content-type-options") == "nosniff"
+    retry = dash.simulate_post(f"/dashboard/api/transfers/{transfer}/retry", headers=headers)
+    assert retry.headers.get("cache-control") == "no-store"
+
+
+# --- Cancelling asks first ------------------------------------------------------------
+
+
+def test_cancelling_on_the_dashboard_asks_for_confirmation_first(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+) -> None:
+    transfer = dead_lettered(db, amount=4_321, error=f"confirm {uuid.uuid4().hex}")
+    browser = Browser(dash, keys["operator"])
+    detail = browser.get(f"/dashboard/transfers/{transfer}")
+    # The transfer's page offers the confirmation, not the cancel itself.
+    assert f'<form method="post" action="/dashboard/transfers/{transfer}/cancel"' not in detail.text
+    assert f'<form method="get" action="/dashboard/transfers/{transfer}/cancel"' in detail.text
+    # The confirmation names what is cancelled and changes nothing.
+    confirm = browser.get(f"/dashboard/transfers/{transfer}/cancel")
+    assert confirm.status_code == 200
+    assert "cannot be undone" in confirm.text and "43.21 EUR" in confirm.text
+    assert f'<form method="post" action="/dashboard/transfers/{transfer}/cancel"' in confirm.text
+    assert f"Yes, cancel transfer {transfer}" in confirm.text
+    assert transfer_row(db, transfer)["dead_lettered_at"] is not None
+    # Its button does it.
+    done = browser.post(f"/dashboard/transfers/{transfer}/cancel")
+    assert done.status_code == 303
+    assert transfer_row(db, transfer)["failure_code"] == "cancelled_by_operator"
+    # Afterwards there is nothing left to confirm.
+    again = browser.get(f"/dashboard/transfers/{transfer}/cancel")
+    assert again.status_code == 200 and "is not dead-lettered" in again.text
+    assert "Yes, cancel" not in again.text
+
+
+def test_a_read_only_key_sees_the_cancel_confirmation_with_its_button_disabled(
+    dash: TestClient,  # noqa: F811
+    db: psycopg.Connection,
+    keys: dict[str, str],  # noqa: F811
+) -> None:
+    transfer = dead_lettered(db, error=f"confirm ro {uuid.uuid4().hex}")
+    confirm = Browser(dash, keys["read-only"]).get(f"/dashboard/transfers/{transfer}/cancel")
+    assert confirm.status_code == 200
+    assert f"Yes, cancel transfer {transfer}</button>" in confirm.text
+    assert 'class="danger" disabled>' in confirm.text
+    assert transfer_row(db, transfer)["dead_lettered_at"] is not None

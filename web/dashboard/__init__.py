@@ -12,6 +12,7 @@ from web.dashboard import api, pages
 from web.dashboard.access import Access
 from web.dashboard.actions import Enqueue
 from web.dashboard.data import OverviewSource, broker_functions
+from web.dashboard.headers import ProtectiveHeaders
 
 
 def add_dashboard(
@@ -23,7 +24,8 @@ def add_dashboard(
     queues: BrokerQueues | None,
 ) -> None:
     """Route the dashboard's pages and their JSON twin on `app`; `queues` (the broker's, or
-    None) is how it counts the queue and drops dead letters."""
+    None) is how it counts the queue and drops dead letters. Every answer under /dashboard
+    gets the headers of `web.dashboard.headers`."""
     queue_depths, discard_dead = broker_functions(queues)
     access = Access(settings, pool)
     c = (access, pool, settings)
@@ -62,3 +64,4 @@ def add_dashboard(
     }
     for template, resource in routes.items():
         app.add_route(template, resource)
+    app.add_middleware(ProtectiveHeaders())

@@ -1,7 +1,9 @@
 """Server-rendered HTML for the dashboard: a layout, tables, forms and SVG charts.
 
 Everything interpolated goes through `esc`; the page needs no script and loads only the
-stylesheet the app serves itself, so it works offline and on a phone.
+stylesheet the app serves itself, so it works offline and on a phone. Nothing here may add
+a script, an inline style or an event handler: the pages' Content-Security-Policy
+(`web.dashboard.headers`) refuses them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ def button_form(
     attrs = (' class="danger"' if danger else "") + (" disabled" if disabled else "")
     return (
         f'<form method="post" action="{esc(action)}" class="inline">{inputs}'
+        f"<button{attrs}>{esc(label)}</button></form>"
+    )
+
+
+def link_button(action: str, label: str, *, danger: bool = False, disabled: bool = False) -> str:
+    """A button that opens `action` (a GET form: it carries no CSRF token, which must never
+    end up in a URL), for a step that only shows something, such as a confirmation."""
+    attrs = (' class="danger"' if danger else "") + (" disabled" if disabled else "")
+    return (
+        f'<form method="get" action="{esc(action)}" class="inline">'
         f"<button{attrs}>{esc(label)}</button></form>"
     )
 

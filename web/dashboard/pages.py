@@ -516,10 +516,9 @@ class Transfer(_Page):
                     disabled=read_only,
                 )
                 + " "
-                + html.button_form(
+                + html.link_button(
                     f"/dashboard/transfers/{tid}/cancel",
-                    "Cancel (ends failed, moves no money)",
-                    session.csrf_token,
+                    "Cancel... (ends failed, moves no money)",
                     danger=True,
                     disabled=read_only,
                 )
@@ -603,6 +602,40 @@ class RetryOne(_Action):
 
 
 class Cancel(_Action):
+    @page
+    def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
+        """The confirmation step: what would be cancelled, for good."""
+        session = self._session(req, resp)
+        query_params(req, ())
+        tid = actions.transfer_id(transfer_id)
+        with connection(self._pool) as conn:
+            t = attention.transfer_detail(conn, tid)
+        back = f'<a href="/dashboard/transfers/{tid}">Back to transfer {tid}</a>'
+        if t["dead_lettered_at"] is None:
+            body = (
+                f'<p class="notice">Transfer {tid} is not dead-lettered (it is'
+                f" {html.esc(t['status'])}); there is nothing to cancel.</p><p>{back}</p>"
+            )
+        else:
+            read_only = session.principal.read_only
+            body = (
+                f'<p class="notice error" id="cancel-warning">Cancel transfer <b>{tid}</b> of'
+                f" {html.esc(html.money(t['amount'], t['currency']))} from account"
+                f" {t['from_account_id']} to account {t['to_account_id']}? It ends failed"
+                " (<code>cancelled_by_operator</code>) and moves no money. This cannot be"
+                " undone.</p><p>"
+                + html.button_form(
+                    f"/dashboard/transfers/{tid}/cancel",
+                    f"Yes, cancel transfer {tid}",
+                    session.csrf_token,
+                    danger=True,
+                    disabled=read_only,
+                )
+                + (" <span class=muted>(read-only key)</span>" if read_only else "")
+                + f" {back}</p>"
+            )
+        self._render(resp, session, f"Cancel transfer {tid}?", body)
+
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         session, _ = self._posted(req, resp)
