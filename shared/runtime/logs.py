@@ -6,8 +6,11 @@ other two, so that a process root can pass its decision down to children whose s
 pipe (dramatiq's worker processes) rather than let each guess again.
 
 Every line carries the time, level, role, pid, logger, the event (the message) and, when
-known, `request_id` and `transfer_id`: `bind(...)` sets them in ContextVars for the current
-request or message, and every line logged meanwhile by that thread carries them.
+known, `request_id` and `transfer_id`. A record is always exactly one line: every field is
+escaped (control characters, NEL, U+2028 and U+2029; tracebacks too), so that a value a
+client chose, such as a request path with an encoded line feed, cannot forge a line.
+`bind(...)` sets the ids in ContextVars for the current request or message, and every line
+logged meanwhile by that thread carries them.
 
 Waitress warns `Task queue depth is N` for every request that waits for a thread; under load
 that is thousands of lines a second, and even a filter that drops them pays for building
@@ -73,8 +76,44 @@ def _ids(record: logging.LogRecord) -> dict[str, Any]:
     return ids
 
 
+#: Characters no log field may write as they are: C0 and C1 controls and DEL (line breaks,
+#: NEL, terminal escapes) and the Unicode line and paragraph separators. Each would let a
+#: value a client chose (a request path, an error echoing input) end a record early, forge
+#: one, or drive a terminal; line-oriented readers (honcho, shippers) split at any of them.
+_UNSAFE = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+#: Text records: the usual escapes, `\xNN` or `\uNNNN` for the rest, and the backslash itself
+#: (so that a line feed and the two characters a client typed read differently).
+_TEXT_ESCAPES = {
+    **{c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _UNSAFE},
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    ord("\\"): "\\\\",
+}
+#: JSON records: the json module escapes C0 controls itself; these are the rest.
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in _UNSAFE if c >= 0x7F}
+
+
+def escape(text: str) -> str:
+    """`text` with every character that could break a text log line escaped (see
+    `_TEXT_ESCAPES`): the result is one line, and reads back unambiguously."""
+    return text.translate(_TEXT_ESCAPES)
+
+
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    """The record's traceback and stack, as `logging.Formatter.format` would append them."""
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    parts = [record.exc_text or ""]
+    if record.stack_info:
+        parts.append(formatter.formatStack(record.stack_info))
+    return "\n".join(p for p in parts if p)
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, on one line (tracebacks go in `exc`, escaped)."""
+    """One JSON object per record, on one line: tracebacks go in `exc`, and every character
+    that a line splitter might break at is escaped (JSON's `\\uNNNN`, so it reads back as it
+    was)."""
 
     def __init__(self, role: str) -> None:
         super().__init__()
@@ -92,27 +131,35 @@ class JsonFormatter(logging.Formatter):
             "event": record.getMessage(),
             **_ids(record),
         }
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            line["exc"] = record.exc_text
-        return json.dumps(line, default=str, ensure_ascii=False)
+        exc = _exception_text(self, record)
+        if exc:
+            line["exc"] = exc
+        # ensure_ascii=False keeps names and messages readable; the json module leaves NEL,
+        # the other C1 controls, DEL, U+2028 and U+2029 raw, so they are escaped here (they
+        # can only occur inside strings, where an escape is what they mean).
+        return json.dumps(line, default=str, ensure_ascii=False).translate(_JSON_ESCAPES)
 
 
 class TextFormatter(logging.Formatter):
-    """`time role[pid] LEVEL logger: event [request_id=... transfer_id=...]`."""
+    """`time role[pid] LEVEL logger: event [request_id=... transfer_id=...] | traceback`,
+    always one line: every field is escaped (`escape`), the traceback's line breaks too."""
 
     def __init__(self, role: str) -> None:
-        super().__init__(fmt=f"%(asctime)s {role}[%(process)d] %(levelname)s %(name)s: %(message)s")
+        super().__init__()
+        self._role = role
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        line = (
+            f"{self.formatTime(record)} {self._role}[{record.process}] {record.levelname}"
+            f" {escape(record.name)}: {escape(record.getMessage())}"
+        )
         ids = _ids(record)
-        if not ids:
-            return text
-        first, newline, rest = text.partition("\n")
-        tags = " ".join(f"{key}={value}" for key, value in ids.items())
-        return f"{first} [{tags}]{newline}{rest}"
+        if ids:
+            line += " [" + " ".join(f"{k}={escape(str(v))}" for k, v in ids.items()) + "]"
+        exc = _exception_text(self, record)
+        if exc:
+            line += " | " + escape(exc)
+        return line
 
 
 def formatter(role: str, fmt: str) -> logging.Formatter:
