@@ -30,6 +30,13 @@ class InvalidSetting(SettleError):
     code = "invalid_setting"
 
 
+class PoolerUndeclared(InvalidSetting):
+    """Raised at boot when DATABASE_URL leads through a transaction pooler that DB_POOLER
+    does not declare."""
+
+    code = "pooler_undeclared"
+
+
 # Client errors: the request is wrong; nothing was changed.
 
 

@@ -128,40 +128,47 @@ class PgBouncer:
             self.process.wait(timeout=10)
 
 
-def _config(postgres: dict[str, str], port: int, folder: Path, admin: str) -> str:
+def _config(
+    postgres: dict[str, str], port: int, folder: Path, admin: str, overrides: dict[str, str]
+) -> str:
+    options = {
+        "listen_addr": "127.0.0.1",
+        "listen_port": str(port),
+        "unix_socket_dir": "",
+        "auth_type": "trust",
+        "auth_file": str(folder / "userlist.txt"),
+        "admin_users": admin,
+        "stats_users": admin,
+        "pool_mode": "transaction",
+        "default_pool_size": str(POOL_SIZE),
+        "max_client_conn": str(CLIENT_LIMIT),
+        "server_round_robin": "1",
+        "min_pool_size": "2",
+        "logfile": str(folder / "pgbouncer.log"),
+        "pidfile": str(folder / "pgbouncer.pid"),
+        **overrides,
+    }
+    lines = "".join(f"{name} = {value}\n" for name, value in options.items())
     return f"""\
 [databases]
 * = host={postgres.get("host", "127.0.0.1")} port={postgres.get("port", "5432")}
 
 [pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {folder / "userlist.txt"}
-admin_users = {admin}
-stats_users = {admin}
-pool_mode = transaction
-default_pool_size = {POOL_SIZE}
-max_client_conn = {CLIENT_LIMIT}
-server_round_robin = 1
-min_pool_size = 2
-logfile = {folder / "pgbouncer.log"}
-pidfile = {folder / "pgbouncer.pid"}
-"""
+{lines}"""
 
 
 @contextlib.contextmanager
-def running_pgbouncer(postgres_url: str) -> Iterator[PgBouncer]:
+def running_pgbouncer(postgres_url: str, **overrides: str) -> Iterator[PgBouncer]:
     """Start PgBouncer in transaction mode in front of the server of `postgres_url`; stop it
-    and remove its folder on exit. Fails with its log when it does not come up."""
+    and remove its folder on exit. Fails with its log when it does not come up. `overrides`
+    replace or add settings of its `[pgbouncer]` section (e.g. `pool_mode="session"`)."""
     binary = pgbouncer_binary()
     postgres = {k: str(v) for k, v in conninfo_to_dict(postgres_url).items()}
     owner = _run_as(postgres.get("host", "127.0.0.1"))
     user = postgres.get("user", "postgres")
     folder = Path(tempfile.mkdtemp(prefix="settle-pgbouncer-"))
     port = free_port()
-    (folder / "pgbouncer.ini").write_text(_config(postgres, port, folder, user))
+    (folder / "pgbouncer.ini").write_text(_config(postgres, port, folder, user, overrides))
     (folder / "userlist.txt").write_text(f'"{user}" ""\n')
     if owner is not None:
         for path in [folder, *folder.iterdir()]:

@@ -5,7 +5,8 @@ commands call these steps; none re-implements one:
 
 - `load_settings`: the settings, or one line naming the bad variable and exit 2;
 - `boot_check`: Postgres `SELECT 1` and the broker in use (Redis `PING`, or an AMQP
-  connection to RabbitMQ), or one line and exit 1;
+  connection to RabbitMQ), or one line and exit 1; an undeclared transaction pooler in
+  front of Postgres, one line naming DB_POOLER and exit 2;
 - `plan_or_exit`: the connection plan, or its arithmetic on one line and exit 2;
 - `leased_pool`: a lease on the connection budget and the pool it sizes, in the one safe
   order (see its docstring);
@@ -42,7 +43,8 @@ import psycopg
 from shared.db.budget import BudgetExceeded, Plan, capacity, make_plan
 from shared.db.leases import LeaseKeeper
 from shared.db.pool import ElasticPool, application_name, check_postgres, create_pool
-from shared.errors import DependencyDown, InvalidSetting, first_line
+from shared.db.pooler import check_pooler
+from shared.errors import DependencyDown, InvalidSetting, PoolerUndeclared, first_line
 from shared.runtime import logs
 from shared.runtime.brokers import check_broker
 from shared.runtime.settings import Settings
@@ -91,12 +93,18 @@ def load_settings(role: str) -> Settings:
 
 def boot_check(settings: Settings, role: str) -> None:
     """`SELECT 1` on Postgres and a check of the broker in use (Redis `PING`, or an AMQP
-    connection to RabbitMQ), or exit 1 with one line naming the one that cannot be reached."""
+    connection to RabbitMQ), or exit 1 with one line naming the one that cannot be reached;
+    a transaction pooler in front of DATABASE_URL that DB_POOLER does not declare is a
+    refused setting (`shared.db.pooler`): exit 2 with one line naming DB_POOLER."""
+    name = application_name(settings, f"{role}-boot")
     try:
-        check_postgres(settings.database_url, name=application_name(settings, f"{role}-boot"))
+        check_postgres(settings.database_url, name=name)
+        check_pooler(settings, name=name)
         check_broker(settings)
     except DependencyDown as exc:
         exit_with(role, exc.message, EXIT_FAILED)
+    except PoolerUndeclared as exc:
+        exit_with(role, exc.message, EXIT_REFUSED)
 
 
 def make_plan_for(settings: Settings) -> Plan:

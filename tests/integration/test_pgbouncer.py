@@ -1,6 +1,7 @@
 """Settle behind a real PgBouncer in transaction mode (DB_POOLER=pgbouncer): pooled and
 one-off connections work across transactions, `settle migrate` gives the role the pools'
-timeouts, and nothing relies on session state."""
+timeouts, and nothing relies on session state. Without DB_POOLER, the boot check notices a
+transaction pooler (and never takes Postgres itself for one)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from shared.db.pool import connect_once, create_pool
+from shared.db.pooler import check_pooler, transaction_pooled
+from shared.errors import PoolerUndeclared
 from shared.runtime.settings import Settings
-from tests.pgbouncer import CLIENT_LIMIT, POOL_SIZE, PgBouncer, pooled_env
+from tests.pgbouncer import CLIENT_LIMIT, POOL_SIZE, PgBouncer, pooled_env, running_pgbouncer
 from tests.scratch import settle
 
 
@@ -147,3 +150,55 @@ def test_settle_budget_reads_pgbouncers_limits_from_its_admin_console(
         " (PgBouncer's pool for the database)",
         f"postgres: {POOL_SIZE} of 40 available (DB_CONNECTION_BUDGET); headroom {40 - POOL_SIZE}",
     ]
+
+
+# --- A transaction pooler that DB_POOLER does not declare is noticed at boot -----------
+
+
+def test_postgres_itself_is_never_taken_for_a_pooler(settings: Settings) -> None:
+    for _ in range(5):
+        assert not transaction_pooled(settings.database_url)
+    check_pooler(settings)  # raises nothing
+
+
+def test_pgbouncer_in_transaction_mode_handing_out_servers_round_robin_is_noticed(
+    pgbouncer: PgBouncer, settings: Settings
+) -> None:
+    pgbouncer.open_servers(settings.database_url)
+    url = pgbouncer.url(settings.database_url)
+    for _ in range(5):
+        assert transaction_pooled(url)
+
+
+@pytest.mark.parametrize("servers", [0, 3])
+def test_pgbouncer_in_transaction_mode_with_its_defaults_is_noticed(
+    settings: Settings, servers: int
+) -> None:
+    """PgBouncer's default hands out the server connection it got back last (one client
+    alone would keep one server), and many sites let it drop the startup options that
+    Settle sends without DB_POOLER: the setup where Settle booted and then answered 500."""
+    with running_pgbouncer(
+        settings.database_url,
+        server_round_robin="0",
+        min_pool_size="0",
+        ignore_startup_parameters="options",
+    ) as bouncer:
+        if servers:
+            bouncer.open_servers(settings.database_url, count=servers)
+        url = bouncer.url(settings.database_url)
+        for _ in range(5):
+            assert transaction_pooled(url)
+        undeclared = Settings.from_env({"DATABASE_URL": url})
+        with pytest.raises(PoolerUndeclared, match="DB_POOLER") as refused:
+            check_pooler(undeclared)
+        assert "\n" not in refused.value.message
+        check_pooler(undeclared.with_(db_pooler="pgbouncer"))  # declared: nothing to say
+
+
+def test_pgbouncer_in_session_mode_is_not_a_transaction_pooler(settings: Settings) -> None:
+    """A session pooler gives each client one server connection for its life: sessions
+    work through it, and Settle needs no DB_POOLER."""
+    with running_pgbouncer(settings.database_url, pool_mode="session") as bouncer:
+        url = bouncer.url(settings.database_url)
+        for _ in range(5):
+            assert not transaction_pooled(url)
