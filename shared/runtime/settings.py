@@ -17,7 +17,8 @@ from shared.errors import InvalidSetting
 DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: Values of DB_POOLER: no pooler (Settle talks to Postgres itself), or PgBouncer in
-#: transaction mode. Not detected: a pooler answers like the Postgres behind it.
+#: transaction mode. An undeclared transaction pooler is noticed at boot and refused
+#: (`shared.db.pooler`); a declared one is trusted, its limits taken as configured.
 POOLERS = ("none", "pgbouncer")
 #: PgBouncer's own defaults for `max_client_conn` and `default_pool_size`, assumed when
 #: DB_POOLER=pgbouncer and DB_POOLER_CLIENT_LIMIT / DB_POOLER_POOL_SIZE are unset.
