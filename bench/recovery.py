@@ -6,9 +6,9 @@ the transfer's settlement is in progress in a worker thread, then SIGKILLs that 
 and ends its Postgres backend (which would otherwise finish the statement on its own). The
 clock runs from the kill until the transfer is settled: dramatiq's master notices the death
 and exits, `settle worker` starts dramatiq again, and the killed worker's unacked message
-comes back: on Redis once its heartbeat has expired (worker.broker.HEARTBEAT_TIMEOUT_MS), by
-the next heartbeat's maintenance; on RabbitMQ as soon as the killed process's connection
-closes.
+comes back: on Redis once its heartbeat has expired
+(`shared.broker.redis_broker.HEARTBEAT_TIMEOUT_MS`), by the next heartbeat's maintenance; on
+RabbitMQ as soon as the killed process's connection closes.
 
     .venv/bin/python -m bench.recovery [--rounds 5] [--broker redis|rabbitmq|both]
 
@@ -39,13 +39,13 @@ import psycopg
 import redis
 
 from bench.harness import bench_servers
+from shared.broker.sending import sender as sender_for
 from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.runtime.settings import Settings
 from tests.scratch import scratch_vhost
-from worker.actors import sender as sender_for
-from worker.broker import create_broker
+from worker.actors import create_broker
 
 SETTLE = Path(sys.executable).with_name("settle")
 T = TypeVar("T")

@@ -273,17 +273,8 @@ def settlement(
     clients = next(role.total for role in plan.roles if role.role == "worker")
     # The composition root's own call: builds the broker and declares the actors on it.
     broker = actors.install(settings)
-    # The product's own way of queueing many ids: its batch form where it has one (what the
-    # sweeper uses), else its per-id sender, one call per id.
-    send_batches = getattr(actors, "send_batches", None)
-    send = actors.sender(broker)
-
-    def enqueue(ids: list[int]) -> None:
-        if send_batches is not None:
-            send_batches(broker, ids)
-        else:
-            for transfer_id in ids:
-                send(transfer_id)
+    # The product's own way of queueing many ids: its batch form (what the sweeper uses).
+    enqueue = broker.send_batches
 
     rng = random.Random(8)
     pg_name = f"{conninfo_dbname(url)}_pgbench"
@@ -342,7 +333,7 @@ def settlement(
         "transfers_per_round": cfg.settle_transfers,
         "accounts": len(accounts),
         "workers": f"{settings.worker_processes} processes x {settings.worker_threads} threads",
-        "enqueued_with": "worker.actors." + ("send_batches" if send_batches else "sender"),
+        "enqueued_with": "SettleBroker.send_batches",
         "pgbench": f"-b tpcb-like -c {clients} -j 2 -T {round(cfg.pgbench_seconds)} -s {clients}",
         "transfers_per_s": median([r["transfers_per_s"] for r in rounds]),
         "pgbench_tps": median([r["pgbench_tps"] for r in rounds]),

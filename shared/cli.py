@@ -213,26 +213,25 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the overview; exit 1 when something needs attention or Postgres or the broker
     cannot be read."""
-    import pika.exceptions
-    import redis
-
-    from shared.runtime.queues import broker_queue_counts
+    from shared.broker.factory import create_broker
+    from shared.errors import BrokerUnavailable
     from shared.runtime.status import gather
 
     settings = load_settings("status")
-    counts, close = broker_queue_counts(settings)
+    broker = create_broker(
+        settings.message_broker_url, namespace=settings.broker_namespace, middleware=[]
+    )
     try:
         with connect_once(settings, "status", timeouts=True) as conn:
-            status = gather(settings, conn, counts, pending_threshold=args.pending_threshold)
+            status = gather(settings, conn, broker.depths, pending_threshold=args.pending_threshold)
     except psycopg.Error as exc:
         print(f"settle status: cannot read Postgres: {first_line(exc)}", file=sys.stderr)
         return 1
-    except (redis.RedisError, pika.exceptions.AMQPError, OSError) as exc:
-        name = "RabbitMQ" if settings.broker == "rabbitmq" else "Redis"
-        print(f"settle status: cannot read {name}: {exc or type(exc).__name__}", file=sys.stderr)
+    except BrokerUnavailable as exc:
+        print(f"settle status: cannot read the broker: {exc.message}", file=sys.stderr)
         return 1
     finally:
-        close()
+        broker.close()
     print("\n".join(status.lines()))
     if status.attention:
         print(f"settle status: {len(status.attention)} thing(s) need attention")

@@ -202,7 +202,8 @@ class DatabaseUnavailable(Unavailable):
 
 
 class BrokerUnavailable(Unavailable):
-    """Raised when the message broker (Redis) cannot be reached."""
+    """Raised by every broker operation (`shared.broker`) when the message broker, Redis or
+    RabbitMQ, cannot be reached or fails the command."""
 
     code = "broker_unavailable"
 

@@ -206,9 +206,10 @@ def client(
     its own Authorization header; `enqueue` sends to the real broker (Redis, or RabbitMQ with
     SETTLE_TEST_BROKER=rabbitmq) and records the id in `sent`. Every answer is held to the
     OpenAPI document: one that breaks it fails the test at teardown (see tests/contract.py)."""
+    from shared.broker.sending import sender
     from tests.contract import Recorder
     from web.app import create_app
-    from worker.actors import pinger, sender, settle_transfer
+    from worker.actors import settle_transfer
 
     broker = settle_transfer.broker
     send = sender(broker)
@@ -217,7 +218,7 @@ def client(
         send(transfer_id)
         sent.append(transfer_id)
 
-    app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=pinger(broker))
+    app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.ping)
     recorder = Recorder(app)
     yield falcon.testing.TestClient(recorder, headers={"Authorization": f"Bearer {operator_key}"})
     assert recorder.violations == [], "answers that break the OpenAPI document:\n" + "\n".join(

@@ -11,10 +11,10 @@ from typing import TypeVar
 import psycopg
 from psycopg import sql
 
+from shared.broker.messages import TRANSFER_QUEUE, decode, transfer_ids
 from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
-from worker.queues import TRANSFER_QUEUE
 
 T = TypeVar("T")
 
@@ -124,15 +124,12 @@ def join_queue(broker, queue: str = TRANSFER_QUEUE, *, timeout: float = 30.0) ->
     if not isinstance(broker, RabbitmqBroker):
         broker.join(queue, timeout=int(timeout * 1000))
         return
-    from worker.queues import broker_operations
-
-    operations = broker_operations(broker)
     vhost = broker.parameters.virtual_host
     deadline = time.monotonic() + timeout
     while True:
         if time.monotonic() > deadline:
             raise AssertionError(f"{queue} on vhost {vhost} not drained within {timeout}s")
-        depths = operations.depths(queue)
+        depths = broker.depths(queue)
         if depths["ready"] + depths["delayed"] == 0 and rabbitmq_backlog(vhost, queue) == 0:
             return
         time.sleep(0.1)
@@ -168,8 +165,6 @@ def rabbitmq_backlog(vhost: str, queue: str = TRANSFER_QUEUE) -> int:
 def queued_transfer_ids(broker, queue: str = TRANSFER_QUEUE) -> list[int]:
     """Transfer ids of the messages waiting in `queue` (not yet consumed). On RabbitMQ they
     are taken unacknowledged on a channel of their own, which then gives them back."""
-    import json
-
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
     bodies: list[bytes] = []
@@ -188,11 +183,7 @@ def queued_transfer_ids(broker, queue: str = TRANSFER_QUEUE) -> list[int]:
                 bodies.append(body)
         finally:
             connection.close()  # every message taken goes back
-    ids: list[int] = []
-    for value in bodies:
-        arg = json.loads(value)["args"][0]  # one id, or a batch of them
-        ids.extend(int(tid) for tid in (arg if isinstance(arg, list) else [arg]))
-    return sorted(ids)
+    return sorted(tid for body in bodies for tid in transfer_ids(decode(body)))
 
 
 def transfer_row(conn: psycopg.Connection, transfer_id: int) -> dict[str, object]:

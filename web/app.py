@@ -17,10 +17,10 @@ import orjson
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from shared.broker.base import SettleBroker
 from shared.errors import SettleError
 from shared.ledger.auth import PrincipalCache
 from shared.runtime.metrics import OverviewCollector
-from shared.runtime.queues import BrokerQueues
 from shared.runtime.settings import Settings
 from web import errors, openapi, resources
 from web.auth import RequireApiKey
@@ -51,7 +51,7 @@ def create_app(
     pool: ConnectionPool,
     enqueue: resources.Enqueue,
     ping_broker: Callable[[], Any],
-    queues: BrokerQueues | None = None,
+    queues: SettleBroker | None = None,
     keys: PrincipalCache | None = None,
 ) -> falcon.App:
     """A WSGI app serving the HTTP contract with `pool` for reads and writes (and API key
@@ -83,7 +83,7 @@ def create_app(
     queue_counts = None if queues is None else queues.depths
     overview = OverviewCollector(settings, pool, queue_counts=queue_counts)
     app.add_route("/metrics", MetricsResource(overview))
-    add_dashboard(app, settings, pool=pool, enqueue=enqueue, queues=queues)
+    add_dashboard(app, settings, pool=pool, enqueue=enqueue, ping_broker=ping_broker, queues=queues)
 
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(psycopg.Error, errors.handle_database_error)

@@ -378,6 +378,15 @@ TRANSFER_UNAVAILABLE = error(
     "broker_unavailable",
     **{"Retry-After": RETRY_AFTER},
 )
+ACTION_UNAVAILABLE = error(
+    "the database or the web process is saturated or unreachable, or the message broker does"
+    " not answer (broker_unavailable: nothing was changed); retry after Retry-After",
+    "database_busy",
+    "database_unavailable",
+    "overloaded",
+    "broker_unavailable",
+    **{"Retry-After": RETRY_AFTER},
+)
 OVERLOADED = error(
     "the web process has too many requests queued; retry after Retry-After",
     "overloaded",
@@ -552,7 +561,7 @@ DASHBOARD_PATHS: dict[str, dict[str, Any]] = {
                 "403": DASHBOARD_ACTION_FORBIDDEN,
                 "413": BODY_TOO_LARGE,
                 "415": NOT_JSON,
-                "503": UNAVAILABLE,
+                "503": ACTION_UNAVAILABLE,
             },
         }
     },
@@ -582,7 +591,7 @@ DASHBOARD_PATHS: dict[str, dict[str, Any]] = {
                 "401": UNAUTHENTICATED,
                 "403": DASHBOARD_ACTION_FORBIDDEN,
                 "404": _TRANSFER_404,
-                "503": UNAVAILABLE,
+                "503": ACTION_UNAVAILABLE,
             },
         }
     },
@@ -598,7 +607,7 @@ DASHBOARD_PATHS: dict[str, dict[str, Any]] = {
                 "401": UNAUTHENTICATED,
                 "403": DASHBOARD_ACTION_FORBIDDEN,
                 "404": _TRANSFER_404,
-                "503": UNAVAILABLE,
+                "503": ACTION_UNAVAILABLE,
             },
         }
     },

@@ -92,17 +92,14 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
 def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool: Any) -> int:
     """Run waitress on `sock` until `stop` is set, then drain; 0 when nothing was cut off."""
     # Installed after the fork: the broker's client must belong to this process.
+    from shared.broker.sending import sender
     from shared.runtime.metrics import publish_pool
     from web.app import create_app
     from worker import actors
 
     broker = actors.install(settings)
     falcon_app = create_app(
-        settings,
-        pool=pool,
-        enqueue=actors.sender(broker),
-        ping_broker=actors.pinger(broker),
-        queues=actors.queues(broker),
+        settings, pool=pool, enqueue=sender(broker), ping_broker=broker.ping, queues=broker
     )
     app = shed_load(falcon_app, lambda: server.queue_depth(), settings.web_queue_limit)
     server = WaitressServer(app, sock, threads=settings.web_threads)

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+from shared.broker.messages import TRANSFER_QUEUE
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
     boot_check,
@@ -28,7 +29,6 @@ from shared.runtime.lifecycle import (
     takes_no_arguments,
 )
 from shared.runtime.settings import Settings
-from worker.queues import TRANSFER_QUEUE
 
 log = logging.getLogger("settle.worker")
 

@@ -3,53 +3,45 @@
 Dramatiq's own cost per message (fetch, middleware, ack: several Redis round trips) is of
 the order of the SQL that settles a transfer, so messages carry up to `BATCH_MAX` ids and
 `settle_transfers` settles them in one transaction. Nothing is declared at import:
-`install(settings)` builds the broker, makes it the process's and declares the actors on it.
-`web` uses only this module: `install`, `sender`, `pinger` and `queues`. Senders group ids: a web
-process puts the ids its threads commit at about the same time into one message
-(`GroupingSender`), the sweeper and `settle dead-letters retry` send what they claimed in
-batches (`send_batches`).
+`install(settings)` builds the broker (`create_broker`: `shared.broker` with the worker's
+middleware), makes it the process's and declares the actors on it. `web` uses only
+`install` of this module; it sends through the broker `install` returns
+(`shared.broker.sending`).
+
+The middleware list is explicit. TimeLimit is left out on purpose: it injects an exception
+into the actor's thread, and one landing during COMMIT would leave the outcome unknown;
+Postgres timeouts (statement, lock, idle-in-transaction) bound the transfer work instead.
+The middleware is the same on both brokers.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
-import dramatiq.errors
-import pika.exceptions
-import redis
+from dramatiq.middleware import AgeLimit, Retries
 
-from shared.db.pool import connection
-from shared.errors import BrokerUnavailable
+from shared.broker import factory
+from shared.broker.base import SettleBroker
+from shared.broker.messages import (
+    BATCH_MAX,
+    SETTLE_ACTOR,
+    SETTLE_ACTORS,
+    SETTLE_BATCH_ACTOR,
+    TRANSFER_QUEUE,
+    chunks,
+)
+from shared.db.pool import TRANSIENT, connection
+from shared.errors import Unavailable
 from shared.ledger import operations as ledger
 from shared.runtime.settings import Settings
-from worker.broker import (
-    SETTLE_ACTOR,
-    SETTLE_BATCH_ACTOR,
-    SettleRedisBroker,
-    create_broker,
-    is_transient,
-)
-from worker.metrics import SETTLE_LATENCY
-from worker.pool import current_pool
-from worker.queues import TRANSFER_QUEUE, BrokerOperations, broker_operations
+from worker.metrics import SETTLE_LATENCY, Telemetry
+from worker.middleware import DeadLetterMarks, Heartbeat
+from worker.pool import LendConnections, current_pool
 
 log = logging.getLogger(__name__)
-
-#: Most transfer ids in one message, and in one settling transaction. Larger batches cost
-#: fewer commits and messages but lock more accounts at once, so concurrent batches wait on
-#: one another more; 100 was the best measured with 2,000 accounts (README, "Settlement").
-BATCH_MAX = 100
-
-#: How long the first of a web process's concurrent sends waits for others to join its
-#: message. None by default: ids that arrive while a message is being sent join the next
-#: one anyway, which groups them as the rate grows; a wait of 1 ms cost accepted -> settled
-#: 1.7 ms at the median and more in the tail (a timed wait oversleeps on a busy machine) at
-#: 300 transfers/s (README, "Settlement in batches").
-SEND_WINDOW = 0.0
 
 
 #: The settle actors, declared on the installed broker by `install`.
@@ -57,7 +49,46 @@ settle_transfers: dramatiq.Actor[[list[int]], None]
 settle_transfer: dramatiq.Actor[[int], None]
 
 
-def install(settings: Settings) -> dramatiq.Broker:
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: the database was busy, unreachable or chose a victim (the
+    actor raises those as `dramatiq.Retry`)."""
+    return isinstance(exc, (*TRANSIENT, Unavailable, dramatiq.Retry))
+
+
+def create_broker(settings: Settings) -> tuple[SettleBroker, LendConnections]:
+    """The broker `settings.message_broker_url` names (Redis, or RabbitMQ for `amqp://`)
+    with retries for transient errors only, the middleware that owns each worker process's
+    pool, the heartbeat, and the dead-letter mark; and that pool's middleware. Connects
+    lazily."""
+    max_retries = settings.transfer_max_retries
+
+    def retry_when(retries: int, exc: BaseException) -> bool:
+        # `retries` counts the retries already made: TRANSFER_MAX_RETRIES=N allows N of them.
+        return retries < max_retries and is_transient(exc)
+
+    database = LendConnections(settings)
+    middleware = [
+        # First: its after-hook runs last, once Retries has marked a message failed.
+        Telemetry(database, SETTLE_ACTORS),
+        AgeLimit(),
+        # Before Retries: after-hooks run in reverse, and Retries decides "failed".
+        DeadLetterMarks(database, SETTLE_ACTORS),
+        Retries(
+            max_retries=max_retries,
+            min_backoff=settings.transfer_min_backoff_ms,
+            max_backoff=settings.transfer_max_backoff_ms,
+            retry_when=retry_when,
+        ),
+        database,
+        Heartbeat(),
+    ]
+    broker = factory.create_broker(
+        settings.message_broker_url, namespace=settings.broker_namespace, middleware=middleware
+    )
+    return broker, database
+
+
+def install(settings: Settings) -> SettleBroker:
     """Build the broker for `settings`, make it dramatiq's global broker (dramatiq's CLI and
     `Actor.send` read it) and declare the actors on it; return it. The one place that sets
     dramatiq's global: each composition root calls it once, after any fork (the broker's
@@ -83,17 +114,6 @@ def __getattr__(name: str) -> Any:
             " the composition root calls it first"
         )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def pinger(broker: dramatiq.Broker) -> Callable[[], object]:
-    """A function that checks the broker answers (readiness); it raises when it does not."""
-    return broker_operations(broker).ping
-
-
-def queues(broker: dramatiq.Broker) -> BrokerOperations:
-    """What web reads of the broker's queues (`/metrics`, the dashboard): depths, and
-    dropping the dead letters of transfers sent again."""
-    return broker_operations(broker)
 
 
 def _settle_transfers(transfer_ids: list[int]) -> None:
@@ -144,118 +164,6 @@ def _summary(outcomes: dict[int, ledger.Outcome]) -> dict[str, int]:
     for status, _, _ in outcomes.values():
         counts[status] = counts.get(status, 0) + 1
     return counts
-
-
-def chunks(ids: Sequence[int], size: int) -> Iterable[list[int]]:
-    """`ids` in consecutive lists of at most `size`."""
-    for start in range(0, len(ids), size):
-        yield list(ids[start : start + size])
-
-
-def send_batches(
-    broker: dramatiq.Broker, transfer_ids: Sequence[int], *, size: int = BATCH_MAX
-) -> int:
-    """Queue `transfer_ids` for settlement in messages of at most `size` ids, sent in one
-    Redis round trip (a pipeline); returns the number of messages. Raises
-    `BrokerUnavailable` when the broker cannot take them (then some may have been queued:
-    sending twice is harmless)."""
-    messages: list[dramatiq.Message[Any]] = [
-        dramatiq.Message(
-            queue_name=TRANSFER_QUEUE,
-            actor_name=SETTLE_BATCH_ACTOR,
-            args=(chunk,),
-            kwargs={},
-            options={},
-        )
-        for chunk in chunks(sorted(transfer_ids), size)
-    ]
-    try:
-        if isinstance(broker, SettleRedisBroker):
-            broker.enqueue_many(messages)
-        else:
-            for message in messages:
-                broker.enqueue(message)
-    except (redis.RedisError, pika.exceptions.AMQPError, dramatiq.errors.BrokerError) as exc:
-        raise BrokerUnavailable(f"the message broker is unavailable: {exc}") from exc
-    return len(messages)
-
-
-class _Group:
-    __slots__ = ("ids", "full", "done", "error")
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.full = threading.Event()
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-
-class GroupingSender:
-    """Queues transfer ids for settlement, grouping those that this process's threads hand
-    over at about the same time into one message; each caller still waits for the send of
-    its own id and gets its error (`BrokerUnavailable`), so a web request answers 202 only
-    once its transfer is queued.
-
-    No thread of its own: the first caller of a group leads it. It waits up to `window`
-    seconds (less when the group reaches `max_ids`; by default not at all), then for any
-    send still in flight, then sends the group; ids arriving meanwhile form the next group.
-    So a quiet process sends each id at once and a busy one sends fewer, larger messages.
-    """
-
-    def __init__(
-        self,
-        send: Callable[[list[int]], object],
-        *,
-        window: float = SEND_WINDOW,
-        max_ids: int = BATCH_MAX,
-    ) -> None:
-        self._send = send
-        self._window = window
-        self._max_ids = max_ids
-        self._lock = threading.Lock()  # guards `_open`
-        self._sending = threading.Lock()  # one send at a time: the next group fills meanwhile
-        self._open: _Group | None = None
-
-    def __call__(self, transfer_id: int) -> None:
-        with self._lock:
-            group = self._open
-            leader = group is None
-            if group is None:
-                group = self._open = _Group()
-            group.ids.append(transfer_id)
-            if len(group.ids) >= self._max_ids:
-                self._open = None
-                group.full.set()
-        if leader:
-            self._lead(group)
-        else:
-            group.done.wait()
-        if group.error is not None:
-            if isinstance(group.error, BrokerUnavailable) or leader:
-                raise group.error
-            raise BrokerUnavailable(f"the message could not be sent: {group.error}")
-
-    def _lead(self, group: _Group) -> None:
-        if self._window > 0:
-            group.full.wait(self._window)
-        with self._sending:
-            with self._lock:
-                if self._open is group:
-                    self._open = None
-            try:
-                self._send(group.ids)
-            except BaseException as exc:
-                group.error = exc
-            finally:
-                group.done.set()
-
-
-def sender(broker: dramatiq.Broker) -> Callable[[int], None]:
-    """A function that queues a transfer id on `broker` for settlement, grouped with the ids
-    other threads send at the same time (see `GroupingSender`). It raises
-    `BrokerUnavailable` when the broker cannot take the message (Redis or RabbitMQ
-    down, too slow, or refusing it)."""
-    return GroupingSender(lambda ids: send_batches(broker, ids))
 
 
 def _record_attempt(transfer_ids: list[int], error: str) -> None:

@@ -2,7 +2,7 @@
 
 Postgres is the record (`transfers.dead_lettered_at`, see `shared.ledger.dead_letters`); the
 broker's dead-letter queue holds the failed messages (kept seven days by Redis or RabbitMQ,
-and lost with the broker's data); `worker.queues.BrokerOperations` reads it on either.
+and lost with the broker's data); `shared.broker.base.SettleBroker` reads it on either.
 `retry` clears the mark, sends each transfer a fresh message (with a fresh retry budget)
 and drops its old messages from the dead-letter queue. Exit codes: 0
 done, 1 something asked for was not retried (or Postgres or the broker failed), 2 bad usage.
@@ -14,25 +14,23 @@ import argparse
 import logging
 import sys
 
-import dramatiq
 import psycopg
 
+from shared.broker.base import SettleBroker
 from shared.db.pool import connect_once
 from shared.errors import BrokerUnavailable, first_line
 from shared.ledger import dead_letters
 from shared.runtime.lifecycle import load_settings
 from shared.runtime.settings import Settings
 from worker import actors
-from worker.actors import send_batches
-from worker.queues import BrokerUnreachable, broker_operations
 
 log = logging.getLogger("settle.dead_letters")
 
 
-def list_command(settings: Settings, broker: dramatiq.Broker) -> int:
+def list_command(settings: Settings, broker: SettleBroker) -> int:
     with connect_once(settings, "dead-letters") as conn:
         rows = dead_letters.parked(conn)
-    queued = broker_operations(broker).dead_letters()
+    queued = broker.dead_letters()
     for row in rows:
         where = "in" if row["id"] in queued else "not in"
         print(
@@ -54,7 +52,7 @@ def list_command(settings: Settings, broker: dramatiq.Broker) -> int:
     return 0
 
 
-def retry_command(settings: Settings, broker: dramatiq.Broker, ids: list[int] | None) -> int:
+def retry_command(settings: Settings, broker: SettleBroker, ids: list[int] | None) -> int:
     """Release and re-send `ids` (every dead-lettered transfer when None)."""
     with connect_once(settings, "dead-letters") as conn:
         released = dead_letters.release(conn, ids)
@@ -65,11 +63,10 @@ def retry_command(settings: Settings, broker: dramatiq.Broker, ids: list[int] | 
     for tid in unknown:
         print(f"transfer {tid}: no such transfer; skipped")
     try:
-        send_batches(broker, released)
+        broker.send_batches(released)
         for tid in released:
             print(f"transfer {tid}: sent again")
-        operations = broker_operations(broker)
-        queued = operations.dead_letters()
+        queued = broker.dead_letters()
         with connect_once(settings, "dead-letters") as conn:
             still = dead_letters.statuses(conn, list(queued))
         # Parked again since we released (a new failure) keeps its message. A message may
@@ -84,8 +81,8 @@ def retry_command(settings: Settings, broker: dramatiq.Broker, ids: list[int] | 
             for rid, tids in holders.items()
             if not tids & parked_now and (ids is None or tids & set(released))
         ]
-        operations.discard_dead_letters(drop)
-    except (BrokerUnreachable, BrokerUnavailable) as exc:
+        broker.discard_dead_letters(drop)
+    except BrokerUnavailable as exc:
         print(
             f"settle dead-letters: the broker failed ({exc}); the released transfers are no longer"
             " dead-lettered, so the sweeper sends them after SWEEPER_GRACE_SECONDS",
@@ -119,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     except psycopg.Error as exc:
         print(f"settle dead-letters: Postgres failed: {first_line(exc)}", file=sys.stderr)
         code = 1
-    except BrokerUnreachable as exc:
+    except BrokerUnavailable as exc:
         print(f"settle dead-letters: the broker failed: {exc}", file=sys.stderr)
         code = 1
     raise SystemExit(code)

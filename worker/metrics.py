@@ -16,13 +16,13 @@ import logging
 import threading
 import time
 from collections.abc import Collection
-from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared.broker.messages import transfer_ids
 from shared.runtime import logs
 from shared.runtime.metrics import PoolStats, Publisher, publish_pool
 from worker.pool import LendConnections
@@ -84,11 +84,11 @@ class Telemetry(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._local.started = time.perf_counter()
         IN_PROGRESS.labels(message.actor_name).inc()
-        if message.actor_name in self._settle_actors and message.args:
+        if message.actor_name in self._settle_actors:
             # A batch's log lines name their transfers themselves.
-            ids = message.args[0] if isinstance(message.args[0], list) else [message.args[0]]
+            ids = _carried(message)
             if len(ids) == 1:
-                self._local.token = logs.transfer_id.set(_as_id(ids[0]))
+                self._local.token = logs.transfer_id.set(ids[0])
 
     def after_process_message(
         self,
@@ -110,10 +110,9 @@ class Telemetry(Middleware):
                 DEAD.labels(actor).inc()
             else:
                 RETRIES.labels(actor).inc()
-                if actor in self._settle_actors and message.args:
+                if actor in self._settle_actors:
                     # Every transfer of a batch is attempted again.
-                    arg = message.args[0]
-                    TRANSFER_RETRIES.inc(len(arg) if isinstance(arg, list) else 1)
+                    TRANSFER_RETRIES.inc(len(_carried(message)))
         self._done()
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -130,8 +129,10 @@ class Telemetry(Middleware):
             self._local.token = None
 
 
-def _as_id(value: Any) -> int | None:
+def _carried(message: MessageProxy) -> list[int]:
+    """The transfer ids of a settle message; none for a malformed one (the actor refuses it,
+    and that is counted as its error)."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+        return transfer_ids(message)
+    except ValueError:
+        return []

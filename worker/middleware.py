@@ -1,15 +1,10 @@
 """Worker middleware for faults: a heartbeat that hands a dead worker's messages back fast,
 an exit for worker processes whose dramatiq master died, and the dead-letter mark.
 
-On RabbitMQ the heartbeat only watches the master: the server itself puts back the
-messages of a consumer whose connection closed.
-
-Dramatiq's Redis broker only requeues the messages a dead worker had fetched once the
-worker's heartbeat is `heartbeat_timeout` old, and only on a maintenance pass, which by
-default runs at random on 0.1% of broker commands. A busy worker may also go quiet (no
-broker command while its threads work), so a short timeout alone would misjudge it. Here
-every worker process beats on a timer and runs maintenance itself on each beat, so a
-killed worker's messages are back on their queue about `heartbeat_timeout` after it died.
+What a beat does is the broker's (`shared.broker.base.SettleBroker.beat`): on Redis it runs
+the maintenance that requeues a dead worker's messages (see `shared.broker.redis_broker`);
+on RabbitMQ nothing, since the server itself puts back the messages of a consumer whose
+connection closed, and the heartbeat only watches the master.
 """
 
 from __future__ import annotations
@@ -25,30 +20,32 @@ import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 
+from shared.broker import messages
+from shared.broker.base import HEARTBEAT_INTERVAL, SettleBroker
 from shared.db.pool import connection
+from shared.errors import BrokerUnavailable
 from shared.ledger import dead_letters
 from worker.pool import LendConnections
-from worker.queues import BrokerUnreachable
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat(Middleware):
-    """Calls `beat()` every `interval` seconds while a worker runs in this process (the
-    broker's heartbeat and maintenance). In a dramatiq worker process whose master is gone
-    (killed with SIGKILL, its children live on as orphans) it asks the process to stop, as
-    a SIGTERM would: in-flight messages finish, prefetched ones go back to the queue."""
+    """Calls the broker's `beat()` every `interval` seconds while a worker runs in this
+    process. In a dramatiq worker process whose master is gone (killed with SIGKILL, its
+    children live on as orphans) it asks the process to stop, as a SIGTERM would: in-flight
+    messages finish, prefetched ones go back to the queue."""
 
-    def __init__(self, beat: Callable[[], None], *, interval: float) -> None:
-        self._beat = beat
+    def __init__(self, *, interval: float = HEARTBEAT_INTERVAL) -> None:
         self._interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        beat = broker.beat if isinstance(broker, SettleBroker) else _no_beat
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, args=(self._stop,), name="settle-heartbeat", daemon=True
+            target=self._run, args=(beat, self._stop), name="settle-heartbeat", daemon=True
         )
         self._thread.start()
 
@@ -58,7 +55,7 @@ class Heartbeat(Middleware):
             self._thread.join(timeout=self._interval + 10)
             self._thread = None
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, beat: Callable[[], None], stop: threading.Event) -> None:
         # Set only in processes started by multiprocessing: the dramatiq CLI's workers.
         master = multiprocessing.parent_process()
         failing = False
@@ -68,11 +65,11 @@ class Heartbeat(Middleware):
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
             try:
-                self._beat()
+                beat()
                 if failing:
                     log.info("broker heartbeat restored")
                 failing = False
-            except (BrokerUnreachable, OSError) as exc:
+            except BrokerUnavailable as exc:
                 if not failing:  # one line per outage, not one per beat
                     log.warning("broker heartbeat failed, will keep trying: %s", exc)
                 failing = True
@@ -103,7 +100,7 @@ class DeadLetterMarks(Middleware):
     ) -> None:
         if not message.failed or message.actor_name not in self._actor_names:
             return
-        transfer_ids = message_transfer_ids(message)
+        transfer_ids = messages.transfer_ids(message)
         if isinstance(exception, dramatiq.Retry):
             error = str(exception)  # the actor put the transient error's name and text there
         elif exception is not None:
@@ -132,9 +129,5 @@ class DeadLetterMarks(Middleware):
             )
 
 
-def message_transfer_ids(message: dramatiq.Message | MessageProxy) -> list[int]:
-    """The transfer ids a settle message carries: one id, or a list of them."""
-    arg = message.args[0]
-    if isinstance(arg, list):
-        return [int(tid) for tid in arg]
-    return [int(arg)]
+def _no_beat() -> None:
+    """The beat of a broker that is not Settle's: only the master is watched."""

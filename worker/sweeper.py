@@ -17,6 +17,7 @@ import logging
 
 from psycopg_pool import ConnectionPool
 
+from shared.broker.base import SettleBroker
 from shared.db.budget import Plan
 from shared.db.pool import connection
 from shared.ledger import operations as ledger
@@ -38,9 +39,9 @@ from worker import actors
 log = logging.getLogger("settle.sweeper")
 
 
-def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
-    """Re-send every transfer pending past the grace period; return how many were sent."""
-    broker = actors.settle_transfers.broker  # declared by `install`, in `run`
+def sweep_once(pool: ConnectionPool, settings: Settings, broker: SettleBroker) -> int:
+    """Re-send every transfer pending past the grace period through `broker`; return how
+    many were sent. Raises `BrokerUnavailable` and driver errors."""
     sent = 0
     while True:
         with connection(pool) as conn:
@@ -48,7 +49,7 @@ def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
                 conn, grace_seconds=settings.sweeper_grace_seconds, batch=settings.sweeper_batch
             )
         if ids:
-            actors.send_batches(broker, ids)
+            broker.send_batches(ids)
         sent += len(ids)
         if len(ids) < settings.sweeper_batch:
             return sent
@@ -57,7 +58,8 @@ def sweep_once(pool: ConnectionPool, settings: Settings) -> int:
 def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
     """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set, on one leased connection;
     return the exit code (0)."""
-    actors.install(settings)  # after the fork: the broker's client belongs to this process
+    # After the fork: the broker's client belongs to this process.
+    broker = actors.install(settings)
     with leased_pool(settings, "sweeper", plan, stopping=stop.is_set) as pool:
         if pool is None:
             return 0
@@ -68,7 +70,7 @@ def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
         )
         while not stop.is_set():
             try:
-                sent = sweep_once(pool, settings)
+                sent = sweep_once(pool, settings, broker)
                 if sent:
                     log.info("re-sent %d stale pending transfer(s)", sent)
             except Exception as exc:  # one failed pass must not end the sweeper

@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterator
 
 import psycopg
-import redis
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -211,17 +210,6 @@ def check_postgres(url: str, *, name: str = "settle:check", timeout: float = 5.0
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         raise DependencyDown(f"Postgres unreachable at {redact(url)}: {first_line(exc)}") from None
-
-
-def check_redis(url: str, *, timeout: float = 5.0) -> None:
-    """Boot check: `PING` Redis. Raises `DependencyDown` with one line."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        raise DependencyDown(f"Redis unreachable at {redact(url)}: {exc}") from None
-    finally:
-        client.close()
 
 
 def redact(url: str) -> str:

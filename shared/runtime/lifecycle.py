@@ -40,13 +40,13 @@ from typing import NoReturn
 
 import psycopg
 
+from shared.broker.factory import check_broker
 from shared.db.budget import BudgetExceeded, Plan, capacity, make_plan
 from shared.db.leases import LeaseKeeper
 from shared.db.pool import ElasticPool, application_name, check_postgres, create_pool
 from shared.db.pooler import check_pooler
 from shared.errors import DependencyDown, InvalidSetting, PoolerUndeclared, first_line
 from shared.runtime import logs
-from shared.runtime.brokers import check_broker
 from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.runtime")
@@ -100,7 +100,7 @@ def boot_check(settings: Settings, role: str) -> None:
     try:
         check_postgres(settings.database_url, name=name)
         check_pooler(settings, name=name)
-        check_broker(settings)
+        check_broker(settings.message_broker_url)
     except DependencyDown as exc:
         exit_with(role, exc.message, EXIT_FAILED)
     except PoolerUndeclared as exc:

@@ -38,13 +38,14 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from shared.broker.base import QueueCounts
+from shared.broker.messages import TRANSFER_QUEUE
 from shared.db.budget import BudgetExceeded, capacity_on, make_plan
 from shared.db.pool import connection
-from shared.errors import SettleError
+from shared.errors import BrokerUnavailable, SettleError
 from shared.ledger import vitals
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import on_restart
-from shared.runtime.queues import QueueCounts
 from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class OverviewCollector(Collector):
         pool: Any,
         *,
         queue_counts: QueueCounts | None,
-        queues: tuple[str, ...] = ("transfers",),
+        queues: tuple[str, ...] = (TRANSFER_QUEUE,),
     ) -> None:
         self._settings = settings
         self._pool = pool
@@ -267,8 +268,8 @@ class OverviewCollector(Collector):
                 counts = self._queue_counts(queue)
                 for state, count in counts.items():
                     family.add_metric([queue, state], count)
-        except Exception as exc:  # the broker is down or slow: answer with the rest
-            log.warning("metrics: could not read the broker's queues: %s", exc)
+        except BrokerUnavailable as exc:  # the broker is down or slow: answer with the rest
+            log.warning("metrics: could not read the broker's queues: %s", exc.message)
             SCRAPE_ERRORS.labels("broker").inc()
             return
         yield family

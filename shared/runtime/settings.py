@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
+from shared.broker.urls import broker_name
 from shared.errors import InvalidSetting
 
 DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/postgres"
@@ -24,23 +25,6 @@ POOLERS = ("none", "pgbouncer")
 #: DB_POOLER=pgbouncer and DB_POOLER_CLIENT_LIMIT / DB_POOLER_POOL_SIZE are unset.
 PGBOUNCER_CLIENT_LIMIT = 100
 PGBOUNCER_POOL_SIZE = 20
-
-#: URL schemes of the message brokers Settle runs on, by broker name.
-BROKER_SCHEMES = {
-    "redis": ("redis", "rediss", "unix"),
-    "rabbitmq": ("amqp", "amqps"),
-}
-
-
-def broker_name(url: str) -> str:
-    """The broker a URL names, "redis" or "rabbitmq". Raises `InvalidSetting` for any other
-    scheme."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    for name, schemes in BROKER_SCHEMES.items():
-        if scheme in schemes:
-            return name
-    known = ", ".join(f"{s}://" for schemes in BROKER_SCHEMES.values() for s in schemes)
-    raise InvalidSetting(f"BROKER_URL must start with one of {known}")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:

@@ -5,7 +5,7 @@ live leases (which processes are alive, and the connections granted them) and th
 connections each role holds in pg_stat_activity, against the plan the settings give.
 Something needs attention when a message or transfer is dead-lettered, a transfer has been
 pending longer than the threshold, or a role holds more connections than its plan. It raises
-driver and broker (redis, pika) errors; the command turns them into one line and exit 1.
+driver errors and `BrokerUnavailable`; the command turns them into one line and exit 1.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from shared.broker.base import STATES, QueueCounts
+from shared.broker.messages import TRANSFER_QUEUE
 from shared.db.activity import ROLES, connections_by_role
 from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_on, make_plan
 from shared.ledger import vitals
-from shared.runtime.queues import STATES, QueueCounts
 from shared.runtime.settings import Settings
 
-QUEUES = ("transfers",)
+QUEUES = (TRANSFER_QUEUE,)
 
 
 @dataclass

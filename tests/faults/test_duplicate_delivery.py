@@ -15,8 +15,7 @@ from shared.runtime.settings import Settings
 from tests.faults.conftest import Faults, FaultsFactory
 from tests.faults.load import accounts_with_money, random_plan
 from tests.helpers import join_queue, submit
-from worker.actors import settle_transfer
-from worker.broker import create_broker
+from worker.actors import create_broker, settle_transfer
 
 pytestmark = pytest.mark.faults
 

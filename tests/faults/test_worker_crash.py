@@ -22,8 +22,7 @@ from tests.faults.processes import alive, dramatiq_tree, worker_waiting_for_a_lo
 from tests.helpers import fund, make_account, submit
 from tests.pgbouncer import PgBouncer, pooled_env
 from tests.scratch import settle
-from worker.actors import settle_transfer
-from worker.broker import create_broker
+from worker.actors import create_broker, settle_transfer
 
 pytestmark = pytest.mark.faults
 

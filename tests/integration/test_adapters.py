@@ -125,11 +125,11 @@ def test_the_installed_dramatiq_is_the_release_the_broker_adapter_was_checked_ag
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 
-    from worker.broker import DRAMATIQ_CHECKED_VERSION
+    from shared.broker.redis_broker import DRAMATIQ_CHECKED_VERSION
 
     assert dramatiq.__version__ == DRAMATIQ_CHECKED_VERSION, (
-        f"dramatiq {dramatiq.__version__} is installed; worker/broker.py was checked against"
-        f" {DRAMATIQ_CHECKED_VERSION}: re-read RedisBroker._dispatch, enqueue and"
+        f"dramatiq {dramatiq.__version__} is installed; shared/broker/redis_broker.py was"
+        f" checked against {DRAMATIQ_CHECKED_VERSION}: re-read RedisBroker._dispatch, enqueue and"
         " _RedisConsumer.__next__"
     )
     for name in ("_should_do_maintenance", "_max_unpack_size", "_dispatch"):

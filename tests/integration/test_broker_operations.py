@@ -1,4 +1,4 @@
-"""The broker operations (worker.queues.BrokerOperations) on each real broker: queue depths,
+"""The broker operations (shared.broker.base.SettleBroker) on each real broker: queue depths,
 dead letters listed and discarded, ping, and readiness; and each one's failure when its
 broker cannot be reached."""
 
@@ -8,25 +8,27 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import dramatiq
 import falcon.testing
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.runtime.settings import Settings, broker_name
+from shared.broker.base import SettleBroker
+from shared.broker.messages import TRANSFER_QUEUE
+from shared.broker.redis_broker import SettleRedisBroker
+from shared.broker.urls import broker_name
+from shared.errors import BrokerUnavailable
+from shared.runtime.settings import Settings
 from tests.helpers import wait_until
 from tests.scratch import settle
 from web.app import create_app
-from worker.actors import settle_transfer
-from worker.broker import SettleRedisBroker, create_broker
-from worker.queues import TRANSFER_QUEUE, BrokerUnreachable, broker_operations
+from worker.actors import create_broker, settle_transfer
 
 #: Nothing listens on TCP port 1 here: connecting is refused at once.
 NOWHERE = {"redis": "redis://127.0.0.1:1/0", "rabbitmq": "amqp://guest:guest@127.0.0.1:1/"}
 
 
 @pytest.fixture
-def broker(settings: Settings, broker_url: str) -> Iterator[dramatiq.Broker]:
+def broker(settings: Settings, broker_url: str) -> Iterator[SettleBroker]:
     """A broker of the test's own namespace (Redis) or vhost (RabbitMQ), with the settle actor."""
     built, _ = create_broker(
         settings.with_(broker_url=broker_url, broker_namespace=f"ops-{uuid.uuid4().hex[:8]}")
@@ -46,7 +48,7 @@ def waiting(depths: dict[str, int]) -> tuple[int, int, int]:
     return depths["ready"], depths["delayed"], depths["dead"]
 
 
-def kill_one(broker: dramatiq.Broker) -> int:
+def kill_one(broker: SettleBroker) -> int:
     """Take one message off the transfers queue and reject it, as dramatiq does with a
     message that failed for good: the broker moves it to the dead-letter queue. Returns its
     transfer id."""
@@ -60,68 +62,73 @@ def kill_one(broker: dramatiq.Broker) -> int:
 
 
 def test_depths_count_ready_delayed_and_dead_messages_and_dead_letters_can_be_dropped(
-    broker: dramatiq.Broker,
+    broker: SettleBroker,
 ) -> None:
-    queues = broker_operations(broker)
-    assert waiting(queues.depths()) == (0, 0, 0)
+    assert waiting(broker.depths()) == (0, 0, 0)
 
     for transfer in (101, 102, 103):
         broker.enqueue(settle_transfer.message(transfer))
     broker.enqueue(settle_transfer.message(104), delay=60_000)
-    assert waiting(queues.depths()) == (3, 1, 0)
+    assert waiting(broker.depths()) == (3, 1, 0)
 
     dead = kill_one(broker)
     again = kill_one(broker)
     assert dead == 101 and again == 102  # first in, first out
     assert wait_until(
-        lambda: waiting(queues.depths()) == (1, 1, 2),
+        lambda: waiting(broker.depths()) == (1, 1, 2),
         timeout=10,
         what="two messages are dead-lettered",
     )
-    listed = queues.dead_letters()
+    listed = broker.dead_letters()
     assert sorted(listed) == [101, 102]
-    assert queues.dead_letters() == listed  # listing takes nothing away
+    assert broker.dead_letters() == listed  # listing takes nothing away
 
-    queues.discard_dead_letters(listed[101])
-    assert list(queues.dead_letters()) == [102]
-    assert waiting(queues.depths()) == (1, 1, 1)
-    queues.discard_dead_letters(["not-a-message-id"])  # unknown ids are ignored
-    assert queues.depths()["dead"] == 1
+    broker.discard_dead_letters(listed[101])
+    assert list(broker.dead_letters()) == [102]
+    assert waiting(broker.depths()) == (1, 1, 1)
+    broker.discard_dead_letters(["not-a-message-id"])  # unknown ids are ignored
+    assert broker.depths()["dead"] == 1
 
 
 def test_ping_passes_on_a_broker_that_answers_and_readyz_reports_it_by_name(
-    broker: dramatiq.Broker, settings: Settings, broker_url: str, pool: ConnectionPool
+    broker: SettleBroker, settings: Settings, broker_url: str, pool: ConnectionPool
 ) -> None:
-    queues = broker_operations(broker)
-    queues.ping()
+    broker.ping()
     on_this_broker = settings.with_(broker_url=broker_url)
-    app = create_app(on_this_broker, pool=pool, enqueue=lambda _: None, ping_broker=queues.ping)
+    app = create_app(on_this_broker, pool=pool, enqueue=lambda _: None, ping_broker=broker.ping)
     resp = falcon.testing.TestClient(app).simulate_get("/readyz")
     assert resp.status_code == 200
-    assert resp.json == {"data": {"status": "ready", "postgres": "ok", queues.name: "ok"}}
+    assert resp.json == {"data": {"status": "ready", "postgres": "ok", broker.name: "ok"}}
 
 
 @pytest.mark.parametrize("name", ["redis", "rabbitmq"])
-def test_every_operation_raises_broker_unreachable_when_the_broker_cannot_be_reached(
+def test_every_operation_raises_broker_unavailable_when_the_broker_cannot_be_reached(
     settings: Settings, pool: ConnectionPool, name: str
 ) -> None:
     unreachable = settings.with_(broker_url=NOWHERE[name])
     built, _ = create_broker(unreachable)
-    queues = broker_operations(built)
-    assert queues.name == name
-    for operation in (queues.ping, queues.depths, queues.dead_letters):
-        with pytest.raises(BrokerUnreachable):
+    assert built.name == name
+    for operation in (built.ping, built.depths, built.dead_letters):
+        with pytest.raises(BrokerUnavailable):
             operation()
-    with pytest.raises(BrokerUnreachable):
-        queues.discard_dead_letters(["x"])
-    app = create_app(unreachable, pool=pool, enqueue=lambda _: None, ping_broker=queues.ping)
+    with pytest.raises(BrokerUnavailable):
+        built.discard_dead_letters(["x"])
+    with pytest.raises(BrokerUnavailable):
+        built.drop_dead_letters_of([1])
+    with pytest.raises(BrokerUnavailable):
+        built.send_batches([1, 2])
+    if name == "redis":  # RabbitMQ needs no beat of Settle's
+        built.declare_queue(TRANSFER_QUEUE)  # a beat visits the declared queues
+        with pytest.raises(BrokerUnavailable):
+            built.beat()
+    app = create_app(unreachable, pool=pool, enqueue=lambda _: None, ping_broker=built.ping)
     resp = falcon.testing.TestClient(app).simulate_get("/readyz")
     assert resp.status_code == 503
     assert resp.json["error"]["message"].startswith(f"postgres ok; {name} unavailable: ")
 
 
 def test_settle_status_counts_the_queues_of_the_broker_in_use(
-    broker: dramatiq.Broker, settings: Settings, broker_url: str
+    broker: SettleBroker, settings: Settings, broker_url: str
 ) -> None:
     for transfer in (201, 202):
         broker.enqueue(settle_transfer.message(transfer))

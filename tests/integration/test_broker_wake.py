@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from shared.broker.redis_broker import WAKE_TOKENS, SettleRedisBroker, wake_key
 from shared.runtime.settings import Settings
-from worker.actors import send_batches, settle_transfer
-from worker.broker import WAKE_TOKENS, SettleRedisBroker, create_broker, wake_key
+from worker.actors import create_broker, settle_transfer
 
 #: A back-off no test waits out: a consumer that returns was woken.
 HOURS_MS = 3 * 3600 * 1000
@@ -43,7 +43,7 @@ def test_an_idle_consumer_is_woken_by_a_send_and_fetches_it(broker: SettleRedisB
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
     assert not returned.wait(0.2)  # still waiting (nothing sent yet)
-    send_batches(broker, [7, 8, 9])
+    broker.send_batches([7, 8, 9])
     waiter.join(timeout=60)
     assert returned.is_set(), "the send did not wake the waiting consumer"
     message = next(consumer)
@@ -58,7 +58,7 @@ def test_a_wake_up_sent_while_no_consumer_waits_is_kept_and_bounded(
     key = wake_key(broker.namespace, "transfers")
     broker.enqueue(settle_transfer.message(1))
     assert broker.client.llen(key) == 1
-    send_batches(broker, list(range(100, 100 + 50 * 100)))  # 50 messages
+    broker.send_batches(list(range(100, 100 + 50 * 100)))  # 50 messages
     assert broker.client.llen(key) == WAKE_TOKENS
     # A delayed message (a retry) is not due yet: no wake-up for it.
     broker.client.delete(key)

@@ -52,11 +52,11 @@ def sent_ids() -> list[int]:
 @pytest.fixture
 def dash(settings: Settings, pool: ConnectionPool, sent_ids: list[int]) -> Iterator[TestClient]:
     """The real app, whose enqueue sends to the real broker and records the ids sent."""
+    from shared.broker.sending import sender
     from web.app import create_app
-    from worker.actors import sender, settle_transfer
+    from worker.actors import settle_transfer
 
     broker = settle_transfer.broker  # the broker conftest installed
-    from worker.queues import broker_operations
 
     send = sender(broker)
 
@@ -68,8 +68,8 @@ def dash(settings: Settings, pool: ConnectionPool, sent_ids: list[int]) -> Itera
         settings,
         pool=pool,
         enqueue=enqueue,
-        ping_broker=broker_operations(broker).ping,
-        queues=broker_operations(broker),
+        ping_broker=broker.ping,
+        queues=broker,
     )
     yield falcon.testing.TestClient(app)
 
@@ -534,9 +534,9 @@ def test_an_action_on_an_unknown_transfer_is_a_404(dash: TestClient, keys: dict[
 def test_bulk_retry_confirms_the_count_then_sends_thousands_in_batches(
     dash: TestClient, db: psycopg.Connection, keys: dict[str, str], sent_ids: list[int]
 ) -> None:
+    from shared.broker.messages import TRANSFER_QUEUE
     from tests.helpers import queued_transfer_ids
     from worker.actors import settle_transfer
-    from worker.queues import TRANSFER_QUEUE
 
     broker = settle_transfer.broker  # the broker conftest installed
 
@@ -628,12 +628,12 @@ def test_the_overview_shows_queues_transfers_charts_processes_and_the_budget(
 @pytest.fixture
 def api(settings: Settings, pool: ConnectionPool, sent_ids: list[int]) -> Iterator[TestClient]:
     """The app as `dash` builds it, every answer held to the OpenAPI document."""
+    from shared.broker.sending import sender
     from tests.contract import Recorder
     from web.app import create_app
-    from worker.actors import sender, settle_transfer
+    from worker.actors import settle_transfer
 
     broker = settle_transfer.broker  # the broker conftest installed
-    from worker.queues import broker_operations
 
     send = sender(broker)
 
@@ -646,8 +646,8 @@ def api(settings: Settings, pool: ConnectionPool, sent_ids: list[int]) -> Iterat
             settings,
             pool=pool,
             enqueue=enqueue,
-            ping_broker=broker_operations(broker).ping,
-            queues=broker_operations(broker),
+            ping_broker=broker.ping,
+            queues=broker,
         )
     )
     yield TestClient(recorder)
@@ -818,10 +818,9 @@ def test_retrying_or_cancelling_drops_the_transfers_dead_letter_from_the_broker(
     body in the XQ hash): the overview counts it, and retry and cancel drop it."""
     import time
 
-    from shared.runtime.queues import dead_letters, queue_counts
+    from shared.broker.messages import TRANSFER_QUEUE
+    from shared.broker.redis_broker import SettleRedisBroker
     from worker.actors import settle_transfer
-    from worker.broker import SettleRedisBroker
-    from worker.queues import TRANSFER_QUEUE
 
     broker = settle_transfer.broker  # the broker conftest installed
     if not isinstance(broker, SettleRedisBroker):
@@ -836,15 +835,15 @@ def test_retrying_or_cancelling_drops_the_transfers_dead_letter_from_the_broker(
         return transfer
 
     retried, cancelled = park_with_message(), park_with_message()
-    dead_before = queue_counts(broker.client, broker.namespace, TRANSFER_QUEUE)["dead"]
+    dead_before = broker.depths()["dead"]
     browser = Browser(dash, keys["operator"])
     assert f"<b>{dead_before}</b>dead-lettered messages" in browser.get("/dashboard").text
     try:
-        parked = dead_letters(broker.client, broker.namespace, TRANSFER_QUEUE)
+        parked = broker.dead_letters()
         assert retried in parked and cancelled in parked
         browser.post(f"/dashboard/transfers/{retried}/retry")
         browser.post(f"/dashboard/transfers/{cancelled}/cancel")
-        left = dead_letters(broker.client, broker.namespace, TRANSFER_QUEUE)
+        left = broker.dead_letters()
         assert retried not in left and cancelled not in left
         assert len(left) == len(parked) - 2  # nothing else was dropped
     finally:

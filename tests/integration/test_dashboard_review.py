@@ -28,13 +28,11 @@ def _app(settings: Settings, pool: ConnectionPool, **kw: Any) -> TestClient:
     from dramatiq import get_broker
 
     from web.app import create_app
-    from worker.queues import broker_operations
 
     broker = get_broker()  # the broker conftest installed
 
-    operations = broker_operations(broker)
-    kw.setdefault("queues", operations)
-    app = create_app(settings, pool=pool, ping_broker=operations.ping, **kw)
+    kw.setdefault("queues", broker)
+    app = create_app(settings, pool=pool, ping_broker=broker.ping, **kw)
     return falcon.testing.TestClient(app)
 
 
@@ -74,7 +72,7 @@ def test_a_bulk_retry_with_a_state_that_is_not_dead_lettered_sends_nothing(
     assert api.json["data"]["sent"] == 1 and sent_ids == [parked]
     from dramatiq import get_broker
 
-    from worker.queues import TRANSFER_QUEUE
+    from shared.broker.messages import TRANSFER_QUEUE
 
     broker = get_broker()  # the broker conftest installed
 
@@ -208,14 +206,16 @@ def test_retry_and_cancel_scan_the_dead_letters_and_survive_a_foreign_body(
 ) -> None:
     from dramatiq import get_broker
 
-    from worker.actors import sender, settle_transfer
-    from worker.queues import TRANSFER_QUEUE
-    from worker.redis_queues import RedisOperations
+    from shared.broker.messages import TRANSFER_QUEUE
+    from shared.broker.redis_broker import SettleRedisBroker
+    from shared.broker.sending import sender
+    from worker.actors import settle_transfer
 
     broker = get_broker()  # the broker conftest installed
 
     client = _Recording(connection_pool=broker.client.connection_pool)
-    queues = RedisOperations(broker, client=client)
+    # The same keys, through the recording client.
+    queues = SettleRedisBroker(client=client, namespace=broker.namespace, middleware=[])
     app = _app(settings, pool, enqueue=sender(broker), queues=queues)
     key = f"{broker.namespace}:{TRANSFER_QUEUE}.XQ"
 
@@ -255,7 +255,6 @@ def test_the_overview_metrics_and_status_take_the_budget_from_pgbouncers_side(
     from shared.ledger.overview import budget_use
     from shared.runtime.metrics import OverviewCollector
     from shared.runtime.status import gather
-    from worker.queues import broker_operations
 
     broker = get_broker()  # the broker conftest installed
 
@@ -267,7 +266,7 @@ def test_the_overview_metrics_and_status_take_the_budget_from_pgbouncers_side(
     )
     expected = 77 - pooled.db_reserved_connections
     assert budget_use(db, pooled, str(db.info.dbname)).capacity.available == expected
-    assert gather(pooled, db, broker_operations(broker).depths).capacity.available == expected
+    assert gather(pooled, db, broker.depths).capacity.available == expected
     series = {
         s.labels.get("kind"): s.value
         for m in OverviewCollector(pooled, pool, queue_counts=None).collect()
@@ -286,12 +285,11 @@ def test_status_defaults_its_pending_threshold_to_the_dashboards(
     from dramatiq import get_broker
 
     from shared.runtime.status import gather
-    from worker.queues import broker_operations
 
     broker = get_broker()  # the broker conftest installed
 
     threshold = settings.with_(dashboard_pending_threshold_seconds=1234.0)
-    status = gather(threshold, db, broker_operations(broker).depths)
+    status = gather(threshold, db, broker.depths)
     assert status.pending_threshold == 1234.0
 
 
@@ -337,7 +335,7 @@ def test_a_transfers_page_escapes_its_last_error_and_the_actions_detail(
     # A bulk retry records its filter (the markup) in the action's detail.
     from dramatiq import get_broker
 
-    from worker.queues import TRANSFER_QUEUE
+    from shared.broker.messages import TRANSFER_QUEUE
 
     broker = get_broker()  # the broker conftest installed
 

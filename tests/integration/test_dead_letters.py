@@ -20,6 +20,8 @@ import pytest
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from shared.broker.base import SettleBroker
+from shared.broker.redis_broker import SettleRedisBroker
 from shared.db.pool import create_pool
 from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
@@ -37,9 +39,7 @@ from tests.helpers import (
     transfer_row,
 )
 from tests.scratch import scratch_database, settle
-from worker.actors import send_batches, settle_transfer, settle_transfers
-from worker.broker import SettleRedisBroker, create_broker
-from worker.queues import broker_operations
+from worker.actors import create_broker, settle_transfer, settle_transfers
 from worker.sweeper import sweep_once
 
 
@@ -74,7 +74,7 @@ def short_settings(settings: Settings, scratch: str, broker_url: str) -> Setting
 
 
 @pytest.fixture
-def short_broker(short_settings: Settings) -> Iterator[dramatiq.Broker]:
+def short_broker(short_settings: Settings) -> Iterator[SettleBroker]:
     """The settle actor on a broker of its own namespace, or vhost (dropped afterwards)."""
     built, _ = create_broker(short_settings)
     built.declare_actor(settle_transfer)
@@ -119,7 +119,7 @@ def settle_env(settings: Settings) -> dict[str, str]:
 def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_lettered(
     db: psycopg.Connection,
     short_settings: Settings,
-    short_broker: dramatiq.Broker,
+    short_broker: SettleBroker,
     accounts: tuple[int, int],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -130,7 +130,7 @@ def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_letter
     assert (row["status"], row["attempts"]) == ("pending", 3)  # the first try and two retries
     assert row["dead_lettered_at"] is not None
     assert "LockNotAvailable" in str(row["last_error"])
-    assert list(broker_operations(short_broker).dead_letters()) == [transfer]
+    assert list(short_broker.dead_letters()) == [transfer]
     assert entry_amounts(db, transfer) == []
     logged = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert (
@@ -142,7 +142,7 @@ def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_letter
 
 
 def test_an_error_not_worth_retrying_parks_the_transfer_at_once(
-    db: psycopg.Connection, short_broker: dramatiq.Broker, accounts: tuple[int, int]
+    db: psycopg.Connection, short_broker: SettleBroker, accounts: tuple[int, int]
 ) -> None:
     payer, payee = accounts
     transfer = submit(db, payer, payee, 100)
@@ -164,11 +164,11 @@ def test_an_error_not_worth_retrying_parks_the_transfer_at_once(
     assert (row["status"], row["dead_lettered_at"] is not None) == ("pending", True)
     assert str(row["last_error"]).startswith("CheckViolation:")
     assert row["attempts"] == 0  # not counted as a transient failure, and never retried
-    assert list(broker_operations(short_broker).dead_letters()) == [transfer]
+    assert list(short_broker.dead_letters()) == [transfer]
 
 
 def test_insufficient_funds_is_a_final_outcome_and_never_a_dead_letter(
-    db: psycopg.Connection, short_broker: dramatiq.Broker, accounts: tuple[int, int]
+    db: psycopg.Connection, short_broker: SettleBroker, accounts: tuple[int, int]
 ) -> None:
     payer, payee = accounts
     transfer = submit(db, payer, payee, 5_000)
@@ -184,7 +184,7 @@ def test_insufficient_funds_is_a_final_outcome_and_never_a_dead_letter(
         1,
     )
     assert row["dead_lettered_at"] is None
-    assert broker_operations(short_broker).dead_letters() == {}
+    assert short_broker.dead_letters() == {}
 
 
 @pytest.fixture
@@ -210,12 +210,12 @@ def test_the_sweeper_leaves_a_dead_lettered_transfer_alone_until_it_is_released(
     stale = "UPDATE transfers SET enqueued_at = now() - interval '1 hour' WHERE id = %s"
     db.execute(stale, (transfer,))
 
-    sweep_once(sweeper_pool, short_settings)
+    sweep_once(sweeper_pool, short_settings, broker)
     assert transfer not in queued_transfer_ids(broker)
 
     assert dead_letters.release(db, [transfer]) == [transfer]
     db.execute(stale, (transfer,))
-    sweep_once(sweeper_pool, short_settings)
+    sweep_once(sweeper_pool, short_settings, broker)
     assert queued_transfer_ids(broker).count(transfer) == 1
     broker.flush_all()
     assert transfer_row(db, transfer)["dead_lettered_at"] is None
@@ -224,7 +224,7 @@ def test_the_sweeper_leaves_a_dead_lettered_transfer_alone_until_it_is_released(
 def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_it_settles(
     db: psycopg.Connection,
     short_settings: Settings,
-    short_broker: dramatiq.Broker,
+    short_broker: SettleBroker,
     accounts: tuple[int, int],
 ) -> None:
     payer, payee = accounts
@@ -242,7 +242,7 @@ def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_i
     assert f"transfer {transfer}: sent again" in retried.stdout.splitlines()
 
     assert transfer_row(db, transfer)["dead_lettered_at"] is None
-    assert broker_operations(short_broker).dead_letters() == {}  # the old message is dropped...
+    assert short_broker.dead_letters() == {}  # the old message is dropped...
     assert queued_transfer_ids(short_broker) == [transfer]  # ...and a fresh one sent
     with running_worker(short_broker):
         join_queue(short_broker)
@@ -258,7 +258,7 @@ def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_i
 def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_queue(
     db: psycopg.Connection,
     short_settings: Settings,
-    short_broker: dramatiq.Broker,
+    short_broker: SettleBroker,
     accounts: tuple[int, int],
 ) -> None:
     payer, payee = accounts
@@ -281,7 +281,7 @@ def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_q
         f"transfer {second}: sent again",
         "1 transfer(s) sent again",
     ]
-    assert broker_operations(short_broker).dead_letters() == {}
+    assert short_broker.dead_letters() == {}
     assert queued_transfer_ids(short_broker) == [second]
     with running_worker(short_broker):
         join_queue(short_broker)
@@ -292,32 +292,32 @@ def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_q
 def test_a_dead_letter_carrying_several_transfers_stays_until_none_of_them_is_parked(
     db: psycopg.Connection,
     short_settings: Settings,
-    short_broker: dramatiq.Broker,
+    short_broker: SettleBroker,
     accounts: tuple[int, int],
 ) -> None:
     payer, payee = accounts
     first, second = submit(db, payer, payee, 100), submit(db, payer, payee, 200)
     with psycopg.connect(short_settings.database_url) as holder, running_worker(short_broker):
         holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
-        send_batches(short_broker, [first, second])
+        short_broker.send_batches([first, second])
         join_queue(short_broker)  # returns once the message is dead-lettered
         holder.rollback()
     assert [transfer_row(db, t)["dead_lettered_at"] is not None for t in (first, second)] == [
         True,
         True,
     ]
-    held = broker_operations(short_broker).dead_letters()
+    held = short_broker.dead_letters()
     assert sorted(held) == [first, second] and held[first] == held[second]  # one message
     env = settle_env(short_settings)
 
     retried = settle("dead-letters", "retry", str(first), env=env)
     assert retried.returncode == 0, retried.stdout
-    assert broker_operations(short_broker).dead_letters() == held  # kept: `second` is still parked
+    assert short_broker.dead_letters() == held  # kept: `second` is still parked
     assert queued_transfer_ids(short_broker) == [first]
 
     retried = settle("dead-letters", "retry", str(second), env=env)
     assert retried.returncode == 0, retried.stdout
-    assert broker_operations(short_broker).dead_letters() == {}
+    assert short_broker.dead_letters() == {}
     assert queued_transfer_ids(short_broker) == [first, second]
     with running_worker(short_broker):
         join_queue(short_broker)

@@ -1,5 +1,5 @@
-"""The dramatiq internals Settle relies on (worker/broker.py's maintenance switch for its
-heartbeat, shared/runtime/queues.py's dead-letter layout), held to account against the real
+"""The dramatiq internals Settle relies on (shared/broker/redis_broker.py's maintenance switch
+for its heartbeat, and its reading of the dead-letter layout), held to account against the real
 Redis by what they do: an upgrade of dramatiq that changes them fails here.
 (tests/integration/test_adapters.py pins the release itself.)"""
 
@@ -12,10 +12,9 @@ import dramatiq
 import pytest
 import redis
 
-from shared.runtime import queues
+from shared.broker.redis_broker import _BEAT, SettleRedisBroker
 from shared.runtime.settings import Settings
 from tests.helpers import wait_until
-from worker.broker import _BEAT, SettleRedisBroker
 
 QUEUE = "adapter-check"
 
@@ -82,10 +81,10 @@ def test_the_dead_letter_queue_is_read_and_emptied_through_its_redis_layout(
     assert fetched is not None
     consumer.nack(fetched)  # dramatiq's own path to the dead-letter queue
 
-    letters = queues.dead_letters(broker.client, namespace, QUEUE)
+    letters = broker.dead_letters(QUEUE)
     assert list(letters) == [7]  # the message's first argument
-    assert queues.queue_counts(broker.client, namespace, QUEUE)["dead"] == 1
-    queues.discard_dead_letters(broker.client, namespace, QUEUE, letters[7])
-    assert queues.dead_letters(broker.client, namespace, QUEUE) == {}
+    assert broker.depths(QUEUE)["dead"] == 1
+    broker.discard_dead_letters(letters[7], QUEUE)
+    assert broker.dead_letters(QUEUE) == {}
     consumer.close()
     broker.client.connection_pool.disconnect()

@@ -91,9 +91,8 @@ def target(settings: Settings, fuzz_database: str) -> Iterator[Target]:
     from worker.actors import settle_transfer
 
     suite_broker = settle_transfer.broker  # the broker conftest installed
-    from worker.queues import broker_operations
 
-    ping = broker_operations(suite_broker).ping
+    ping = suite_broker.ping
     with psycopg.connect(fuzz_database, autocommit=True) as conn:
         user = conn.execute("SELECT id FROM users WHERE email = 'ada@fuzz.example'").fetchone()
         assert user is not None

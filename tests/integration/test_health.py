@@ -70,9 +70,8 @@ def test_readyz_answers_503_when_the_process_has_no_open_pool(
     from worker.actors import settle_transfer
 
     broker = settle_transfer.broker  # the broker conftest installed
-    from worker.queues import broker_operations
 
-    ping = broker_operations(broker).ping
+    ping = broker.ping
     app = create_app(settings, pool=closed_pool, enqueue=no_enqueue, ping_broker=ping)
     resp = falcon.testing.TestClient(app).simulate_get("/readyz")
     assert resp.status_code == 503

@@ -17,16 +17,16 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from shared.broker.redis_broker import SettleRedisBroker
 from shared.db.pool import create_pool
 from shared.ledger import auth, dead_letters
 from shared.runtime import logs
 from shared.runtime.metrics import PoolStats, QueueDepth
-from shared.runtime.queues import queue_counts
 from shared.runtime.settings import Settings
 from tests.contract import Recorder
 from tests.helpers import make_account, make_user, submit
 from web.app import create_app
-from worker.broker import SettleRedisBroker, create_broker
+from worker.actors import create_broker
 
 
 def _never_enqueue(transfer_id: int) -> None:
@@ -42,15 +42,9 @@ def metrics_client(
     from worker.actors import settle_transfer
 
     broker = settle_transfer.broker  # the broker conftest installed
-    from worker.queues import broker_operations
 
-    operations = broker_operations(broker)
     app = create_app(
-        settings,
-        pool=pool,
-        enqueue=_never_enqueue,
-        ping_broker=operations.ping,
-        queues=operations,
+        settings, pool=pool, enqueue=_never_enqueue, ping_broker=broker.ping, queues=broker
     )
     recorder = Recorder(app)
     yield falcon.testing.TestClient(recorder, headers={"Authorization": f"Bearer {operator_key}"})
@@ -298,7 +292,7 @@ def test_queue_counts_follow_real_messages_through_the_broker(
         for tid in (1, 2, 3):
             broker.enqueue(settle_transfer.message(tid))
         broker.enqueue(settle_transfer.message(4), delay=60_000)
-        assert queue_counts(broker.client, namespace, "transfers") == {
+        assert broker.depths("transfers") == {
             "ready": 3,
             "in_flight": 0,
             "delayed": 1,
@@ -307,10 +301,10 @@ def test_queue_counts_follow_real_messages_through_the_broker(
         consumer = broker.consume("transfers", prefetch=1, timeout=1000)
         message = next(consumer)
         assert message is not None
-        assert queue_counts(broker.client, namespace, "transfers")["in_flight"] == 1
+        assert broker.depths("transfers")["in_flight"] == 1
         consumer.nack(message)
         consumer.close()
-        assert queue_counts(broker.client, namespace, "transfers") == {
+        assert broker.depths("transfers") == {
             "ready": 2,
             "in_flight": 0,
             "delayed": 1,

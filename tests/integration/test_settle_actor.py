@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from dramatiq.middleware import Middleware, TimeLimit
 
+from shared.broker.messages import transfer_ids
 from shared.ledger import operations as ledger
 from shared.runtime.settings import Settings
 from tests.helpers import (
@@ -28,9 +29,7 @@ from tests.helpers import (
     transfer_row,
     wait_until,
 )
-from worker.actors import send_batches, settle_transfer, settle_transfers
-from worker.broker import create_broker
-from worker.middleware import message_transfer_ids
+from worker.actors import create_broker, settle_transfer, settle_transfers
 
 #: The broker conftest installed: the one the actors are declared on.
 broker = settle_transfer.broker
@@ -52,7 +51,7 @@ class RecordedOutcomes(Middleware):
         exception: BaseException | None = None,
     ) -> None:
         with self._lock:
-            for transfer_id in message_transfer_ids(message):
+            for transfer_id in transfer_ids(message):
                 self._outcomes.append((transfer_id, exception))
 
     def of(self, transfer_id: int) -> list[BaseException | None]:
@@ -313,7 +312,7 @@ def test_a_batch_settles_each_transfer_in_id_order_with_its_own_outcome(
     third = submit(db, payer, other, 400)
     refill = submit(db, treasury, payee, 50)
 
-    assert send_batches(broker, [third, refill, second, first]) == 1
+    assert broker.send_batches([third, refill, second, first]) == 1
     join_queue(broker)
 
     rows = {tid: transfer_row(db, tid) for tid in (first, second, third, refill)}
@@ -453,7 +452,7 @@ def test_a_batch_that_keeps_failing_is_retried_whole_then_parks_what_is_still_pe
             running_worker(limited, threads=2),
         ):
             holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
-            send_batches(limited, [*blocked, done])
+            limited.send_batches([*blocked, done])
             join_queue(limited)  # returns once the message is dead-lettered
             holder.rollback()
     finally:

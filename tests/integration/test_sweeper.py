@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.broker.messages import TRANSFER_QUEUE
 from shared.db.pool import create_pool
 from shared.runtime.settings import Settings
 from tests.helpers import (
@@ -22,7 +23,6 @@ from tests.helpers import (
     transfer_row,
 )
 from worker.actors import settle_transfer
-from worker.queues import TRANSFER_QUEUE
 from worker.sweeper import sweep_once
 
 #: The broker conftest installed: the one the actor is declared on.
@@ -75,15 +75,15 @@ def test_a_pending_transfer_without_a_message_is_resent_after_the_grace_period_a
     payer, payee = payer_and_payee
     transfer = submit(db, payer, payee, 1_200)  # recorded pending; no message was sent
 
-    sweep_once(sweeper_pool, sweeper_settings)
+    sweep_once(sweeper_pool, sweeper_settings, broker)
     assert transfer not in queued_transfer_ids(broker)  # still within its grace period
 
     backdate(db, transfer, GRACE + 5)
-    assert sweep_once(sweeper_pool, sweeper_settings) >= 1
+    assert sweep_once(sweeper_pool, sweeper_settings, broker) >= 1
     assert queued_transfer_ids(broker).count(transfer) == 1
 
     # Re-sent just now, so the next sweep leaves it alone for another grace period.
-    sweep_once(sweeper_pool, sweeper_settings)
+    sweep_once(sweeper_pool, sweeper_settings, broker)
     assert queued_transfer_ids(broker).count(transfer) == 1
 
     with running_worker(broker):
@@ -112,7 +112,7 @@ def test_a_message_lost_by_the_broker_is_redriven_by_the_sweeper(
     assert transfer_row(db, transfer)["status"] == "pending"  # stranded
 
     backdate(db, transfer, GRACE + 5)
-    sweep_once(sweeper_pool, sweeper_settings)
+    sweep_once(sweeper_pool, sweeper_settings, broker)
     assert queued_transfer_ids(broker).count(transfer) == 1
 
     with running_worker(broker):
@@ -136,7 +136,7 @@ def test_a_transfer_settled_meanwhile_is_not_resent(
     assert transfer_row(db, transfer)["status"] == "settled"
 
     backdate(db, transfer, GRACE + 5)
-    sweep_once(sweeper_pool, sweeper_settings)
+    sweep_once(sweeper_pool, sweeper_settings, broker)
     assert transfer not in queued_transfer_ids(broker)
 
 
@@ -152,7 +152,7 @@ def test_stale_transfers_are_resent_together_in_one_message(
         backdate(db, transfer, GRACE + 5)
     messages = broker.client.hlen(f"{broker.namespace}:transfers.msgs")
 
-    assert sweep_once(sweeper_pool, sweeper_settings) >= 3
+    assert sweep_once(sweeper_pool, sweeper_settings, broker) >= 3
 
     assert broker.client.hlen(f"{broker.namespace}:transfers.msgs") == messages + 1
     assert [t for t in queued_transfer_ids(broker) if t in transfers] == transfers

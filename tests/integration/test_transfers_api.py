@@ -256,13 +256,12 @@ def test_a_transfer_the_broker_cannot_queue_answers_503_and_a_retry_with_its_key
     accounts: tuple[int, int],
     sent: list[int],
 ) -> None:
-    from dramatiq.brokers.redis import RedisBroker
-
+    from shared.broker.redis_broker import SettleRedisBroker
+    from shared.broker.sending import sender
     from web.app import create_app
-    from worker.actors import sender
 
     # A real Redis client aimed at a port where nothing listens: the broker is down.
-    down = RedisBroker(url="redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    down = SettleRedisBroker(url="redis://127.0.0.1:1/0", socket_connect_timeout=1, middleware=[])
     app = create_app(settings, pool=pool, enqueue=sender(down), ping_broker=lambda: True)
     source, target = accounts
     body = {"from_account_id": source, "to_account_id": target, "amount": 700}

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from shared.broker.sending import GroupingSender
 from shared.errors import BrokerUnavailable
 from tests.helpers import wait_until
-from worker.actors import GroupingSender
 
 #: Only an upper bound: a group is sent as soon as it is full.
 LONG = 60.0

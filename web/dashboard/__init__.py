@@ -3,14 +3,16 @@ twin under /dashboard/api (see `api`), served by the web front."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import falcon
 from psycopg_pool import ConnectionPool
 
-from shared.runtime.queues import BrokerQueues
+from shared.broker.base import SettleBroker
 from shared.runtime.settings import Settings
 from web.dashboard import api, pages
 from web.dashboard.access import Access
-from web.dashboard.actions import Enqueue
+from web.dashboard.actions import BrokerCalls, Enqueue
 from web.dashboard.data import OverviewSource, broker_functions
 from web.dashboard.headers import ProtectiveHeaders
 
@@ -21,12 +23,15 @@ def add_dashboard(
     *,
     pool: ConnectionPool,
     enqueue: Enqueue,
-    queues: BrokerQueues | None,
+    ping_broker: Callable[[], object],
+    queues: SettleBroker | None,
 ) -> None:
-    """Route the dashboard's pages and their JSON twin on `app`; `queues` (the broker's, or
-    None) is how it counts the queue and drops dead letters. Every answer under /dashboard
-    gets the headers of `web.dashboard.headers`."""
+    """Route the dashboard's pages and their JSON twin on `app`; `enqueue` sends a retried
+    transfer, `ping_broker` checks the broker before an action, and `queues` (the broker,
+    or None) is how it counts the queue and drops dead letters. Every answer under
+    /dashboard gets the headers of `web.dashboard.headers`."""
     queue_depths, discard_dead = broker_functions(queues)
+    broker = BrokerCalls(ping=ping_broker, enqueue=enqueue, discard_dead=discard_dead)
     access = Access(settings, pool)
     c = (access, pool, settings)
     source = OverviewSource(pool, settings, queue_depths)
@@ -36,30 +41,18 @@ def add_dashboard(
         "/dashboard/logout": pages.Logout(*c),
         "/dashboard/static/dashboard.css": pages.Stylesheet(),
         "/dashboard/transfers": pages.TransferList(*c),
-        "/dashboard/transfers/retry": pages.BulkRetry(
-            *c, enqueue=enqueue, discard_dead=discard_dead
-        ),
+        "/dashboard/transfers/retry": pages.BulkRetry(*c, broker),
         "/dashboard/transfers/{transfer_id}": pages.Transfer(*c),
-        "/dashboard/transfers/{transfer_id}/retry": pages.RetryOne(
-            *c, enqueue=enqueue, discard_dead=discard_dead
-        ),
-        "/dashboard/transfers/{transfer_id}/cancel": pages.Cancel(
-            *c, enqueue=enqueue, discard_dead=discard_dead
-        ),
+        "/dashboard/transfers/{transfer_id}/retry": pages.RetryOne(*c, broker),
+        "/dashboard/transfers/{transfer_id}/cancel": pages.Cancel(*c, broker),
         "/dashboard/actions": pages.Actions(*c),
         "/dashboard/api/overview": api.Overview(*c, source),
         "/dashboard/api/transfers": api.Transfers(*c),
         "/dashboard/api/transfers/count": api.TransferCount(*c),
-        "/dashboard/api/transfers/retry": api.BulkRetry(
-            *c, enqueue=enqueue, discard_dead=discard_dead
-        ),
+        "/dashboard/api/transfers/retry": api.BulkRetry(*c, broker),
         "/dashboard/api/transfers/{transfer_id}": api.Transfer(*c),
-        "/dashboard/api/transfers/{transfer_id}/retry": api.RetryOne(
-            *c, enqueue=enqueue, discard_dead=discard_dead
-        ),
-        "/dashboard/api/transfers/{transfer_id}/cancel": api.Cancel(
-            *c, enqueue=enqueue, discard_dead=discard_dead
-        ),
+        "/dashboard/api/transfers/{transfer_id}/retry": api.RetryOne(*c, broker),
+        "/dashboard/api/transfers/{transfer_id}/cancel": api.Cancel(*c, broker),
         "/dashboard/api/actions": api.Actions(*c),
     }
     for template, resource in routes.items():

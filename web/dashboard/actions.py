@@ -1,16 +1,21 @@
 """What the dashboard's pages and its JSON twin do to transfers, in one place: retry one,
 cancel one, retry all matching a filter, then send the released transfers and drop their
 dead letters from the broker. Each function raises the ledger's errors (`ReadOnlyKey`,
-`TransferNotFound`, ...) and driver errors; a broker failure is a notice, never an error,
-since the database change has committed by then."""
+`TransferNotFound`, ...) and driver errors.
+
+Every action needs the broker, so each first checks that it answers: while it is down the
+action raises `BrokerUnavailable` (503 `broker_unavailable`) and changes nothing. A broker
+that fails after the database change has committed is a notice beside the result, never an
+error: the change stands, and the notice says what is left to whom.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-import redis
 from psycopg_pool import ConnectionPool
 
 from shared.db.pool import connection
@@ -31,6 +36,34 @@ BROKER_FAILED = (
     "The message broker failed; the retried transfers are plain pending again and the"
     " sweeper sends them after its grace period."
 )
+#: What an operator reads when the broker failed while dropping dead letters.
+DEAD_LETTERS_LEFT = (
+    "The message broker failed while dropping these transfers' dead-letter messages; they"
+    " stay in the dead-letter queue until it expires them."
+)
+
+
+@dataclass(frozen=True)
+class BrokerCalls:
+    """What the dashboard's actions ask of the broker: whether it answers (before anything
+    changes), a message for a released transfer, and dropping dead letters (None: they are
+    left to expire). Each raises `BrokerUnavailable`."""
+
+    ping: Callable[[], object]
+    enqueue: Enqueue
+    discard_dead: DiscardDead | None
+
+
+def require_broker(broker: BrokerCalls) -> None:
+    """Raise `BrokerUnavailable` when the broker does not answer, before an action changes
+    anything."""
+    try:
+        broker.ping()
+    except BrokerUnavailable as exc:
+        log.warning("dashboard: action refused, %s", exc.message)
+        raise BrokerUnavailable(
+            "the message broker is unavailable, so nothing was changed; try again once it is back"
+        ) from exc
 
 
 def transfer_id(raw: str) -> int:
@@ -38,31 +71,30 @@ def transfer_id(raw: str) -> int:
     return path_id(raw, TransferNotFound, "transfer")
 
 
-def send_released(
-    enqueue: Enqueue, discard_dead: DiscardDead | None, ids: Sequence[int]
-) -> str | None:
-    """Send each released transfer a message, then drop its dead letters; a notice when the
-    broker failed (they are plain pending again: the sweeper sends them after its grace
-    period)."""
+def send_released(broker: BrokerCalls, ids: Sequence[int], *, drop: bool = True) -> str | None:
+    """Send each released transfer a message, then (with `drop`) drop its dead letters; a
+    notice when the broker failed (they are plain pending again: the sweeper sends them
+    after its grace period)."""
     try:
         for tid in ids:
-            enqueue(tid)
+            broker.enqueue(tid)
     except BrokerUnavailable:
         log.warning("dashboard: the broker failed while sending %d retried transfer(s)", len(ids))
         return BROKER_FAILED
-    drop_dead_letters(discard_dead, ids)
-    return None
+    return drop_dead_letters(broker, ids) if drop else None
 
 
-def drop_dead_letters(discard_dead: DiscardDead | None, ids: Sequence[int]) -> None:
+def drop_dead_letters(broker: BrokerCalls, ids: Sequence[int]) -> str | None:
     """Drop the dead letters of `ids`. A failure only leaves them to expire on their own
-    (the broker keeps dead letters seven days), so it is logged, not raised."""
-    if discard_dead is None or not ids:
-        return
+    (the broker keeps dead letters seven days): a notice, not an error."""
+    if broker.discard_dead is None or not ids:
+        return None
     try:
-        discard_dead(ids)
-    except (redis.RedisError, OSError) as exc:
-        log.warning("dashboard: could not drop %d dead letter(s): %s", len(ids), exc)
+        broker.discard_dead(ids)
+    except BrokerUnavailable as exc:
+        log.warning("dashboard: could not drop %d dead letter(s): %s", len(ids), exc.message)
+        return DEAD_LETTERS_LEFT
+    return None
 
 
 def retry_one(
@@ -70,32 +102,33 @@ def retry_one(
     tid: int,
     by: Principal,
     *,
-    enqueue: Enqueue,
-    discard_dead: DiscardDead | None,
+    broker: BrokerCalls,
 ) -> tuple[bool, str | None]:
     """Retry one transfer: (whether it was dead-lettered and is sent again, a notice when
-    the broker failed). Raises `TransferNotFound` for an unknown id."""
+    the broker failed after the change). Raises `TransferNotFound` for an unknown id and
+    `BrokerUnavailable` when the broker is down before it."""
     operator_actions.require_acting(by)
+    require_broker(broker)
     with connection(pool) as conn:
         released = operator_actions.retry(conn, [tid], by=by)
         if not released:
             attention.transfer_detail(conn, tid)  # a 404 for an unknown id
-    return bool(released), send_released(enqueue, discard_dead, released)
+    return bool(released), send_released(broker, released)
 
 
 def cancel_one(
-    pool: ConnectionPool, tid: int, by: Principal, *, discard_dead: DiscardDead | None
-) -> bool:
-    """Cancel one dead-lettered transfer; False when it was not dead-lettered. Raises
-    `TransferNotFound` for an unknown id."""
+    pool: ConnectionPool, tid: int, by: Principal, *, broker: BrokerCalls
+) -> tuple[bool, str | None]:
+    """Cancel one dead-lettered transfer: (False when it was not dead-lettered, a notice when
+    the broker failed after the change). Raises `TransferNotFound` for an unknown id and
+    `BrokerUnavailable` when the broker is down before it."""
     operator_actions.require_acting(by)
+    require_broker(broker)
     with connection(pool) as conn:
         done = operator_actions.cancel(conn, tid, by=by)
         if not done:
             attention.transfer_detail(conn, tid)
-    if done:
-        drop_dead_letters(discard_dead, [tid])
-    return done
+    return done, drop_dead_letters(broker, [tid]) if done else None
 
 
 def bulk_retry(
@@ -103,14 +136,15 @@ def bulk_retry(
     wanted: TransferFilter,
     by: Principal,
     *,
-    enqueue: Enqueue,
-    discard_dead: DiscardDead | None,
+    broker: BrokerCalls,
     seconds: float = BULK_SECONDS,
 ) -> tuple[int, int, str | None]:
     """Retry the dead-lettered transfers matching `wanted`, a batch per transaction, each
     batch sent before the next is taken, for at most `seconds`. Returns (sent, batches, a
-    notice when the broker failed)."""
+    notice when the broker failed on the way). Raises `BrokerUnavailable` when the broker
+    is down before it."""
     operator_actions.require_acting(by)
+    require_broker(broker)
     deadline = time.monotonic() + seconds
     after, sent, batches = 0, 0, 0
     all_released: list[int] = []
@@ -123,10 +157,10 @@ def bulk_retry(
         batches += 1
         sent += len(released)
         after = released[-1]
-        notice = send_released(enqueue, None, released)
+        notice = send_released(broker, released, drop=False)
         all_released.extend(released)
         if notice:
             break
     if notice is None:
-        drop_dead_letters(discard_dead, all_released)
+        notice = drop_dead_letters(broker, all_released)
     return sent, batches, notice

@@ -17,7 +17,7 @@ from shared.ledger.operations import decode_cursor, encode_cursor
 from shared.runtime.settings import Settings
 from web.dashboard import actions, pages
 from web.dashboard.access import Access
-from web.dashboard.data import DiscardDead, OverviewSource
+from web.dashboard.data import OverviewSource
 from web.resources import read_json
 
 
@@ -36,17 +36,10 @@ class _Api:
 
 class _Acting(_Api):
     def __init__(
-        self,
-        access: Access,
-        pool: ConnectionPool,
-        settings: Settings,
-        *,
-        enqueue: actions.Enqueue,
-        discard_dead: DiscardDead | None,
+        self, access: Access, pool: ConnectionPool, settings: Settings, broker: actions.BrokerCalls
     ) -> None:
         super().__init__(access, pool, settings)
-        self._enqueue = enqueue
-        self._discard_dead = discard_dead
+        self._broker = broker
 
 
 class Overview(_Api):
@@ -135,9 +128,7 @@ class RetryOne(_Acting):
         by = self._access.api_principal(req, changes=True)
         operator_actions.require_acting(by)
         tid = actions.transfer_id(transfer_id)
-        retried, notice = actions.retry_one(
-            self._pool, tid, by, enqueue=self._enqueue, discard_dead=self._discard_dead
-        )
+        retried, notice = actions.retry_one(self._pool, tid, by, broker=self._broker)
         resp.media = {"data": {"id": tid, "retried": retried, "notice": notice}}
 
 
@@ -146,8 +137,8 @@ class Cancel(_Acting):
         by = self._access.api_principal(req, changes=True)
         operator_actions.require_acting(by)
         tid = actions.transfer_id(transfer_id)
-        done = actions.cancel_one(self._pool, tid, by, discard_dead=self._discard_dead)
-        resp.media = {"data": {"id": tid, "cancelled": done, "notice": None}}
+        done, notice = actions.cancel_one(self._pool, tid, by, broker=self._broker)
+        resp.media = {"data": {"id": tid, "cancelled": done, "notice": notice}}
 
 
 class BulkRetry(_Acting):
@@ -155,9 +146,7 @@ class BulkRetry(_Acting):
         by = self._access.api_principal(req, changes=True)
         operator_actions.require_acting(by)
         wanted = attention.transfer_filter_from_json(read_json(req, self._settings.max_body_bytes))
-        sent, batches, notice = actions.bulk_retry(
-            self._pool, wanted, by, enqueue=self._enqueue, discard_dead=self._discard_dead
-        )
+        sent, batches, notice = actions.bulk_retry(self._pool, wanted, by, broker=self._broker)
         with connection(self._pool) as conn:
             left = attention.count_matching(conn, wanted, stuck_after_seconds=self._threshold)
         resp.media = {

@@ -11,12 +11,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
-import redis
 from psycopg_pool import ConnectionPool
 
+from shared.broker.base import SettleBroker
+from shared.broker.messages import TRANSFER_QUEUE
 from shared.db.pool import connection
+from shared.errors import BrokerUnavailable
 from shared.ledger import overview, vitals
-from shared.runtime import queues
 from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,21 +26,18 @@ log = logging.getLogger(__name__)
 QueueDepths = Callable[[], Mapping[str, int]]
 #: Drops the dead-letter messages of the given transfers (they were sent again or ended).
 DiscardDead = Callable[[Sequence[int]], None]
-#: The settle actor's queue (worker.queues.TRANSFER_QUEUE; web imports no worker module
-#: but the actors).
-QUEUE = "transfers"
 
 
 def broker_functions(
-    broker_queues: queues.BrokerQueues | None,
+    broker: SettleBroker | None,
 ) -> tuple[QueueDepths | None, DiscardDead | None]:
-    """The two things the dashboard asks the broker, whichever it is (None: no queue
-    numbers, and dead letters left to expire)."""
-    if broker_queues is None:
+    """The two things the dashboard asks the broker's queues, whichever broker it is (None:
+    no queue numbers, and dead letters left to expire). Each raises `BrokerUnavailable`."""
+    if broker is None:
         return None, None
     return (
-        functools.partial(broker_queues.depths, QUEUE),
-        functools.partial(broker_queues.drop_dead_letters_of, queue=QUEUE),
+        functools.partial(broker.depths, TRANSFER_QUEUE),
+        functools.partial(broker.drop_dead_letters_of, queue=TRANSFER_QUEUE),
     )
 
 
@@ -110,9 +108,9 @@ def gather(
     else:
         try:
             queues = dict(queue_depths())
-        except (redis.RedisError, OSError) as exc:
-            log.warning("dashboard: the broker did not answer: %s", exc)
-            queue_error = "the message broker did not answer"
+        except BrokerUnavailable as exc:
+            log.warning("dashboard: %s", exc.message)
+            queue_error = "the message broker is unavailable"
     return {
         "queues": queues,
         "queue_error": queue_error,

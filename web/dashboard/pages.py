@@ -32,7 +32,7 @@ from shared.ledger.sessions import Session, csrf_matches
 from shared.runtime.settings import Settings
 from web.dashboard import actions, html
 from web.dashboard.access import Access
-from web.dashboard.data import DiscardDead, OverviewSource
+from web.dashboard.data import OverviewSource
 from web.errors import headers_of, status_of
 
 log = logging.getLogger(__name__)
@@ -564,41 +564,39 @@ class Transfer(_Page):
 
 class _Action(_Page):
     def __init__(
-        self,
-        access: Access,
-        pool: ConnectionPool,
-        settings: Settings,
-        *,
-        enqueue: actions.Enqueue,
-        discard_dead: DiscardDead | None,
+        self, access: Access, pool: ConnectionPool, settings: Settings, broker: actions.BrokerCalls
     ) -> None:
         super().__init__(access, pool, settings)
-        self._enqueue = enqueue
-        self._discard_dead = discard_dead
+        self._broker = broker
+
+    def _one(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        transfer_id: str,
+        act: Callable[..., tuple[bool, str | None]],
+        title: str,
+    ) -> None:
+        """Do `act` (`actions.retry_one` or `cancel_one`) to one transfer, then back to its
+        page; or, when the broker failed after the change committed, a page that says so."""
+        session, _ = self._posted(req, resp)
+        tid = actions.transfer_id(transfer_id)
+        _, notice = act(self._pool, tid, session.principal, broker=self._broker)
+        if notice is None:
+            resp.status = falcon.HTTP_303
+            resp.location = f"/dashboard/transfers/{tid}"
+            return
+        body = (
+            f'<p class="notice error" id="retry-notice">{html.esc(notice)}</p>'
+            f'<p><a href="/dashboard/transfers/{tid}">Back to transfer {tid}</a></p>'
+        )
+        self._render(resp, session, f"{title} of transfer {tid}", body)
 
 
 class RetryOne(_Action):
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
-        session, _ = self._posted(req, resp)
-        tid = actions.transfer_id(transfer_id)
-        _, notice = actions.retry_one(
-            self._pool,
-            tid,
-            session.principal,
-            enqueue=self._enqueue,
-            discard_dead=self._discard_dead,
-        )
-        if notice is None:
-            resp.status = falcon.HTTP_303
-            resp.location = f"/dashboard/transfers/{tid}"
-            return
-        # The transfer is released (the change has committed); say why no message went out.
-        body = (
-            f'<p class="notice error" id="retry-notice">{html.esc(notice)}</p>'
-            f'<p><a href="/dashboard/transfers/{tid}">Back to transfer {tid}</a></p>'
-        )
-        self._render(resp, session, f"Retry of transfer {tid}", body)
+        self._one(req, resp, transfer_id, actions.retry_one, "Retry")
 
 
 class Cancel(_Action):
@@ -638,11 +636,7 @@ class Cancel(_Action):
 
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
-        session, _ = self._posted(req, resp)
-        tid = actions.transfer_id(transfer_id)
-        actions.cancel_one(self._pool, tid, session.principal, discard_dead=self._discard_dead)
-        resp.status = falcon.HTTP_303
-        resp.location = f"/dashboard/transfers/{tid}"
+        self._one(req, resp, transfer_id, actions.cancel_one, "Cancel")
 
 
 class BulkRetry(_Action):
@@ -678,11 +672,7 @@ class BulkRetry(_Action):
         session, form = self._posted(req, resp)
         wanted = attention.transfer_filter({k: v for k, v in form.items() if k != "csrf"})
         sent, batches, notice = actions.bulk_retry(
-            self._pool,
-            wanted,
-            session.principal,
-            enqueue=self._enqueue,
-            discard_dead=self._discard_dead,
+            self._pool, wanted, session.principal, broker=self._broker
         )
         with connection(self._pool) as conn:
             left = attention.count_matching(

@@ -1,57 +1,52 @@
-"""The dramatiq broker, built from the settings by `create_broker`: nothing here runs at
-import. Making it the process's broker (dramatiq's one global) is `worker.actors.install`'s
-job, called by each composition root.
+"""Settle on Redis: dramatiq's Redis broker as Settle builds it (`create`), with a heartbeat
+that always runs maintenance, enqueues of many messages in one round trip, consumers woken
+by each enqueue rather than polling, and queue depths and dead letters read from its keys.
 
-The middleware list is explicit. TimeLimit is left out on purpose: it injects an exception
-into the actor's thread, and one landing during COMMIT would leave the outcome unknown;
-Postgres timeouts (statement, lock, idle-in-transaction) bound the transfer work instead.
+Recovery from a killed worker: dramatiq's Redis broker only requeues the messages a dead
+worker had fetched once the worker's heartbeat is `heartbeat_timeout` old, and only on a
+maintenance pass, which by default runs at random on 0.1% of broker commands. A busy worker
+may also go quiet (no broker command while its threads work), so a short timeout alone would
+misjudge it. Here every worker process beats every `HEARTBEAT_INTERVAL` seconds and runs
+maintenance on each beat (`SettleRedisBroker.beat`, called by `worker.middleware.Heartbeat`),
+so the messages a dead worker had fetched are back on their queue about
+`HEARTBEAT_TIMEOUT_MS` after its last beat. Taking a live but silent worker for dead costs
+only a redelivery, which the idempotent actor ignores.
 
-`BROKER_URL` (default: `REDIS_URL`) picks dramatiq's Redis broker or, for `amqp://`, its
-RabbitMQ broker (`worker.rabbitmq`); the middleware is the same on both.
-
-Recovery from a killed worker on Redis: every worker process beats every
-`HEARTBEAT_INTERVAL` seconds and runs the broker's maintenance on each beat (see
-`worker.middleware`), so the messages a dead worker had fetched are back on their queue
-about `HEARTBEAT_TIMEOUT_MS` after its last beat. Taking a live but silent worker for dead
-costs only a redelivery, which the idempotent actor ignores. On RabbitMQ the server puts a
-dead consumer's messages back when its connection closes; the beat does nothing there.
+dramatiq's key layout (dramatiq 2.2's `brokers/redis/dispatch.lua`; pinned by
+tests/integration/test_metrics.py and test_dramatiq_adapter.py, which count and move real
+messages through it). For a queue `q` in namespace `ns`: `ns:q` is the list of message ids
+not yet fetched, `ns:q.msgs` the hash of every message not yet acknowledged (fetched ones
+included), `ns:q.DQ.msgs` the same for delayed messages (retries waiting for their backoff),
+and the sorted set `ns:q.XQ` the dead letters (their bodies in the hash `ns:q.XQ.msgs`).
+Counting is four O(1) commands in one round trip; dead letters are read by HSCAN in batches,
+never the whole hash in one command.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar
 from uuid import uuid4
 
-import dramatiq
 import redis
 from dramatiq import Message
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import compute_backoff, current_millis
-from dramatiq.errors import ConnectionClosed
-from dramatiq.middleware import AgeLimit, Retries
+from dramatiq.errors import ConnectionClosed, DecodeError
+from dramatiq.middleware import Middleware
 
-from shared.db.pool import TRANSIENT
-from shared.errors import Unavailable
-from shared.runtime.settings import Settings
-from worker.metrics import Telemetry
-from worker.middleware import DeadLetterMarks, Heartbeat
-from worker.pool import LendConnections
-from worker.queues import broker_operations
-from worker.rabbitmq import create_rabbitmq_broker
+from shared.broker.base import SettleBroker
+from shared.broker.messages import TRANSFER_QUEUE, decode, transfer_ids
 
-#: The settle actors' names (worker.actors declares them; the middleware needs them first):
-#: one id per message (as sent before batches), and a batch of ids per message.
-SETTLE_ACTOR = "settle_transfer"
-SETTLE_BATCH_ACTOR = "settle_transfers"
+log = logging.getLogger(__name__)
 
 #: A worker process whose last heartbeat is older than this is taken for dead and the
-#: messages it had fetched are requeued. Five beats: a live worker is never that late unless
-#: Redis itself stalls.
+#: messages it had fetched are requeued. Five beats (`HEARTBEAT_INTERVAL`): a live worker is
+#: never that late unless Redis itself stalls.
 HEARTBEAT_TIMEOUT_MS = 5_000
-HEARTBEAT_INTERVAL = 1.0
 
 #: The dramatiq release whose Redis broker internals `SettleRedisBroker` was checked against.
 DRAMATIQ_CHECKED_VERSION = "2.2.1"
@@ -66,6 +61,9 @@ IDLE_AFTER_MISSES = 12
 
 #: Wake-up tokens kept at most per queue: enough to wake every idle consumer of a burst.
 WAKE_TOKENS = 16
+
+#: Dead letters read per HSCAN round trip.
+SCAN_BATCH = 500
 
 #: The broker command a heartbeat sends: dramatiq's dispatch script records the heartbeat of
 #: every command, runs maintenance when asked, and does nothing else for an unknown one.
@@ -123,16 +121,24 @@ class _WakingConsumer(_RedisConsumer):
             raise ConnectionClosed(e) from None
 
 
-class SettleRedisBroker(RedisBroker):
+class SettleRedisBroker(SettleBroker, RedisBroker):
     """dramatiq's Redis broker, plus `beat()`: a heartbeat that always runs maintenance;
-    `enqueue_many`: several messages in one round trip; and consumers woken by each enqueue
-    rather than polling (`_WakingConsumer`).
+    `enqueue_many`: several messages in one round trip; consumers woken by each enqueue
+    rather than polling (`_WakingConsumer`); and Settle's operations on its keys.
 
     It leans on dramatiq's internals (`_should_do_maintenance`, the dispatch script's
-    arguments, `_max_unpack_size`, the Redis consumer's class and its `__next__`), checked
-    against dramatiq `DRAMATIQ_CHECKED_VERSION`; tests/integration/test_adapters.py fails on
-    another release.
+    arguments, `_max_unpack_size`, the Redis consumer's class and its `__next__`, the key
+    layout), checked against dramatiq `DRAMATIQ_CHECKED_VERSION`;
+    tests/integration/test_adapters.py fails on another release.
     """
+
+    name: ClassVar[str] = "redis"
+    client_errors: ClassVar[tuple[type[BaseException], ...]] = (redis.RedisError, OSError)
+
+    def close(self) -> None:
+        # dramatiq's close leaves the client's connections open.
+        super().close()
+        self.client.close()
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         # Delay queues (retries) keep dramatiq's polling: nothing there is urgent to the ms,
@@ -141,7 +147,7 @@ class SettleRedisBroker(RedisBroker):
             return super().consume(queue_name, prefetch, timeout)
         return _WakingConsumer(self, queue_name, prefetch, timeout)
 
-    def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         enqueued = super().enqueue(message, delay=delay)
         if delay is None:
             with self.client.pipeline(transaction=False) as pipe:
@@ -154,7 +160,7 @@ class SettleRedisBroker(RedisBroker):
         pipe.lpush(key, *[b"1"] * min(count, WAKE_TOKENS))
         pipe.ltrim(key, 0, WAKE_TOKENS - 1)
 
-    def enqueue_many(self, messages: Sequence[Message]) -> list[Message]:
+    def enqueue_many(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
         """Enqueue `messages` (none delayed) in one pipeline: one round trip for all of them
         (plus redis-py's check that the script is loaded), where `enqueue` costs one each.
         Raises redis errors; then some messages may have been enqueued."""
@@ -193,59 +199,75 @@ class SettleRedisBroker(RedisBroker):
 
     def beat(self) -> None:
         """Refresh this broker's heartbeat and requeue the fetched-but-unacked messages of
-        workers whose heartbeat has expired, on every declared queue and delay queue.
-        Raises redis errors."""
-        queues = self.get_declared_queues() | self.get_declared_delay_queues()
-        for queue in sorted(queues):
-            self.do_heartbeat(queue)
+        workers whose heartbeat has expired, on every declared queue and delay queue."""
+        with self.translated():
+            queues = self.get_declared_queues() | self.get_declared_delay_queues()
+            for queue in sorted(queues):
+                self.do_heartbeat(queue)
+
+    def ping(self) -> None:
+        with self.translated():
+            self.client.ping()
+
+    def depths(self, queue: str = TRANSFER_QUEUE) -> dict[str, int]:
+        key = f"{self.namespace}:{queue}"
+        with self.translated(), self.client.pipeline(transaction=False) as pipe:
+            pipe.llen(key)
+            pipe.hlen(f"{key}.msgs")
+            pipe.hlen(f"{key}.DQ.msgs")
+            pipe.zcard(f"{key}.XQ")
+            ready, unacked, delayed, dead = (int(n) for n in pipe.execute())
+        return {
+            "ready": ready,
+            "in_flight": max(0, unacked - ready),
+            "delayed": delayed,
+            "dead": dead,
+        }
+
+    def dead_letters(self, queue: str = TRANSFER_QUEUE) -> dict[int, list[str]]:
+        found: dict[int, list[str]] = {}
+        with self.translated():
+            for redis_id, ids in self._scan_dead(queue):
+                for transfer_id in ids:
+                    found.setdefault(transfer_id, []).append(redis_id)
+        return found
+
+    def _scan_dead(self, queue: str) -> Iterator[tuple[str, list[int]]]:
+        """(Redis id, transfer ids) of each dead letter of `queue`. A body that is not a
+        settle message (undecodable, or carrying no transfer id) is skipped: it is not one
+        of ours to list or drop."""
+        key = f"{self.namespace}:{queue}.XQ.msgs"
+        for raw_id, body in self.client.hscan_iter(key, count=SCAN_BATCH):
+            redis_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+            try:
+                ids = transfer_ids(decode(body))
+            except (DecodeError, ValueError):
+                log.warning(
+                    "dead letter %s in %s is not a settle message; left as it is", redis_id, queue
+                )
+                continue
+            yield redis_id, ids
+
+    def discard_dead_letters(self, ids: Iterable[str], queue: str = TRANSFER_QUEUE) -> None:
+        # The sorted set of ids and the hash of bodies, in one transaction.
+        wanted = list(ids)
+        if not wanted:
+            return
+        key = f"{self.namespace}:{queue}.XQ"
+        with self.translated(), self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(key, *wanted)
+            pipe.hdel(f"{key}.msgs", *wanted)
+            pipe.execute()
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: the database was busy, unreachable or chose a victim (the
-    actor raises those as `dramatiq.Retry`)."""
-    return isinstance(exc, (*TRANSIENT, Unavailable, dramatiq.Retry))
-
-
-def create_broker(settings: Settings) -> tuple[dramatiq.Broker, LendConnections]:
-    """The broker `settings.message_broker_url` names (Redis, or RabbitMQ for `amqp://`)
-    with retries for transient errors only, the middleware that owns each worker process's
-    pool, the heartbeat, and the dead-letter mark. Connects lazily."""
-    max_retries = settings.transfer_max_retries
-
-    def retry_when(retries: int, exc: BaseException) -> bool:
-        # `retries` counts the retries already made: TRANSFER_MAX_RETRIES=N allows N of them.
-        return retries < max_retries and is_transient(exc)
-
-    database = LendConnections(settings)
-    middleware = [
-        # First: its after-hook runs last, once Retries has marked a message failed.
-        Telemetry(database, {SETTLE_ACTOR, SETTLE_BATCH_ACTOR}),
-        AgeLimit(),
-        # Before Retries: after-hooks run in reverse, and Retries decides "failed".
-        DeadLetterMarks(database, {SETTLE_ACTOR, SETTLE_BATCH_ACTOR}),
-        Retries(
-            max_retries=max_retries,
-            min_backoff=settings.transfer_min_backoff_ms,
-            max_backoff=settings.transfer_max_backoff_ms,
-            retry_when=retry_when,
-        ),
-        database,
-    ]
-    broker: dramatiq.Broker
-    if settings.broker == "rabbitmq":
-        broker = create_rabbitmq_broker(settings.message_broker_url, middleware)
-    else:
-        client = redis.Redis.from_url(
-            settings.message_broker_url,
-            socket_connect_timeout=5,
-            socket_timeout=10,
-            health_check_interval=30,
-        )
-        broker = SettleRedisBroker(
-            client=client,
-            namespace=settings.broker_namespace,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
-            middleware=middleware,
-        )
-    broker.add_middleware(Heartbeat(broker_operations(broker).beat, interval=HEARTBEAT_INTERVAL))
-    return broker, database
+def create(url: str, *, namespace: str, middleware: list[Middleware]) -> SettleRedisBroker:
+    """The broker on the Redis at `url`, its keys under `namespace`. Connects lazily."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+    )
+    return SettleRedisBroker(
+        client=client,
+        namespace=namespace,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        middleware=middleware,
+    )
