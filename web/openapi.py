@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.ledger.currencies import EXPONENTS, PUBLISHED
 from shared.ledger.money import BIGINT_MAX, MAX_AMOUNT
 
 Schema = dict[str, Any]
@@ -29,7 +30,11 @@ _EMAIL_PATTERN = (
 )
 
 ID: Schema = {"type": "integer", "format": "int64", "minimum": 1, "maximum": BIGINT_MAX}
+#: A currency as answered: an ISO 4217 code (accounts opened before codes were checked may
+#: hold another three-letter code, and keep it).
 CURRENCY: Schema = {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["EUR"]}
+#: A currency as asked for: one of the ISO 4217 codes Settle accepts.
+NEW_CURRENCY: Schema = {"$ref": "#/components/schemas/Currency"}
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 AMOUNT: Schema = {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_AMOUNT}
 
@@ -48,6 +53,15 @@ def _ref(name: str) -> Schema:
 
 
 SCHEMAS: dict[str, Schema] = {
+    "Currency": {
+        "type": "string",
+        "enum": list(EXPONENTS),
+        "examples": ["EUR"],
+        "description": "an ISO 4217 currency code with minor units (ISO's table of"
+        f" {PUBLISHED.isoformat()}); amounts in it are integers of its minor unit, 10 to the"
+        " power of its exponent to one unit: EUR 2 (1250 is 12.50 EUR), JPY 0 (1250 is 1,250"
+        " JPY), BHD 3 (1250 is 1.250 BHD)",
+    },
     "User": _object(
         {
             "id": ID,
@@ -115,7 +129,7 @@ SCHEMAS: dict[str, Schema] = {
     "NewAccount": _object(
         {
             "user_id": ID,
-            "currency": CURRENCY,
+            "currency": NEW_CURRENCY,
             "allow_negative_balance": {
                 "type": "boolean",
                 "default": False,
@@ -129,7 +143,7 @@ SCHEMAS: dict[str, Schema] = {
             "from_account_id": ID,
             "to_account_id": ID,
             "amount": AMOUNT,
-            "currency": {**CURRENCY, "description": "when given, both accounts must hold it"},
+            "currency": {**NEW_CURRENCY, "description": "when given, both accounts must hold it"},
         },
         optional=("currency",),
     ),

@@ -20,6 +20,7 @@ from shared.broker.base import SettleBroker
 from shared.db.pool import connect_once
 from shared.errors import BrokerUnavailable, first_line
 from shared.ledger import dead_letters
+from shared.ledger.currencies import format_amount
 from shared.runtime.lifecycle import load_settings
 from shared.runtime.settings import Settings
 from worker import actors
@@ -34,7 +35,7 @@ def list_command(settings: Settings, broker: SettleBroker) -> int:
     for row in rows:
         where = "in" if row["id"] in queued else "not in"
         print(
-            f"transfer {row['id']}: {row['amount']} {row['currency']} from account"
+            f"transfer {row['id']}: {format_amount(row['amount'], row['currency'])} from account"
             f" {row['from_account_id']} to {row['to_account_id']}, {row['attempts']} attempt(s),"
             f" dead-lettered at {row['dead_lettered_at'].isoformat()}, message {where} the"
             f" dead-letter queue; last error: {row['last_error']}"

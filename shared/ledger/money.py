@@ -1,13 +1,13 @@
-"""Money rules: amounts are integers in minor units, currencies are ISO 4217 style codes.
+"""Money rules: amounts are integers in minor units, currencies are ISO 4217 codes (with the
+exponent that says where the point goes, `shared.ledger.currencies`).
 
 Each check raises `InvalidRequest` naming the field; none of them touches the database.
 """
 
 from __future__ import annotations
 
-import re
-
 from shared.errors import InvalidRequest
+from shared.ledger.currencies import EXPONENTS
 
 #: Largest value a Postgres bigint holds; ids and balances live in bigints.
 BIGINT_MAX = 2**63 - 1
@@ -15,8 +15,6 @@ BIGINT_MAX = 2**63 - 1
 #: Largest amount one transfer may move (10^15 minor units: ten trillion in a 2-decimal
 #: currency). Far below BIGINT_MAX so that sums of many transfers stay representable.
 MAX_AMOUNT = 10**15
-
-_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 def is_int(value: object) -> bool:
@@ -37,9 +35,12 @@ def amount(value: object, field: str = "amount") -> int:
 
 
 def currency(value: object, field: str = "currency") -> str:
-    """A three-letter upper-case currency code such as EUR."""
-    if not isinstance(value, str) or not _CURRENCY.fullmatch(value):
-        raise InvalidRequest(f"{field} must be a three-letter upper-case code such as EUR")
+    """An ISO 4217 currency code with minor units, upper case, such as EUR or JPY."""
+    if not isinstance(value, str) or value not in EXPONENTS:
+        shown = f" ({value!r} is not one)" if isinstance(value, str) and len(value) <= 8 else ""
+        raise InvalidRequest(
+            f"{field} must be an ISO 4217 currency code in upper case, such as EUR{shown}"
+        )
     return value
 
 

@@ -234,7 +234,7 @@ def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_i
     listed = settle("dead-letters", "list", env=env)
     assert listed.returncode == 0, listed.stdout
     line = next(x for x in listed.stdout.splitlines() if x.startswith(f"transfer {transfer}:"))
-    assert f"250 EUR from account {payer} to {payee}, 3 attempt(s)" in line
+    assert f"2.50 EUR from account {payer} to {payee}, 3 attempt(s)" in line
     assert "message in the dead-letter queue; last error: LockNotAvailable" in line
 
     retried = settle("dead-letters", "retry", str(transfer), env=env)

@@ -49,16 +49,17 @@ def test_a_rejected_amount_names_the_field_it_came_from() -> None:
         money.amount(0, "fee")
 
 
-@pytest.mark.parametrize("value", ["EUR", "USD", "JPY"])
-def test_a_three_letter_upper_case_currency_code_is_accepted(value: str) -> None:
+@pytest.mark.parametrize("value", ["EUR", "USD", "JPY", "BHD"])
+def test_an_iso_4217_currency_code_is_accepted(value: str) -> None:
     assert money.currency(value) == value
 
 
 @pytest.mark.parametrize(
     "value",
-    ["eur", "Eur", "EU", "EURO", "", " EUR", "EUR\n", "E1R", "ÉUR", "ＥＵＲ", None, 978, ["EUR"]],
+    ["eur", "Eur", "EU", "EURO", "", " EUR", "EUR\n", "E1R", "ÉUR", "ＥＵＲ", None, 978, ["EUR"]]
+    + ["ZZZ", "XXX", "QQQ"],
 )
-def test_anything_but_a_three_letter_upper_case_code_is_not_a_currency(value: object) -> None:
+def test_anything_but_an_iso_4217_code_in_upper_case_is_not_a_currency(value: object) -> None:
     with pytest.raises(InvalidRequest, match="currency"):
         money.currency(value)
 

@@ -14,6 +14,7 @@ from html import escape
 from urllib.parse import urlencode
 
 from shared.ledger.auth import Principal
+from shared.ledger.currencies import format_amount
 
 
 def esc(value: object) -> str:
@@ -45,10 +46,9 @@ def when(value: datetime.datetime | None) -> str:
 
 
 def money(amount: int, currency: str) -> str:
-    """Minor units as `1,234.56 EUR` (two decimals: what every currency here uses)."""
-    sign = "-" if amount < 0 else ""
-    whole, cents = divmod(abs(amount), 100)
-    return f"{sign}{whole:,}.{cents:02d} {currency}"
+    """Minor units as a person reads them, with the currency's own decimals: `1,234.56 EUR`,
+    `1,250 JPY`, `1.250 BHD` (`shared.ledger.currencies.format_amount`)."""
+    return format_amount(amount, currency)
 
 
 def hidden(name: str, value: object) -> str:
