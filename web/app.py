@@ -71,6 +71,7 @@ def create_app(
 
     body = {"max_body_bytes": settings.max_body_bytes}
     app.add_route("/users", resources.Users(pool, **body))
+    app.add_route("/users/me", resources.Me(pool, **body))
     app.add_route("/users/{user_id}", resources.User(pool, **body))
     app.add_route("/accounts", resources.Accounts(pool, **body))
     app.add_route("/accounts/{account_id}", resources.Account(pool, **body))

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.ledger.commands import (
+    MAX_METADATA_KEY_LENGTH,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_LENGTH,
+)
 from shared.ledger.currencies import EXPONENTS, PUBLISHED
 from shared.ledger.money import BIGINT_MAX, MAX_AMOUNT
 
@@ -30,6 +35,18 @@ _EMAIL_PATTERN = (
 )
 
 ID: Schema = {"type": "integer", "format": "int64", "minimum": 1, "maximum": BIGINT_MAX}
+#: `shared.ledger.commands.metadata_key` and `metadata_value`.
+METADATA_KEY: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_METADATA_KEY_LENGTH,
+    "pattern": "^[^\\[\\]\\u0000]*$",
+}
+METADATA_VALUE: Schema = {
+    "type": "string",
+    "maxLength": MAX_METADATA_VALUE_LENGTH,
+    "pattern": "^[^\\u0000]*$",
+}
 #: A currency as answered: an ISO 4217 code (accounts opened before codes were checked may
 #: hold another three-letter code, and keep it).
 CURRENCY: Schema = {"type": "string", "pattern": "^[A-Z]{3}$", "examples": ["EUR"]}
@@ -104,8 +121,21 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "when its retries ran out (it waits in the dead-letter queue"
                 " for an operator); null otherwise",
             },
+            "metadata": _ref("Metadata"),
         }
     ),
+    "Metadata": {
+        "type": "object",
+        "maxProperties": MAX_METADATA_KEYS,
+        "propertyNames": METADATA_KEY,
+        "additionalProperties": METADATA_VALUE,
+        "description": f"what the caller attached to the transfer: at most {MAX_METADATA_KEYS}"
+        f" keys of 1 to {MAX_METADATA_KEY_LENGTH} characters (no square brackets), each with a"
+        f" string of at most {MAX_METADATA_VALUE_LENGTH} characters; `{{}}` when none. It is"
+        " part of the request an Idempotency-Key stands for, and `GET /transfers` filters on"
+        " it (`metadata[key]=value`)",
+        "examples": [{"order_id": "A-1042", "customer": "c_88"}],
+    },
     "Entry": _object(
         {
             "id": ID,
@@ -144,8 +174,9 @@ SCHEMAS: dict[str, Schema] = {
             "to_account_id": ID,
             "amount": AMOUNT,
             "currency": {**NEW_CURRENCY, "description": "when given, both accounts must hold it"},
+            "metadata": _ref("Metadata"),
         },
-        optional=("currency",),
+        optional=("currency", "metadata"),
     ),
     "DashboardTransfer": _object(
         {
@@ -224,6 +255,7 @@ SCHEMAS["TransferDetail"] = {
         "idempotency_key": {"type": "string"},
         "enqueued_at": TIMESTAMP,
         "finished_at": {"oneOf": [TIMESTAMP, {"type": "null"}]},
+        "metadata": _ref("Metadata"),
         "entries": {"type": "array", "items": _ref("Entry")},
         "actions": {
             "type": "array",
@@ -240,7 +272,7 @@ SCHEMAS["TransferDetail"] = {
             ),
         },
     },
-    "required": [*SCHEMAS["DashboardTransfer"]["required"], "entries", "actions"],
+    "required": [*SCHEMAS["DashboardTransfer"]["required"], "metadata", "entries", "actions"],
     "additionalProperties": False,
 }
 SCHEMAS["Overview"] = _object(
@@ -487,6 +519,18 @@ def _page_of(name: str) -> Schema:
 
 
 _TRANSFER_404 = error("no such transfer", "transfer_not_found")
+_BAD_QUERY = error(
+    "a query parameter is unknown, given twice, blank or malformed (the message names it),"
+    " or cursor was not issued by this service for this list",
+    "invalid_request",
+    "invalid_cursor",
+)
+
+
+def _query(name: str, description: str, schema: Schema) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
 _BAD_FILTER = error(
     "a filter value, limit or cursor is malformed, or a parameter is unknown or repeated",
     "invalid_request",
@@ -664,6 +708,20 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/users/me": {
+        "get": {
+            "operationId": "getMe",
+            "summary": "The user a user's key acts for",
+            "responses": {
+                "200": ok("the key's user", _data(_ref("User"))),
+                "401": UNAUTHENTICATED,
+                "404": error(
+                    "the key is an operator key, which acts for no user", "user_not_found"
+                ),
+                "503": UNAVAILABLE,
+            },
+        }
+    },
     "/users/{user_id}": {
         "get": {
             "operationId": "getUser",
@@ -678,6 +736,28 @@ PATHS: dict[str, dict[str, Any]] = {
         }
     },
     "/accounts": {
+        "get": {
+            "operationId": "listAccounts",
+            "summary": "List the key's accounts (an operator key: every account), newest first",
+            "description": "A page at a time: pass `next_cursor` back as `cursor` for the next"
+            " page. Filters narrow what the key sees: a user's key filtering on another"
+            " `user_id` gets an empty page.",
+            "parameters": [
+                *_PAGE_PARAMETERS,
+                _query("user_id", "accounts of this user only", ID),
+                _query(
+                    "currency",
+                    "accounts in this currency only",
+                    {"type": "string", "pattern": "^[A-Z]{3}$"},
+                ),
+            ],
+            "responses": {
+                "200": ok("a page of accounts, newest first", _page_of("Account")),
+                "400": _BAD_QUERY,
+                "401": UNAUTHENTICATED,
+                "503": UNAVAILABLE,
+            },
+        },
         "post": {
             "operationId": "createAccount",
             "summary": "Open an account with a zero balance (operator keys only)",
@@ -692,7 +772,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 "415": NOT_JSON,
                 "503": UNAVAILABLE,
             },
-        }
+        },
     },
     "/accounts/{account_id}": {
         "get": {
@@ -748,6 +828,60 @@ PATHS: dict[str, dict[str, Any]] = {
         }
     },
     "/transfers": {
+        "get": {
+            "operationId": "listTransfers",
+            "summary": "List the key's transfers (a user's key: those from or to its accounts;"
+            " an operator key: all), newest first, with filters",
+            "description": "Newest first by `created_at` (then `id`), a page at a time: pass"
+            " `next_cursor` back as `cursor` for the next page, with the same filters. Filters"
+            " combine (all must hold) and narrow what the key sees; one that matches nothing"
+            " answers an empty page. Unknown parameters, a parameter given twice, blank or"
+            " malformed values answer 400 naming the parameter.",
+            "parameters": [
+                *_PAGE_PARAMETERS,
+                _query(
+                    "status", "transfers in this status", {"enum": ["pending", "settled", "failed"]}
+                ),
+                _query(
+                    "account_id",
+                    "transfers from or to this account (for a user's key, still only those"
+                    " touching its own accounts)",
+                    ID,
+                ),
+                _query(
+                    "failure_code",
+                    "failed transfers with this code",
+                    {"type": "string", "pattern": "^[a-z_]{1,64}$"},
+                ),
+                _query(
+                    "created_after",
+                    "accepted strictly after this moment (RFC 3339, with an offset; send `+`"
+                    " as `%2B`)",
+                    TIMESTAMP,
+                ),
+                _query("created_before", "accepted strictly before this moment", TIMESTAMP),
+                {
+                    "name": "metadata",
+                    "in": "query",
+                    "style": "deepObject",
+                    "explode": True,
+                    "description": "`metadata[key]=value`: transfers whose metadata has this"
+                    " key with this value (several: all of them)",
+                    "schema": {
+                        "type": "object",
+                        "maxProperties": MAX_METADATA_KEYS,
+                        "propertyNames": METADATA_KEY,
+                        "additionalProperties": METADATA_VALUE,
+                    },
+                },
+            ],
+            "responses": {
+                "200": ok("a page of transfers, newest first", _page_of("Transfer")),
+                "400": _BAD_QUERY,
+                "401": UNAUTHENTICATED,
+                "503": UNAVAILABLE,
+            },
+        },
         "post": {
             "operationId": "submitTransfer",
             "summary": "Submit a transfer (a user's key: only out of its own accounts)",
@@ -786,7 +920,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 ),
                 "503": TRANSFER_UNAVAILABLE,
             },
-        }
+        },
     },
     "/transfers/{transfer_id}": {
         "get": {

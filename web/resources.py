@@ -26,7 +26,7 @@ from shared.errors import (
     UnsupportedMediaType,
     UserNotFound,
 )
-from shared.ledger import auth, commands, money
+from shared.ledger import auth, commands, listing, money
 from shared.ledger import operations as ledger
 from web.auth import principal
 
@@ -52,6 +52,12 @@ def read_json(req: falcon.Request, max_bytes: int) -> object:
     if len(raw) > max_bytes:
         raise BodyTooLarge(f"the body is larger than {max_bytes} bytes")
     return commands.parse_json(raw)
+
+
+def query_params(req: falcon.Request) -> dict[str, str | list[str]]:
+    """The query string's parameters as sent: blank values kept (`status=` is a bad status,
+    not no status), a list of values where a name repeats, no splitting at commas."""
+    return falcon.uri.parse_query_string(req.query_string, keep_blank=True, csv=False)
 
 
 def _read_at_most(stream: Any, size: int) -> bytes:
@@ -102,7 +108,24 @@ class User(_Resource):
             resp.media = {"data": ledger.get_user(conn, uid, by=principal(req))}
 
 
+class Me(_Resource):
+    """The user a user's key acts for. An operator key acts for no user: 404, saying so."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        by = principal(req)
+        if by.user_id is None:
+            raise UserNotFound("an operator key acts for no user; /users/me is for a user's key")
+        with connection(self._pool) as conn:
+            resp.media = {"data": ledger.get_user(conn, by.user_id, by=by)}
+
+
 class Accounts(_Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query = listing.account_query(query_params(req))
+        with connection(self._pool) as conn:
+            page = listing.list_accounts(conn, query, by=principal(req))
+        resp.media = {"data": page.items, "next_cursor": page.next_cursor}
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         by = principal(req)
         auth.require_operator(by)  # before the body: a user's key gets 403 whatever it sends
@@ -136,6 +159,12 @@ class Transfers(_Resource):
     def __init__(self, pool: ConnectionPool, *, max_body_bytes: int, enqueue: Enqueue) -> None:
         super().__init__(pool, max_body_bytes=max_body_bytes)
         self._enqueue = enqueue
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query = listing.transfer_query(query_params(req))
+        with connection(self._pool) as conn:
+            page = listing.list_transfers(conn, query, by=principal(req))
+        resp.media = {"data": page.items, "next_cursor": page.next_cursor}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         auth.require_writer(principal(req))  # before the body, as for the operator-only routes

@@ -241,13 +241,13 @@ def dead_lettered_ids(
 
 
 def transfer_detail(conn: psycopg.Connection, transfer_id: int) -> Row:
-    """Every field of one transfer (with its accounts' owners), its ledger entries and the
-    operator actions taken on it. Raises `TransferNotFound`."""
+    """Every field of one transfer (with its accounts' owners and its metadata), its ledger
+    entries and the operator actions taken on it. Raises `TransferNotFound`."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             sql.SQL(
                 "SELECT {}, t.idempotency_scope, t.idempotency_key, t.enqueued_at,"
-                " t.finished_at{} WHERE t.id = %s"
+                " t.finished_at, t.metadata{} WHERE t.id = %s"
             ).format(_COLUMNS, _FROM),
             (transfer_id,),
         )

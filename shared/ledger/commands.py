@@ -9,10 +9,11 @@ touches the database.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +96,7 @@ def parse_json(raw: bytes) -> object:
         raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
 
 
-def _fields(body: object, required: set[str], optional: set[str]) -> Mapping[str, Any]:
+def _fields(body: object, required: Set[str], optional: Set[str]) -> Mapping[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
     unknown = sorted(set(body) - required - optional)
@@ -147,11 +148,65 @@ class NewTransfer:
     amount: int
     currency: str | None
     idempotency_key: str
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        """A hash of what the caller asked for, to tell a replay from a reused key."""
-        asked = [self.from_account_id, self.to_account_id, self.amount, self.currency]
+        """A hash of what the caller asked for, to tell a replay from a reused key. Metadata
+        counts (the same key with other metadata is another request); none at all, or `{}`,
+        hashes as requests did before transfers had metadata, so keys stay valid across
+        the upgrade."""
+        asked: list[object] = [self.from_account_id, self.to_account_id, self.amount]
+        asked.append(self.currency)
+        if self.metadata:
+            asked.append(sorted(self.metadata.items()))
         return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
+
+
+#: Limits of a transfer's metadata: how many keys, how long a key and a value may be
+#: (in characters).
+MAX_METADATA_KEYS = 20
+MAX_METADATA_KEY_LENGTH = 40
+MAX_METADATA_VALUE_LENGTH = 500
+
+
+def metadata_key(key: object, field: str = "metadata") -> str:
+    """A metadata key: a string of 1 to MAX_METADATA_KEY_LENGTH characters without square
+    brackets (a filter names it as `metadata[key]`) or NUL. Raises `InvalidRequest`."""
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY_LENGTH:
+        raise InvalidRequest(f"{field} keys must be 1 to {MAX_METADATA_KEY_LENGTH} characters long")
+    if "[" in key or "]" in key or "\x00" in key or not _encodable(key):
+        raise InvalidRequest(
+            f"{field} keys must be Unicode text without square brackets or NUL characters"
+        )
+    return key
+
+
+def metadata_value(value: object, name: str) -> str:
+    """A metadata value: a string of at most MAX_METADATA_VALUE_LENGTH characters without
+    NUL (empty is allowed); `name` is how errors call it. Raises `InvalidRequest`."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be a string (metadata is a flat object of strings)")
+    if len(value) > MAX_METADATA_VALUE_LENGTH:
+        raise InvalidRequest(f"{name} must be at most {MAX_METADATA_VALUE_LENGTH} characters")
+    if "\x00" in value or not _encodable(value):
+        raise InvalidRequest(f"{name} must be valid Unicode text without NUL characters")
+    return value
+
+
+def metadata(value: object, field: str = "metadata") -> dict[str, str]:
+    """A transfer's metadata: a JSON object of at most MAX_METADATA_KEYS string values, keys
+    as `metadata_key`, values as `metadata_value`. `field` names it in errors (an item of a
+    batch says which item). Raises `InvalidRequest` naming the limit broken."""
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field} must be a JSON object whose values are strings")
+    if len(value) > MAX_METADATA_KEYS:
+        raise InvalidRequest(
+            f"{field} may have at most {MAX_METADATA_KEYS} keys; it has {len(value)}"
+        )
+    return {
+        metadata_key(key, field): metadata_value(item, f"{field}[{key}]")
+        for key, item in value.items()
+    }
 
 
 def user_request(body: object) -> NewUser:
@@ -177,13 +232,23 @@ def account_request(body: object) -> NewAccount:
 
 
 def transfer_request(body: object, idempotency_key: str | None) -> NewTransfer:
-    """`{"from_account_id", "to_account_id", "amount", "currency"?}` plus the
+    """`{"from_account_id", "to_account_id", "amount", "currency"?, "metadata"?}` plus the
     Idempotency-Key header -> `NewTransfer`. Raises `IdempotencyKeyMissing` without a key."""
     if idempotency_key is None or not idempotency_key.strip():
         raise IdempotencyKeyMissing("the Idempotency-Key header is required")
     if not _KEY.fullmatch(idempotency_key):
         raise InvalidRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
-    fields = _fields(body, {"from_account_id", "to_account_id", "amount"}, {"currency"})
+    fields = _fields(body, {"from_account_id", "to_account_id", "amount"}, TRANSFER_OPTIONAL)
+    return transfer_fields(fields, idempotency_key)
+
+
+#: The optional members of a transfer's JSON object.
+TRANSFER_OPTIONAL = frozenset({"currency", "metadata"})
+
+
+def transfer_fields(fields: Mapping[str, Any], idempotency_key: str) -> NewTransfer:
+    """The transfer in `fields` (a JSON object whose members `_fields` has checked), under
+    `idempotency_key`: the members' values checked one by one. Raises `InvalidRequest`."""
     currency = fields.get("currency")
     return NewTransfer(
         from_account_id=money.identifier(fields["from_account_id"], "from_account_id"),
@@ -191,6 +256,7 @@ def transfer_request(body: object, idempotency_key: str | None) -> NewTransfer:
         amount=money.amount(fields["amount"]),
         currency=None if currency is None else money.currency(currency),
         idempotency_key=idempotency_key,
+        metadata=metadata(fields.get("metadata", {})),
     )
 
 

@@ -12,23 +12,20 @@ cannot be probed. Creating users and accounts is for operators (`OperatorOnly`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from shared.errors import (
     AccountNotFound,
     CurrencyMismatch,
     EmailTaken,
     IdempotencyKeyReused,
-    InvalidCursor,
     SameAccount,
     TransferNotFound,
     UnknownTransferAccount,
@@ -36,14 +33,16 @@ from shared.errors import (
 )
 from shared.ledger.auth import Principal, require_operator, require_writer
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
-from shared.ledger.money import parse_id
+from shared.ledger.paging import Page, page_of
+from shared.ledger.paging import decode_cursor as _decode_cursor
+from shared.ledger.paging import encode_cursor as _encode_cursor
 
 Row = dict[str, Any]
 
 #: The fields of a transfer as clients see it (the HTTP contract's order).
 TRANSFER_FIELDS = (
     "id", "status", "from_account_id", "to_account_id", "amount", "currency", "failure_code",
-    "attempts", "created_at", "settled_at", "dead_lettered_at",
+    "attempts", "created_at", "settled_at", "dead_lettered_at", "metadata",
 )  # fmt: skip
 #: Those fields as a column list, for every query that answers a transfer.
 TRANSFER_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, TRANSFER_FIELDS))
@@ -118,25 +117,13 @@ def get_account(conn: psycopg.Connection, account_id: int, *, by: Principal) -> 
 
 
 def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"e{last_id}".encode()).decode().rstrip("=")
+    """The cursor after the row with id `last_id`, in a list ordered by id (`paging`)."""
+    return _encode_cursor("e", last_id)
 
 
 def decode_cursor(cursor: str) -> int:
     """The id after which a page starts. Raises `InvalidCursor` for a foreign string."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursor("cursor was not issued by this service") from None
-    last_id = parse_id(raw[1:]) if raw.startswith("e") else None
-    if last_id is None:
-        raise InvalidCursor("cursor was not issued by this service")
-    return last_id
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Row]
-    next_cursor: str | None
+    return _decode_cursor(cursor, "e")[0]
 
 
 def list_entries(
@@ -156,9 +143,7 @@ def list_entries(
             (account_id, after, limit + 1),
         )
         rows = cur.fetchall()
-    more = len(rows) > limit
-    items = rows[:limit]
-    return Page(items, encode_cursor(items[-1]["id"]) if more else None)
+    return page_of(rows, limit, lambda last: encode_cursor(last["id"]))
 
 
 def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal) -> Row:
@@ -198,8 +183,8 @@ def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal
         conn,
         sql.SQL(
             "INSERT INTO transfers (idempotency_scope, idempotency_key, request_hash,"
-            " from_account_id, to_account_id, amount, currency)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " from_account_id, to_account_id, amount, currency, metadata)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (idempotency_scope, idempotency_key) DO NOTHING RETURNING {}"
         ).format(TRANSFER_COLUMNS),
         (
@@ -210,6 +195,7 @@ def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal
             new.to_account_id,
             new.amount,
             currency,
+            Jsonb(dict(new.metadata)),
         ),
     )
     if row is not None:

@@ -117,6 +117,11 @@ def public(path: str) -> Request:
     return lambda w: (path, {})
 
 
+def at(path: str) -> Request:
+    """A GET of `path` as it is: what it answers depends on the key alone."""
+    return lambda w: (path, {})
+
+
 UNAUTHENTICATED = (401, 401, 401)
 #: The dashboard's JSON twin: operator keys only (a user's key is 403 operator_only).
 OPERATORS_ONLY = (*UNAUTHENTICATED, 403, 403, 200)
@@ -142,6 +147,11 @@ MATRIX: list[tuple[str, str, Request, tuple[int, ...]]] = [
         (*UNAUTHENTICATED, 404, 200, 200),
     ),
     ("POST", "/transfers", post_transfer, (*UNAUTHENTICATED, 422, 202, 202)),
+    # Lists answer every key its own share (tests/integration/test_listing.py says which).
+    ("GET", "/transfers", at("/transfers"), (*UNAUTHENTICATED, 200, 200, 200)),
+    ("GET", "/accounts", at("/accounts"), (*UNAUTHENTICATED, 200, 200, 200)),
+    # An operator key acts for no user.
+    ("GET", "/users/me", at("/users/me"), (*UNAUTHENTICATED, 200, 200, 404)),
     ("POST", "/users", post_user, (*UNAUTHENTICATED, 403, 403, 201)),
     ("POST", "/accounts", post_account, (*UNAUTHENTICATED, 403, 403, 201)),
     *[

@@ -348,7 +348,7 @@ def test_an_unknown_route_answers_404_in_the_error_shape(client: TestClient, pat
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("DELETE", "/users/1"), ("GET", "/transfers"), ("PUT", "/accounts/1"), ("POST", "/healthz")],
+    [("DELETE", "/users/1"), ("PUT", "/transfers"), ("PUT", "/accounts/1"), ("POST", "/healthz")],
 )
 def test_an_unsupported_method_answers_405_in_the_error_shape(
     client: TestClient, db: psycopg.Connection, method: str, path: str

@@ -27,6 +27,7 @@ TRANSFER_FIELDS = {
     "created_at",
     "settled_at",
     "dead_lettered_at",
+    "metadata",
 }
 
 

@@ -499,6 +499,7 @@ class Transfer(_Page):
             ("settled", html.when(t["settled_at"])),
             ("finished", html.when(t["finished_at"])),
             ("idempotency", f"{t['idempotency_scope']} / {t['idempotency_key']}"),
+            *((f"metadata {key}", value) for key, value in t["metadata"].items()),
         ]
         summary = html.table(
             ["field", "value"],
