@@ -23,7 +23,8 @@ import psycopg
 from shared.db.migrate import migrate, session_defaults
 from shared.db.pool import connect_once
 from shared.errors import first_line
-from shared.ledger.seed import Demo, DemoKeys, issue_demo_keys, seed_demo
+from shared.ledger.currencies import format_amount
+from shared.ledger.seed import CURRENCY, Demo, DemoKeys, issue_demo_keys, seed_demo
 from shared.runtime.lifecycle import (
     boot_check,
     configure_logging,
@@ -91,9 +92,11 @@ def _curl_lines(port: int, demo: Demo, keys: DemoKeys) -> str:
     base = f"http://127.0.0.1:{port}"
     alice = f"-H 'Authorization: Bearer {keys.alice}'"
     operator = f"-H 'Authorization: Bearer {keys.operator}'"
+    amount = 1250
     body = (
         f'{{"from_account_id": {demo.alice_account_id},'
-        f' "to_account_id": {demo.bob_account_id}, "amount": 1250}}'
+        f' "to_account_id": {demo.bob_account_id}, "amount": {amount},'
+        f' "metadata": {{"order_id": "demo-1"}}}}'
     )
     return "\n".join(
         [
@@ -101,11 +104,14 @@ def _curl_lines(port: int, demo: Demo, keys: DemoKeys) -> str:
             "Demo API keys (new on every run; the previous run's demo keys are revoked):",
             f"  operator key: {keys.operator}",
             f"  Alice's key:  {keys.alice}",
-            "Try:",
-            f"  curl -s {alice} {base}/users/{demo.alice_user_id}",
+            "Try (amounts are integers in minor units:"
+            f" {amount} is {format_amount(amount, CURRENCY)}):",
+            f"  curl -s {alice} {base}/users/me",
+            f"  curl -s {alice} {base}/accounts",
             f"  curl -s {alice} -X POST {base}/transfers -H 'Content-Type: application/json'"
             f" -H 'Idempotency-Key: demo-1' -d '{body}'",
             f"  curl -s {alice} {base}/transfers/<id from the answer above>",
+            f"  curl -s {alice} '{base}/transfers?limit=10&metadata[order_id]=demo-1'",
             f"  curl -s {operator} {base}/accounts/{demo.bob_account_id}",
             f"  curl -s {base}/openapi.json",
         ]
