@@ -42,7 +42,8 @@ class Wrk:
 
 
 def wrk(port: int, prefix: str, ids: tuple[int, int], key: str | None, seconds: float) -> Wrk:
-    """GET `prefix`<random id in ids> on 127.0.0.1:`port` for `seconds` with wrk -t2 -c32."""
+    """GET `prefix`<random id in ids> on 127.0.0.1:`port` for `seconds` with wrk -t2 -c32
+    (a `prefix` holding `{id}` gets the id there instead, e.g. `/transfers?account_id={id}`)."""
     out = subprocess.run(
         [
             require("wrk", "wrk"),

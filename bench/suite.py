@@ -6,7 +6,8 @@
 Sections: 1 reads (wrk against `settle web` and the Express peer), 2 settlement (`settle
 worker` draining pending transfers, against pgbench tpcb-like), 3 intake and end-to-end
 (POST /transfers at a fixed offered rate), 4 the cost of not pooling (pgbench with and
-without a new connection per transaction), 5 peak RSS per process, 6 the connection budget
+without a new connection per transaction), 5 GET /transfers on a million transfers beside
+GET /transfers/{id} (bench.listing), peak RSS per process, 6 the connection budget
 (bench.connections). Baseline and subject alternate, A B A B, and medians are quoted, since
 absolute figures drift on a shared machine. Everything runs on scratch databases and a
 broker namespace of its own (DATABASE_URL / REDIS_URL's servers, or embedded ones), dropped
@@ -40,6 +41,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import connections
+from bench import listing as bench_listing
 from bench.harness import (
     SETTLE,
     Processes,
@@ -77,6 +79,8 @@ class Config:
     pool_seconds: float = 5.0
     pool_clients: int = 8
     budget_transfers: int = 1000
+    listing_transfers: int = 1_000_000
+    listing_seconds: float = 5.0
 
     @classmethod
     def make(cls, *, quick: bool, rate: float | None, intake_seconds: float | None) -> Config:
@@ -92,6 +96,8 @@ class Config:
                 rounds=2,
                 pool_seconds=2,
                 budget_transfers=200,
+                listing_transfers=100_000,
+                listing_seconds=2,
             )
             if quick
             else cls(quick=False)
@@ -515,6 +521,19 @@ def run(cfg: Config) -> dict:
             print(f"   settle audit: exit {audit.returncode}")
             print(f"4. the cost of not pooling: pgbench -c {cfg.pool_clients}, with and without -C")
             results["pooling"] = pooling(cfg, url, users)
+        print(
+            f"5. listing: GET /transfers on {cfg.listing_transfers:,} transfers, beside"
+            " GET /transfers/{id}"
+        )
+        results["listing"] = bench_listing.run_section(
+            server_url=url,
+            service_env=lambda db, label: service_env(db, f"{name}-{label}", redis_url),
+            logs=logs,
+            rss=rss,
+            transfers=cfg.listing_transfers,
+            seconds=cfg.listing_seconds,
+            rounds=cfg.rounds,
+        )
     results["memory"] = rss.by_role()
     print(f"6. connection budget: python -m bench.connections ({cfg.budget_transfers} transfers)")
     m = connections.measure(transfers=cfg.budget_transfers)
@@ -592,6 +611,7 @@ def table(r: dict) -> str:
             "p99 <= 50 ms",
         )
     )
+    rows.extend(bench_listing.rows(r["listing"]))
     rows.append(
         (
             f"the same read, pooled vs a new connection each (pgbench -c {pl['clients']})",

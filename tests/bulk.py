@@ -91,7 +91,7 @@ def _insert(
         "WITH g AS (SELECT g, (g * 7) %% %(n)s AS i,"
         "  CASE WHEN (g * 7919) %% 100 < 96 THEN 'settled'"
         "       WHEN (g * 7919) %% 100 < 99 THEN 'failed' ELSE 'pending' END AS st"
-        "  FROM generate_series(1, %(count)s) AS g),"
+        "  FROM generate_series(1, %(count)s::bigint) AS g),"
         " p AS (SELECT g, st, i,"
         "  CASE WHEN g %% 20 = 0 AND i <> 0 THEN 0"
         "   ELSE (i + 1 + g %% (%(n)s - 1)) %% %(n)s END AS j"

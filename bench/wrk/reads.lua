@@ -1,6 +1,8 @@
--- GET <prefix><a random id in [lo, hi]>, with "Authorization: Bearer <key>" when a key is
--- given; at the end, one line "WRK_JSON {...}" with the figures bench/load.py reads.
+-- GET <prefix><a random id in [lo, hi]> (or, when the prefix holds "{id}", the prefix with
+-- the id put there instead), with "Authorization: Bearer <key>" when a key is given; at the
+-- end, one line "WRK_JSON {...}" with the figures bench/load.py reads.
 --   wrk -t2 -c32 -d10s -s bench/wrk/reads.lua http://127.0.0.1:PORT -- /users/ LO HI [KEY]
+--   ... -- '/transfers?limit=100&account_id={id}' LO HI KEY
 local threads = 0
 
 function setup(thread)
@@ -20,7 +22,14 @@ function init(args)
 end
 
 function request()
-  return wrk.format("GET", prefix .. math.random(lo, hi), headers)
+  local id = tostring(math.random(lo, hi))
+  local path
+  if string.find(prefix, "{id}", 1, true) then
+    path = (string.gsub(prefix, "{id}", id))
+  else
+    path = prefix .. id
+  end
+  return wrk.format("GET", path, headers)
 end
 
 function done(summary, latency, requests)
