@@ -7,7 +7,7 @@ user filtering on someone else's account sees the transfers between that account
 own; on an account that does not exist, nothing.
 
 How: transfers are ordered by (created_at, id), newest first, and every filter has an index
-ending in (created_at, id) (migration 0008), so a page reads about as many index entries as
+ending in (created_at, id) (migration 0009), so a page reads about as many index entries as
 it answers, however deep the cursor and however rare the status. A user's transfers, or one
 account's, are the union of index ranges per account, status and direction (out of it, into
 it), each cut at the page size before they are merged (`transfers_sql`).
