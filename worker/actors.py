@@ -33,12 +33,18 @@ from shared.broker.messages import (
     TRANSFER_QUEUE,
     chunks,
 )
-from shared.db.pool import TRANSIENT, connection
-from shared.errors import Unavailable
+from shared.db.pool import connection
 from shared.ledger import operations as ledger
 from shared.runtime.settings import Settings
-from worker.metrics import SETTLE_LATENCY, Telemetry
-from worker.middleware import DeadLetterMarks, Heartbeat
+from worker.metrics import SETTLE_LATENCY, TRANSFER_RETRIES, Telemetry
+from worker.middleware import (
+    DeadLetterMarks,
+    Heartbeat,
+    RetriesExhausted,
+    RetryBudget,
+    current_budget,
+    is_transient,
+)
 from worker.pool import LendConnections, current_pool
 
 log = logging.getLogger(__name__)
@@ -49,23 +55,18 @@ settle_transfers: dramatiq.Actor[[list[int]], None]
 settle_transfer: dramatiq.Actor[[int], None]
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: the database was busy, unreachable or chose a victim (the
-    actor raises those as `dramatiq.Retry`)."""
-    return isinstance(exc, (*TRANSIENT, Unavailable, dramatiq.Retry))
-
-
 def create_broker(settings: Settings) -> tuple[SettleBroker, LendConnections]:
     """The broker `settings.message_broker_url` names (Redis, or RabbitMQ for `amqp://`)
-    with retries for transient errors only, the middleware that owns each worker process's
-    pool, the heartbeat, and the dead-letter mark; and that pool's middleware. Connects
-    lazily."""
-    max_retries = settings.transfer_max_retries
-
-    def retry_when(retries: int, exc: BaseException) -> bool:
-        # `retries` counts the retries already made: TRANSFER_MAX_RETRIES=N allows N of them.
-        return retries < max_retries and is_transient(exc)
-
+    with retries for transient errors only, within the retry budget Postgres keeps per
+    transfer, the middleware that owns each worker process's pool, the heartbeat, and the
+    dead-letter mark; and that pool's middleware. Connects lazily."""
+    budget = RetryBudget(
+        ledger.RetryPolicy(
+            max_retries=settings.transfer_max_retries,
+            min_backoff_ms=settings.transfer_min_backoff_ms,
+            max_backoff_ms=settings.transfer_max_backoff_ms,
+        )
+    )
     database = LendConnections(settings)
     middleware = [
         # First: its after-hook runs last, once Retries has marked a message failed.
@@ -74,11 +75,14 @@ def create_broker(settings: Settings) -> tuple[SettleBroker, LendConnections]:
         # Before Retries: after-hooks run in reverse, and Retries decides "failed".
         DeadLetterMarks(database, SETTLE_ACTORS),
         Retries(
-            max_retries=max_retries,
+            max_retries=settings.transfer_max_retries,
+            # The backoff of a retry Postgres could not schedule (the actor's own `Retry`
+            # carries the delay Postgres wrote).
             min_backoff=settings.transfer_min_backoff_ms,
             max_backoff=settings.transfer_max_backoff_ms,
-            retry_when=retry_when,
+            retry_when=budget.retry_when,
         ),
+        budget,
         database,
         Heartbeat(),
     ]
@@ -98,11 +102,18 @@ def install(settings: Settings) -> SettleBroker:
     global settle_transfers, settle_transfer
     broker, _ = create_broker(settings)
     dramatiq.set_broker(broker)
+    # A message whose transfers were dead-lettered fails at once, without a traceback.
     settle_transfers = dramatiq.actor(
-        queue_name=TRANSFER_QUEUE, actor_name=SETTLE_BATCH_ACTOR, broker=broker
+        queue_name=TRANSFER_QUEUE,
+        actor_name=SETTLE_BATCH_ACTOR,
+        broker=broker,
+        throws=(RetriesExhausted,),
     )(_settle_transfers)
     settle_transfer = dramatiq.actor(
-        queue_name=TRANSFER_QUEUE, actor_name=SETTLE_ACTOR, broker=broker
+        queue_name=TRANSFER_QUEUE,
+        actor_name=SETTLE_ACTOR,
+        broker=broker,
+        throws=(RetriesExhausted,),
     )(_settle_transfer)
     return broker
 
@@ -119,9 +130,14 @@ def __getattr__(name: str) -> Any:
 def _settle_transfers(transfer_ids: list[int]) -> None:
     """Settle a batch of transfers, `BATCH_MAX` at a time per transaction, each with its own
     outcome. Idempotent: transfers no longer pending (or named twice) are left alone.
-    Transient database failures are counted on every transfer of the batch still pending
-    and raised for a retry of the whole batch; when the retries run out, `DeadLetterMarks`
-    parks those still pending (see worker.middleware)."""
+
+    Retries are counted per transfer in Postgres, within TRANSFER_MAX_RETRIES + 1 attempts
+    however many messages carry it (`shared.ledger.operations.RetryPolicy`). A transfer that
+    waits for another message's retry, or that another worker is settling, is skipped. When
+    an attempt fails transiently, Postgres counts it on the transfers it failed for and
+    writes when each is due again; the message is retried after that backoff, and the
+    transfers whose budget it spent are dead-lettered in the same statement, their message
+    going to the dead-letter queue (`RetriesExhausted`)."""
     _settle(sorted({int(tid) for tid in transfer_ids}))
 
 
@@ -132,12 +148,15 @@ def _settle_transfer(transfer_id: int) -> None:
 
 
 def _settle(ids: list[int]) -> None:
+    policy, message_id = current_budget()
     outcomes: dict[int, ledger.Outcome] = {}
     try:
         # Autocommit: each call of the SQL function is its own transaction.
         with connection(current_pool()) as conn:
             for chunk in chunks(ids, BATCH_MAX):
-                outcomes.update(ledger.settle_transfers(conn, chunk))
+                outcomes.update(
+                    ledger.settle_transfers(conn, chunk, retry=policy, message_id=message_id)
+                )
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -145,36 +164,80 @@ def _settle(ids: list[int]) -> None:
         # function is longer than the error that a transfer keeps.
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error = f"{type(exc).__name__}: {reason}".strip()
-        _record_attempt(ids, error)
-        # Expected, and retried: dramatiq logs a Retry at no level, so an outage costs one
-        # warning line per attempt (above) rather than a traceback at ERROR.
-        raise dramatiq.Retry(error) from exc
-    for transfer_id, (status, failure_code, latency) in outcomes.items():
-        if latency is not None:
-            SETTLE_LATENCY.observe(latency)
-        if status == "missing":
+        recorded = _record_attempt([tid for tid in ids if tid not in outcomes], error)
+        if recorded is None:
+            # Postgres counted nothing: dramatiq's own count and backoff stand in for it.
+            raise dramatiq.Retry(error) from exc
+        outcomes.update(recorded)
+    _report(outcomes, policy)
+
+
+def _report(outcomes: dict[int, ledger.Outcome], policy: ledger.RetryPolicy) -> None:
+    """Log and count what settling did; raise for a retry (`dramatiq.Retry`, with the
+    backoff Postgres wrote) or for transfers it dead-lettered (`RetriesExhausted`)."""
+    retrying: list[int] = []
+    spent: list[int] = []
+    for transfer_id, outcome in sorted(outcomes.items()):
+        if outcome.latency is not None:
+            SETTLE_LATENCY.observe(outcome.latency)
+        if outcome.status == "missing":
             log.warning("transfer %s: no such transfer; dropped", transfer_id)
-        elif failure_code:
-            log.info("transfer %s: %s (%s)", transfer_id, status, failure_code)
-    log.debug("settled batch of %d: %s", len(ids), _summary(outcomes))
+        elif outcome.status == "retry":
+            retrying.append(transfer_id)
+        elif outcome.status == "dead-lettered":
+            spent.append(transfer_id)
+            log.error(
+                "transfer %s: dead-lettered after %s attempt(s): %s",
+                transfer_id,
+                policy.max_attempts,
+                outcome.detail or "its retry budget was spent before",
+            )
+        elif outcome.failure_code:
+            log.info("transfer %s: %s (%s)", transfer_id, outcome.status, outcome.failure_code)
+    log.debug("settled batch of %d: %s", len(outcomes), _summary(outcomes))
+    if retrying:
+        first = outcomes[retrying[0]]
+        delay = max(outcomes[tid].retry_ms or 0 for tid in retrying)
+        TRANSFER_RETRIES.inc(len(retrying))
+        # Expected, and retried: dramatiq logs a Retry at no level, so an outage costs one
+        # warning line per attempt rather than a traceback at ERROR.
+        log.warning(
+            "transfers %s: transient failure, will retry in %d ms: %s",
+            _ids_text(retrying),
+            delay,
+            first.detail,
+        )
+        raise dramatiq.Retry(first.detail or "transient failure", delay=delay or None)
+    if spent:
+        raise RetriesExhausted(
+            f"transfers {_ids_text(spent)}: dead-lettered: {outcomes[spent[0]].detail}"
+        )
 
 
 def _summary(outcomes: dict[int, ledger.Outcome]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for status, _, _ in outcomes.values():
-        counts[status] = counts.get(status, 0) + 1
+    for outcome in outcomes.values():
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
     return counts
 
 
-def _record_attempt(transfer_ids: list[int], error: str) -> None:
-    log.warning("transfers %s: transient failure, will retry: %s", _ids_text(transfer_ids), error)
+def _record_attempt(transfer_ids: list[int], error: str) -> dict[int, ledger.Outcome] | None:
+    """Count a failed attempt in Postgres on those of `transfer_ids` this message may
+    attempt (see `ledger.record_failed_attempt`); None when Postgres cannot be reached."""
+    policy, message_id = current_budget()
     try:
         with connection(current_pool()) as conn:
-            ledger.record_failed_attempt(conn, transfer_ids, error)
+            return ledger.record_failed_attempt(
+                conn, transfer_ids, error, retry=policy, message_id=message_id
+            )
     except Exception as again:  # the database may still be down; the retry is what matters
         log.warning(
-            "transfers %s: could not record the failed attempt: %s", _ids_text(transfer_ids), again
+            "transfers %s: transient failure (%s), and could not count it: %s",
+            _ids_text(transfer_ids),
+            error,
+            again,
         )
+        return None
 
 
 def _ids_text(ids: Sequence[int]) -> str:

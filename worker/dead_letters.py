@@ -30,7 +30,7 @@ log = logging.getLogger("settle.dead_letters")
 
 def list_command(settings: Settings, broker: SettleBroker) -> int:
     with connect_once(settings, "dead-letters") as conn:
-        rows = dead_letters.parked(conn)
+        rows = dead_letters.rows(conn)
     queued = broker.dead_letters()
     for row in rows:
         where = "in" if row["id"] in queued else "not in"

@@ -3,8 +3,9 @@
 `Telemetry` is a dramatiq middleware (first in the broker's list, so that its after-hook runs
 last, once Retries has decided whether a failed message is retried or dead). Per actor:
 messages processed, errors, retries, dead (retries exhausted) and durations in seconds; for
-the settle actor also `settle_transfer_retries_total` and, from the actor, the accepted ->
-settled latency. It also publishes the worker pool's stats once a second.
+the settle actor, counted by the actor itself, `settle_transfer_retries_total` (the
+transfers whose attempt failed and is retried) and the accepted -> settled latency. It also
+publishes the worker pool's stats once a second.
 
 The series go to the files of the worker role (`settle worker` prepared them, see
 `shared.runtime.multiproc`), which the web's `/metrics` on the same host adds to its answer.
@@ -110,9 +111,6 @@ class Telemetry(Middleware):
                 DEAD.labels(actor).inc()
             else:
                 RETRIES.labels(actor).inc()
-                if actor in self._settle_actors:
-                    # Every transfer of a batch is attempted again.
-                    TRANSFER_RETRIES.inc(len(_carried(message)))
         self._done()
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:

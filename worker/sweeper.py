@@ -2,7 +2,9 @@
 
 A lost message (an enqueue that failed, a Redis that lost its data, a worker killed
 mid-flight) would otherwise strand its transfer; sending twice is harmless because the
-actor is idempotent. One connection.
+actor is idempotent. A transfer waiting out a retry's backoff is left alone until its next
+attempt is overdue by the grace period (its retry message was lost), and then sent within
+the retry budget it has left, which Postgres keeps. One connection.
 
 `settle sweeper` is a small supervisor (`shared.runtime.lifecycle.Supervisor`) over one
 forked sweeping process: a sweep that fails is logged and tried again at the next interval,
@@ -40,8 +42,9 @@ log = logging.getLogger("settle.sweeper")
 
 
 def sweep_once(pool: ConnectionPool, settings: Settings, broker: SettleBroker) -> int:
-    """Re-send every transfer pending past the grace period through `broker`; return how
-    many were sent. Raises `BrokerUnavailable` and driver errors."""
+    """Re-send through `broker` every transfer pending past the grace period (and, in a
+    retry, past the time its next attempt was due); return how many were sent. Raises
+    `BrokerUnavailable` and driver errors."""
     sent = 0
     while True:
         with connection(pool) as conn:

@@ -1,9 +1,12 @@
-"""Dead-lettered transfers in Postgres: parked after their settlement retries ran out.
+"""Dead-lettered transfers in Postgres: set aside after their settlement retries ran out.
 
 Postgres holds the durable mark (`transfers.dead_lettered_at`, with `last_error`); the
 message itself sits in the broker's dead-letter queue, which `worker.dead_letters` reads.
-A parked transfer stays `pending`, the sweeper skips it, and only `release` (what
-`settle dead-letters retry` calls) makes it eligible again. Each function takes a
+A dead-lettered transfer stays `pending`, no message settles it and the sweeper skips it;
+only `release` (what `settle dead-letters retry` calls) makes it eligible again, with a
+fresh retry budget. The worker dead-letters a transfer whose budget ran out in the same
+statement that counts its last failed attempt (the SQL function `record_failed_attempt`);
+`mark_all` is for a batch that failed on an error not worth retrying. Each function takes a
 connection and raises only driver errors.
 """
 
@@ -19,25 +22,31 @@ Row = dict[str, Any]
 
 
 def mark(conn: psycopg.Connection, transfer_id: int, error: str) -> bool:
-    """Park a pending transfer whose retries ran out, keeping `error` as its last error.
-    False when the transfer is no longer pending (a duplicate message settled it)."""
+    """Dead-letter a pending transfer, keeping `error` as its last error. False when it is
+    no longer pending (a duplicate message settled it) or was dead-lettered already."""
     return bool(mark_all(conn, [transfer_id], error))
 
 
 def mark_all(conn: psycopg.Connection, transfer_ids: Sequence[int], error: str) -> list[int]:
-    """Park those of `transfer_ids` still pending (a batch whose retries ran out), keeping
-    `error` as their last error; return the ids parked, in order. The others were settled
-    or failed meanwhile, by this batch's earlier attempts or by another message."""
+    """Dead-letter those of `transfer_ids` still pending and not dead-lettered yet (a batch
+    that failed for good), keeping `error` as their last error; return the ids marked, in
+    order. The others were settled or failed meanwhile, by this batch's earlier attempts or
+    by another message, or were dead-lettered before. Locks in ascending id order and skips
+    transfers another transaction holds (a settlement in flight records its own outcome), so
+    it never waits: no lock timeout can make it lose its mark."""
     rows = conn.execute(
-        "UPDATE transfers SET dead_lettered_at = now(), last_error = %s"
-        " WHERE id = ANY(%s) AND status = 'pending' RETURNING id",
+        "UPDATE transfers SET dead_lettered_at = now(), last_error = %s,"
+        " next_attempt_at = NULL, retry_message = NULL"
+        " WHERE id IN (SELECT id FROM transfers WHERE id = ANY(%s) AND status = 'pending'"
+        " AND dead_lettered_at IS NULL ORDER BY id FOR NO KEY UPDATE SKIP LOCKED)"
+        " RETURNING id",
         (error[:500], list(transfer_ids)),
     ).fetchall()
     return sorted(int(row[0]) for row in rows)
 
 
-def parked(conn: psycopg.Connection) -> list[Row]:
-    """Every dead-lettered transfer, the longest parked first."""
+def rows(conn: psycopg.Connection) -> list[Row]:
+    """Every dead-lettered transfer, the longest dead-lettered first."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT id, from_account_id, to_account_id, amount, currency, attempts, created_at,"
@@ -59,21 +68,20 @@ def statuses(conn: psycopg.Connection, transfer_ids: Sequence[int]) -> dict[int,
 
 
 def release(conn: psycopg.Connection, transfer_ids: Sequence[int] | None) -> list[int]:
-    """Clear the mark of the given parked transfers (all of them when `transfer_ids` is None)
-    and count them as sent now; return the ids released, in order.
+    """Clear the mark of the given dead-lettered transfers (all of them when `transfer_ids`
+    is None), give them a fresh retry budget and count them as sent now; return the ids
+    released, in order. Locks them in ascending id order (waiting for each, up to the lock
+    timeout) before it writes.
 
     The caller sends each one a message next; should that fail, the sweeper sends it once
-    its grace period has passed, since it is no longer parked.
+    its grace period has passed, since it is no longer dead-lettered.
     """
-    if transfer_ids is None:
-        rows = conn.execute(
-            "UPDATE transfers SET dead_lettered_at = NULL, enqueued_at = now()"
-            " WHERE dead_lettered_at IS NOT NULL RETURNING id"
-        ).fetchall()
-    else:
-        rows = conn.execute(
-            "UPDATE transfers SET dead_lettered_at = NULL, enqueued_at = now()"
-            " WHERE dead_lettered_at IS NOT NULL AND id = ANY(%s) RETURNING id",
-            (list(transfer_ids),),
-        ).fetchall()
+    rows = conn.execute(
+        "UPDATE transfers SET dead_lettered_at = NULL, enqueued_at = now(),"
+        " failed_attempts = 0, next_attempt_at = NULL, retry_message = NULL"
+        " WHERE id IN (SELECT id FROM transfers WHERE dead_lettered_at IS NOT NULL"
+        " AND (%s::bigint[] IS NULL OR id = ANY(%s::bigint[])) ORDER BY id FOR NO KEY UPDATE)"
+        " RETURNING id",
+        (None if transfer_ids is None else list(transfer_ids),) * 2,
+    ).fetchall()
     return sorted(int(row[0]) for row in rows)

@@ -13,6 +13,7 @@ cannot be probed. Creating users and accounts is for operators (`OperatorOnly`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import psycopg
@@ -244,71 +245,130 @@ def get_transfer(conn: psycopg.Connection, transfer_id: int, *, by: Principal) -
     return row
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often, and how far apart, a transfer's settlement is attempted: a first attempt
+    and up to `max_retries` more (TRANSFER_MAX_RETRIES), the backoff starting at
+    `min_backoff_ms` and doubling up to `max_backoff_ms`, with jitter. Postgres keeps the
+    count (`transfers.failed_attempts`), so the budget holds across every message that
+    carries a transfer."""
+
+    max_retries: int = 10
+    min_backoff_ms: int = 100
+    max_backoff_ms: int = 30_000
+
+    @property
+    def max_attempts(self) -> int:
+        return self.max_retries + 1
+
+    def params(self) -> tuple[int, int, int]:
+        """The arguments the SQL functions take, in their order."""
+        return (self.max_attempts, self.min_backoff_ms, self.max_backoff_ms)
+
+
+#: The policy of the default settings (what a direct call of `settle_transfers` gets).
+DEFAULT_RETRY = RetryPolicy()
+
+
 class Outcome(NamedTuple):
-    """What settling did to one transfer: its status and failure code, and the seconds from
-    its acceptance to its settlement when this call is what settled it (None otherwise:
-    already final, failed, or missing)."""
+    """What settling did to one transfer.
+
+    `status`: 'settled', 'failed' (with `failure_code`), 'missing', 'retry' (this attempt
+    failed transiently: `retry_ms` is the backoff before the next, `detail` the error),
+    'dead-lettered' (this call spent the transfer's retry budget, `detail` the last error)
+    or 'skipped' (pending, but not the caller's to attempt now: another transaction holds
+    it, it waits for another message's retry, or it was dead-lettered before).
+    `latency`: seconds from its acceptance to its settlement when this call is what settled
+    it (None otherwise)."""
 
     status: str
     failure_code: str | None
     latency: float | None
+    retry_ms: int | None = None
+    detail: str | None = None
 
 
 def settle_transfer(conn: psycopg.Connection, transfer_id: int) -> tuple[str, str | None]:
     """Settle (or fail, for insufficient funds) one pending transfer in one transaction.
 
-    Returns (status, failure_code); 'missing' when no such transfer exists. A transfer that
-    is no longer pending is left alone, so delivering the same message twice is harmless.
-    Transient driver errors (deadlock, serialization, lost connection) propagate.
+    Returns (status, failure_code), the status as `Outcome` names it. A transfer that is no
+    longer pending is left alone, so delivering the same message twice is harmless. Driver
+    errors (lost connection, statement timeout) propagate.
     """
     outcome = settle_transfers(conn, [transfer_id])[transfer_id]
     return outcome.status, outcome.failure_code
 
 
-def settle_transfers(conn: psycopg.Connection, transfer_ids: Sequence[int]) -> dict[int, Outcome]:
+def settle_transfers(
+    conn: psycopg.Connection,
+    transfer_ids: Sequence[int],
+    *,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    message_id: str | None = None,
+) -> dict[int, Outcome]:
     """Settle a batch of pending transfers in one transaction and one round trip (the SQL
-    function `settle_transfers`), each with its own outcome.
+    function `settle_transfers`), each with its own outcome, within their retry budget.
 
-    Returns an `Outcome` for every distinct id: 'settled', 'failed' with 'insufficient_funds'
-    (decided in ascending id order, so a transfer sees the balances the earlier ones left),
-    or 'missing'. Transfers already settled or failed, or named twice, are left alone and
-    reported as they are. Transient driver errors (lost connection, lock timeout) propagate
-    and nothing of the batch is written.
+    `message_id` names the message making the attempt: a transfer whose retry another
+    message is to make is skipped until that retry is due. Returns an `Outcome` for every
+    distinct id; failures are decided in ascending id order, so a transfer sees the balances
+    the earlier ones left. A lock timeout or deadlock on the accounts is no error: the
+    transfers whose accounts are free settle, a failed attempt is counted on the others
+    ('retry', or 'dead-lettered' once the budget is spent), in the same transaction. Other
+    driver errors (lost connection, statement timeout) propagate and nothing is written.
     """
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT id, status, failure_code, latency FROM settle_transfers(%s::bigint[])",
-            (list(transfer_ids),),
+            "SELECT id, status, failure_code, latency, retry_ms, detail"
+            " FROM settle_transfers(%s::bigint[], %s, %s, %s, %s)",
+            (list(transfer_ids), message_id, *retry.params()),
         )
         return {
-            int(tid): Outcome(str(status), code, None if latency is None else float(latency))
-            for tid, status, code, latency in cur.fetchall()
+            int(tid): Outcome(
+                str(status), code, None if latency is None else float(latency), delay, detail
+            )
+            for tid, status, code, latency, delay, detail in cur.fetchall()
         }
 
 
 def record_failed_attempt(
-    conn: psycopg.Connection, transfer_ids: Sequence[int], error: str
-) -> None:
-    """Count a failed settlement attempt and keep its error, on each of `transfer_ids` still
-    pending."""
-    conn.execute(
-        "UPDATE transfers SET attempts = attempts + 1, last_error = %s"
-        " WHERE id = ANY(%s) AND status = 'pending'",
-        (error[:500], list(transfer_ids)),
-    )
+    conn: psycopg.Connection,
+    transfer_ids: Sequence[int],
+    error: str,
+    *,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    message_id: str | None = None,
+) -> dict[int, Outcome]:
+    """Count a failed settlement attempt that ended in a driver error (the SQL function
+    `record_failed_attempt`) on those of `transfer_ids` that `message_id` may attempt and
+    no other transaction holds, keeping `error`: 'retry' with the backoff before the next
+    attempt, or 'dead-lettered' for those whose budget it spent. Never waits for a lock."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT id, status, retry_ms"
+            " FROM record_failed_attempt(%s::bigint[], %s, %s, %s, %s, %s)",
+            (list(transfer_ids), message_id, error, *retry.params()),
+        )
+        return {
+            int(tid): Outcome(str(status), None, None, delay, error)
+            for tid, status, delay in cur.fetchall()
+        }
 
 
 def claim_stale_pending(conn: psycopg.Connection, *, grace_seconds: float, batch: int) -> list[int]:
-    """Ids of transfers pending for longer than `grace_seconds` since they were last sent,
-    oldest first, marked as sent now so the next sweep skips them for another grace period.
-    Dead-lettered transfers are left out: only an operator sends them again."""
+    """Ids of transfers pending for longer than `grace_seconds` since they were last sent
+    and since their next retry was due, oldest first, marked as sent now so the next sweep
+    skips them for another grace period. Left out: dead-lettered transfers (only an operator
+    sends them again), transfers waiting out a retry's backoff (their message comes then),
+    and those another transaction holds (a settlement in flight; never waits for one)."""
     with conn.cursor() as cur:
         cur.execute(
             "UPDATE transfers SET enqueued_at = now() WHERE id IN ("
             " SELECT id FROM transfers WHERE status = 'pending' AND dead_lettered_at IS NULL"
             " AND enqueued_at < now() - make_interval(secs => %s)"
-            " ORDER BY enqueued_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+            " AND (next_attempt_at IS NULL OR next_attempt_at < now() - make_interval(secs => %s))"
+            " ORDER BY enqueued_at LIMIT %s FOR NO KEY UPDATE SKIP LOCKED)"
             " RETURNING id",
-            (grace_seconds, batch),
+            (grace_seconds, grace_seconds, batch),
         )
         return sorted(row[0] for row in cur.fetchall())

@@ -67,15 +67,27 @@ def retry_batch(
         ids = dead_lettered_ids(conn, wanted, after=after, limit=BATCH)
         released = dead_letters.release(conn, ids) if ids else []
         if released:
-            shown = " ".join(f"{k}={v}" for k, v in sorted(wanted.params().items()))
             record(
                 conn,
                 by,
                 "retry",
                 released,
-                f"bulk retry of {len(released)} transfer(s) matching: {shown or 'all'}",
+                f"bulk retry of {len(released)} transfer(s) matching: {_shown(wanted)}",
             )
     return released
+
+
+def _shown(wanted: TransferFilter) -> str:
+    """A filter as the action record shows it."""
+    return " ".join(f"{k}={v}" for k, v in sorted(wanted.params().items())) or "all"
+
+
+#: Ends a dead-lettered transfer `failed` as cancelled, for each id of a locked set.
+_CANCEL = (
+    "UPDATE transfers SET status = 'failed', failure_code = %s, dead_lettered_at = NULL,"
+    " next_attempt_at = NULL, retry_message = NULL, finished_at = now()"
+    " WHERE id = ANY(%s) AND dead_lettered_at IS NOT NULL RETURNING id"
+)
 
 
 def cancel(conn: psycopg.Connection, transfer_id: int, *, by: Principal) -> bool:
@@ -83,14 +95,33 @@ def cancel(conn: psycopg.Connection, transfer_id: int, *, by: Principal) -> bool
     record it. False when it was not dead-lettered (nothing changed)."""
     require_acting(by)
     with conn.transaction():
-        row = conn.execute(
-            "UPDATE transfers SET status = 'failed', failure_code = %s, dead_lettered_at = NULL,"
-            " finished_at = now() WHERE id = %s AND dead_lettered_at IS NOT NULL RETURNING id",
-            (CANCELLED, transfer_id),
-        ).fetchone()
+        row = conn.execute(_CANCEL, (CANCELLED, [transfer_id])).fetchone()
         if row is not None:
             record(conn, by, "cancel", [transfer_id], "cancelled a dead-lettered transfer")
     return row is not None
+
+
+def cancel_batch(
+    conn: psycopg.Connection, wanted: TransferFilter, *, after: int, by: Principal
+) -> list[int]:
+    """Cancel the next batch of dead-lettered transfers matching `wanted` with ids above
+    `after` (as `cancel` does each), recording it with the filter; return the ids cancelled
+    (empty: none left). The batch is locked in ascending id order, skipping transfers
+    another transaction holds."""
+    require_acting(by)
+    with conn.transaction():
+        ids = dead_lettered_ids(conn, wanted, after=after, limit=BATCH)
+        rows = conn.execute(_CANCEL, (CANCELLED, ids)).fetchall() if ids else []
+        cancelled = sorted(int(row[0]) for row in rows)
+        if cancelled:
+            record(
+                conn,
+                by,
+                "cancel",
+                cancelled,
+                f"bulk cancel of {len(cancelled)} transfer(s) matching: {_shown(wanted)}",
+            )
+    return cancelled
 
 
 def recent(

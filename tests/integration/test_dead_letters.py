@@ -264,11 +264,22 @@ def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_q
     payer, payee = accounts
     first = park(db, short_settings, short_broker, payer, payee)
     second = park(db, short_settings, short_broker, payer, payee)
-    # The first one settles meanwhile (a client's replay re-sent it): its dead letter is stale.
+    # A message that carries a dead-lettered transfer (a client's replay) leaves it alone...
     with running_worker(short_broker):
         short_broker.enqueue(settle_transfer.message(first))
         join_queue(short_broker)
-    assert transfer_row(db, first)["dead_lettered_at"] is None  # settling clears the mark
+    row = transfer_row(db, first)
+    assert (row["status"], row["attempts"], row["dead_lettered_at"] is not None) == (
+        "pending",
+        3,
+        True,
+    )
+    # ...and once it is released and settles, its dead letter is stale.
+    assert dead_letters.release(db, [first]) == [first]
+    with running_worker(short_broker):
+        short_broker.enqueue(settle_transfer.message(first))
+        join_queue(short_broker)
+    assert transfer_row(db, first)["status"] == "settled"
     env = settle_env(short_settings)
     listed = settle("dead-letters", "list", env=env)
     assert "1 dead-lettered transfer(s); 2 message(s) in the dead-letter queue" in listed.stdout
@@ -286,7 +297,7 @@ def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_q
     with running_worker(short_broker):
         join_queue(short_broker)
     assert [transfer_row(db, t)["status"] for t in (first, second)] == ["settled", "settled"]
-    assert dead_letters.parked(db) == []
+    assert dead_letters.rows(db) == []
 
 
 def test_a_dead_letter_carrying_several_transfers_stays_until_none_of_them_is_parked(
