@@ -1,7 +1,7 @@
 """The vital signs operators watch, read cheaply: transfers by status, the oldest pending
-transfer, and the live connection leases. `/metrics` reads it on every scrape and
-`settle status` once, so every query here uses an index or Postgres's statistics, never a
-scan of the ledger.
+transfer, the transfers being retried, and the live connection leases. `/metrics` reads it
+on every scrape and `settle status` once, so every query here uses an index or Postgres's
+statistics, never a scan of the ledger.
 
 Each function takes a connection and raises only driver errors.
 """
@@ -74,6 +74,27 @@ def oldest_pending_age(conn: psycopg.Connection) -> float:
     ).fetchone()
     assert row is not None
     return max(0.0, float(row[0]))
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """Transfers being retried: pending, not dead-lettered, with a failed attempt in their
+    current retry budget (`transfers.failed_attempts`)."""
+
+    count: int
+    oldest_seconds: float  # since the oldest of them was accepted; 0 when there is none
+
+
+def retrying(conn: psycopg.Connection) -> Retrying:
+    """How many transfers are being retried, and the age of the oldest (read through the
+    partial index of pending transfers)."""
+    row = conn.execute(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)"
+        " FROM transfers WHERE status = 'pending' AND dead_lettered_at IS NULL"
+        " AND failed_attempts > 0"
+    ).fetchone()
+    assert row is not None
+    return Retrying(int(row[0]), max(0.0, float(row[1])))
 
 
 @dataclass(frozen=True)

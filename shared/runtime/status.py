@@ -3,7 +3,8 @@
 `gather` reads the broker's queues, transfers by status, the oldest pending transfer, the
 live leases (which processes are alive, and the connections granted them) and the
 connections each role holds in pg_stat_activity, against the plan the settings give.
-Something needs attention when a message or transfer is dead-lettered, a transfer has been
+Something needs attention when a message or transfer is dead-lettered, a transfer is being
+retried (a failed attempt: whatever failed it may fail the next ones too), a transfer has been
 pending longer than the threshold, or a role holds more connections than its plan. It raises
 driver errors and `BrokerUnavailable`; the command turns them into one line and exit 1.
 """
@@ -32,6 +33,7 @@ class Status:
     queues: dict[str, dict[str, int]]
     transfers: vitals.TransferCounts
     oldest_pending: float
+    retrying: vitals.Retrying
     leases: vitals.LeaseSummary
     connections: dict[str, int]  # role -> connections in pg_stat_activity
     capacity: Capacity
@@ -57,6 +59,7 @@ class Status:
         out.append(
             f"oldest pending: {self.oldest_pending:.0f}s (threshold {self.pending_threshold:g}s)"
         )
+        out.append(f"being retried: {self.retrying_text()}")
         alive = ", ".join(f"{self.leases.processes.get(role, 0)} {role}" for role in ROLES)
         out.append(f"processes alive (live leases): {alive}")
         header = ("connections", "plan", "leased", "in use")
@@ -91,6 +94,12 @@ class Status:
         out += [f"ATTENTION: {line}" for line in self.attention]
         return out
 
+    def retrying_text(self) -> str:
+        r = self.retrying
+        if not r.count:
+            return "none"
+        return f"{r.count} transfer(s), the oldest accepted {r.oldest_seconds:.0f}s ago"
+
 
 def gather(
     settings: Settings,
@@ -109,6 +118,7 @@ def gather(
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         counts = vitals.transfer_counts(conn)
         oldest = vitals.oldest_pending_age(conn)
+        retrying = vitals.retrying(conn)
         leases = vitals.leases(conn, settings.lease_ttl_seconds)
         database = str(conninfo_to_dict(settings.database_url).get("dbname") or "")
         if not database:
@@ -120,6 +130,7 @@ def gather(
         queues=queues,
         transfers=counts,
         oldest_pending=oldest,
+        retrying=retrying,
         leases=leases,
         connections=connections,
         capacity=cap,
@@ -135,6 +146,12 @@ def gather(
         status.attention.append(
             f"{counts.dead_lettered} dead-lettered transfer(s), {dead} message(s) in the"
             " dead-letter queue: `settle dead-letters list`, then `retry`"
+        )
+    if retrying.count:
+        status.attention.append(
+            f"{retrying.count} transfer(s) being retried, the oldest accepted"
+            f" {retrying.oldest_seconds:.0f}s ago (the worker log says why their attempts"
+            " fail; those whose retries run out are dead-lettered)"
         )
     if oldest > pending_threshold:
         status.attention.append(

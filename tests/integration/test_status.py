@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 from shared.ledger import dead_letters
+from shared.ledger import operations as ledger
 from tests.helpers import make_account, submit
 from tests.scratch import scratch_database, settle
 
@@ -62,6 +64,32 @@ def test_status_exits_1_when_a_transfer_is_pending_beyond_the_threshold(
     assert settle("status", env=status_env).returncode == 1
     relaxed = settle("status", "--pending-threshold", "3600", env=status_env)
     assert relaxed.returncode == 0, relaxed.stdout
+
+
+def test_status_flags_transfers_being_retried_as_soon_as_one_is(
+    status_env: dict[str, str],
+) -> None:
+    with psycopg.connect(status_env["DATABASE_URL"], autocommit=True) as conn:
+        treasury, payee = make_account(conn, treasury=True), make_account(conn)
+        retried, waiting = submit(conn, treasury, payee, 100), submit(conn, treasury, payee, 200)
+        conn.execute(
+            "UPDATE transfers SET created_at = now() - interval '42 seconds' WHERE id = %s",
+            (retried,),
+        )
+        # Its first attempt failed: it waits for a retry, well within the pending threshold.
+        ledger.record_failed_attempt(conn, [retried], "LockNotAvailable: lock timeout")
+
+    done = settle("status", env=status_env)
+
+    assert done.returncode == 1, done.stdout
+    lines = done.stdout.splitlines()
+    retrying = next(line for line in lines if line.startswith("being retried: "))
+    assert re.fullmatch(r"being retried: 1 transfer\(s\), the oldest accepted 4\ds ago", retrying)
+    assert any(
+        re.fullmatch(r"ATTENTION: 1 transfer\(s\) being retried, the oldest accepted 4\ds ago.*", x)
+        for x in lines
+    ), done.stdout
+    assert waiting  # pending without a failed attempt: not flagged
 
 
 def test_status_exits_1_when_a_role_holds_more_than_its_plan(status_env: dict[str, str]) -> None:
