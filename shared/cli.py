@@ -262,7 +262,10 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
         shown = ", ".join(str(i) for i in ids[:10]) + (
             f" and {len(ids) - 10} more" if len(ids) > 10 else ""
         )
-        who = f"key {row['key_id']}" + (f" ({row['key_label']})" if row["key_label"] else "")
+        if row["key_id"] is None:  # `settle dead-letters`, run by someone with the URLs
+            who = "the command line"
+        else:
+            who = f"key {row['key_id']}" + (f" ({row['key_label']})" if row["key_label"] else "")
         print(
             f"{row['created_at']:%Y-%m-%d %H:%M:%S%z}  {who}  {row['action']}"
             f" {len(ids)} transfer(s): {shown}  -- {row['detail']}"
@@ -298,7 +301,8 @@ def _add_ledger_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     status.set_defaults(func=cmd_status)
     log = sub.add_parser(
-        "audit-log", help="what operators did from the dashboard: who, what, which transfers"
+        "audit-log",
+        help="what operators did (dashboard, settle dead-letters): who, what, which transfers",
     )
     log.add_argument("--limit", type=int, default=50, help="actions shown (default %(default)s)")
     log.add_argument("--transfer", type=int, metavar="ID", help="only actions on this transfer")

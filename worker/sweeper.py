@@ -6,6 +6,11 @@ actor is idempotent. A transfer waiting out a retry's backoff is left alone unti
 attempt is overdue by the grace period (its retry message was lost), and then sent within
 the retry budget it has left, which Postgres keeps. One connection.
 
+Each pass also drops the broker's dead-letter messages none of whose transfers is
+dead-lettered any more (`DeadLetterClearing`): retried or cancelled by an operator whose
+own clearing failed, or never marked because Postgres was down when their retries ran out
+(such a transfer is sent again by the sweep itself).
+
 `settle sweeper` is a small supervisor (`shared.runtime.lifecycle.Supervisor`) over one
 forked sweeping process: a sweep that fails is logged and tried again at the next interval,
 and a sweeping process that dies (killed, out of memory, an error no pass catches) is
@@ -16,12 +21,14 @@ web and worker because of it. In-process restarts could not survive a kill.
 from __future__ import annotations
 
 import logging
+import time
 
 from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
 from shared.db.budget import Plan
 from shared.db.pool import connection
+from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
 from shared.runtime.lifecycle import (
     StopRequest,
@@ -58,6 +65,36 @@ def sweep_once(pool: ConnectionPool, settings: Settings, broker: SettleBroker) -
             return sent
 
 
+#: A pass reads the dead-letter queue when its size changed since the last clearing, and at
+#: least this often while it holds messages (on RabbitMQ a reading takes every message out
+#: and puts back those it keeps).
+CLEAR_EVERY_SECONDS = 60.0
+
+
+class DeadLetterClearing:
+    """Drops the dead-letter messages none of whose transfers is dead-lettered any more
+    (`SettleBroker.drop_cleared_dead_letters`), reading the queue only when it may have
+    something to drop: when it holds messages, and their count changed since the last
+    clearing or `every` seconds have passed."""
+
+    def __init__(self, every: float = CLEAR_EVERY_SECONDS) -> None:
+        self._every = every
+        self._left: int | None = None  # messages the last clearing left
+        self._at = 0.0
+
+    def __call__(self, pool: ConnectionPool, broker: SettleBroker) -> int:
+        """Clear if it is time; return how many messages were dropped. Raises
+        `BrokerUnavailable` and the pool's errors."""
+        dead = broker.depths().get("dead", 0)
+        now = time.monotonic()
+        if dead == 0 or (dead == self._left and now - self._at < self._every):
+            self._left = dead
+            return 0
+        dropped = broker.drop_cleared_dead_letters(dead_letters.still_dead_lettered_in(pool))
+        self._left, self._at = dead - dropped, now
+        return dropped
+
+
 def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
     """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set, on one leased connection;
     return the exit code (0)."""
@@ -71,11 +108,19 @@ def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
             settings.sweeper_interval_seconds,
             settings.sweeper_grace_seconds,
         )
+        clearing = DeadLetterClearing()
         while not stop.is_set():
             try:
                 sent = sweep_once(pool, settings, broker)
                 if sent:
                     log.info("re-sent %d stale pending transfer(s)", sent)
+                dropped = clearing(pool, broker)
+                if dropped:
+                    log.info(
+                        "dropped %d dead-letter message(s) whose transfers are no longer"
+                        " dead-lettered",
+                        dropped,
+                    )
             except Exception as exc:  # one failed pass must not end the sweeper
                 log.warning("sweep failed, will try again: %s", exc)
             stop.wait(settings.sweeper_interval_seconds)

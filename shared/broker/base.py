@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import dramatiq
@@ -31,6 +31,9 @@ STATES = ("ready", "in_flight", "delayed", "dead")
 
 #: A queue's name -> {state: messages} (a state the broker cannot tell is left out).
 QueueCounts = Callable[[str], dict[str, int]]
+
+#: Which of the given transfer ids are dead-lettered (in Postgres).
+StillDeadLettered = Callable[[list[int]], Collection[int]]
 
 #: Seconds between two beats of a worker process's heartbeat (`SettleBroker.beat`).
 HEARTBEAT_INTERVAL = 1.0
@@ -94,19 +97,24 @@ class SettleBroker(dramatiq.Broker, abc.ABC):
         """Drop the messages with these ids (from `dead_letters`) from the dead-letter
         queue; ids no longer there are ignored."""
 
-    def drop_dead_letters_of(
-        self, transfer_ids: Iterable[int], queue: str = TRANSFER_QUEUE
-    ) -> None:
-        """Drop the dead letters of these transfers (sent again, or ended); a message that
-        also carries a transfer not given is kept."""
-        wanted = set(transfer_ids)
-        if not wanted:
-            return
-        holders: dict[str, set[int]] = {}
+    def drop_cleared_dead_letters(
+        self, dead_lettered: StillDeadLettered, queue: str = TRANSFER_QUEUE
+    ) -> int:
+        """Drop every message of `queue`'s dead-letter queue none of whose transfers is
+        dead-lettered any more (retried, cancelled, settled, or never marked); return how
+        many were dropped. `dead_lettered(ids)` answers which of `ids` still are (Postgres
+        is the record); a message carrying one of those is kept. Raises what
+        `dead_lettered` raises, besides `BrokerUnavailable`."""
+        carried: dict[str, set[int]] = {}
         for tid, message_ids in self.dead_letters(queue).items():
             for mid in message_ids:
-                holders.setdefault(mid, set()).add(tid)
-        self.discard_dead_letters([mid for mid, tids in holders.items() if tids <= wanted], queue)
+                carried.setdefault(mid, set()).add(tid)
+        if not carried:
+            return 0
+        still = set(dead_lettered(sorted(set().union(*carried.values()))))
+        cleared = [mid for mid, tids in carried.items() if not tids & still]
+        self.discard_dead_letters(cleared, queue)
+        return len(cleared)
 
     @abc.abstractmethod
     def beat(self) -> None:

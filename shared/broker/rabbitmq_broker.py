@@ -40,7 +40,7 @@ from dramatiq.errors import DecodeError
 from dramatiq.middleware import Middleware
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from shared.broker.base import SettleBroker
+from shared.broker.base import SettleBroker, StillDeadLettered
 from shared.broker.messages import TRANSFER_QUEUE, decode, transfer_ids
 
 #: Seconds to wait for RabbitMQ to accept a connection or answer on it, and for a blocked
@@ -144,6 +144,22 @@ class SettleRabbitmqBroker(SettleBroker, RabbitmqBroker):
                 if message_id in wanted:
                     channel.basic_ack(tag)
             # The others go back when the channel closes.
+
+    def drop_cleared_dead_letters(
+        self, dead_lettered: StillDeadLettered, queue: str = TRANSFER_QUEUE
+    ) -> int:
+        # One pass over the queue rather than two (each takes every message and puts back
+        # what it keeps): take them all, ack the cleared ones, the others go back on close.
+        with self._connection() as connection:
+            channel = connection.channel()
+            taken = list(_take_all(channel, xq_name(queue)))
+            if not taken:
+                return 0
+            still = set(dead_lettered(sorted({tid for _, _, ids in taken for tid in ids})))
+            cleared = [tag for tag, _mid, ids in taken if not set(ids) & still]
+            for tag in cleared:
+                channel.basic_ack(tag)
+        return len(cleared)
 
     def beat(self) -> None:
         """Nothing to do: RabbitMQ redelivers a dead consumer's messages by itself."""

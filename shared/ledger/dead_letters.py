@@ -4,21 +4,37 @@ Postgres holds the durable mark (`transfers.dead_lettered_at`, with `last_error`
 message itself sits in the broker's dead-letter queue, which `worker.dead_letters` reads.
 A dead-lettered transfer stays `pending`, no message settles it and the sweeper skips it;
 only `release` (what `settle dead-letters retry` calls) makes it eligible again, with a
-fresh retry budget. The worker dead-letters a transfer whose budget ran out in the same
-statement that counts its last failed attempt (the SQL function `record_failed_attempt`);
-`mark_all` is for a batch that failed on an error not worth retrying. Each function takes a
-connection and raises only driver errors.
+fresh retry budget. The broker's dead-letter messages follow: whoever retries or cancels
+dead-lettered transfers, and the sweeper, drop the messages none of whose transfers is
+dead-lettered any more (`still_dead_lettered`). The worker dead-letters a transfer whose
+budget ran out in the same statement that counts its last failed attempt (the SQL function
+`record_failed_attempt`); `mark_all` is for a batch that failed on an error not worth
+retrying. Each function takes a connection and raises only driver errors, except
+`still_dead_lettered_in`, which takes a pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from shared.db.pool import connection
 
 Row = dict[str, Any]
+
+
+def count_line(transfers: int, messages: int | None) -> str:
+    """The one count of dead letters, as `settle status` and `settle dead-letters list` print
+    it: dead-lettered transfers (the dashboard's and `/metrics`' number too), and the
+    messages of the broker's dead-letter queue that carry them (None: not known)."""
+    line = f"dead letters: {transfers} transfer(s)"
+    if messages is not None:
+        line += f"; {messages} message(s) in the dead-letter queue"
+    return line
 
 
 def mark(conn: psycopg.Connection, transfer_id: int, error: str) -> bool:
@@ -54,6 +70,28 @@ def rows(conn: psycopg.Connection) -> list[Row]:
             " ORDER BY dead_lettered_at, id"
         )
         return cur.fetchall()
+
+
+def still_dead_lettered(conn: psycopg.Connection, transfer_ids: Sequence[int]) -> set[int]:
+    """Those of `transfer_ids` that are dead-lettered (the others: settled, failed, sent
+    again, never marked, or unknown)."""
+    rows = conn.execute(
+        "SELECT id FROM transfers WHERE id = ANY(%s) AND dead_lettered_at IS NOT NULL",
+        (list(transfer_ids),),
+    ).fetchall()
+    return {int(row[0]) for row in rows}
+
+
+def still_dead_lettered_in(pool: ConnectionPool) -> Callable[[Sequence[int]], set[int]]:
+    """`still_dead_lettered` on a connection of `pool` held for that one query: what
+    `SettleBroker.drop_cleared_dead_letters` asks while it reads the broker. Raises
+    `DatabaseBusy` and `DatabaseUnavailable` as `shared.db.pool.connection` does."""
+
+    def check(transfer_ids: Sequence[int]) -> set[int]:
+        with connection(pool) as conn:
+            return still_dead_lettered(conn, transfer_ids)
+
+    return check
 
 
 def statuses(conn: psycopg.Connection, transfer_ids: Sequence[int]) -> dict[int, str]:

@@ -3,7 +3,7 @@
 `gather` reads the broker's queues, transfers by status, the oldest pending transfer, the
 live leases (which processes are alive, and the connections granted them) and the
 connections each role holds in pg_stat_activity, against the plan the settings give.
-Something needs attention when a message or transfer is dead-lettered, a transfer is being
+Something needs attention when a transfer is dead-lettered, a transfer is being
 retried (a failed attempt: whatever failed it may fail the next ones too), a transfer has been
 pending longer than the threshold, or a role holds more connections than its plan. It raises
 driver errors and `BrokerUnavailable`; the command turns them into one line and exit 1.
@@ -20,7 +20,7 @@ from shared.broker.base import STATES, QueueCounts
 from shared.broker.messages import TRANSFER_QUEUE
 from shared.db.activity import ROLES, connections_by_role
 from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_on, make_plan
-from shared.ledger import vitals
+from shared.ledger import dead_letters, vitals
 from shared.runtime.settings import Settings
 
 QUEUES = (TRANSFER_QUEUE,)
@@ -48,7 +48,7 @@ class Status:
             told = ", ".join(
                 f"{counts[state]} {state.replace('_', ' ')}" for state in STATES if state in counts
             )
-            out.append(f"queue {queue}: {told}")
+            out.append(f"queue {queue} (messages): {told}")
         t = self.transfers.by_status
         estimate = "" if self.transfers.exact else " (settled and failed estimated)"
         out.append(
@@ -59,6 +59,8 @@ class Status:
         out.append(
             f"oldest pending: {self.oldest_pending:.0f}s (threshold {self.pending_threshold:g}s)"
         )
+        dead = [c["dead"] for c in self.queues.values() if "dead" in c]
+        out.append(dead_letters.count_line(self.transfers.dead_lettered, sum(dead)))
         out.append(f"being retried: {self.retrying_text()}")
         alive = ", ".join(f"{self.leases.processes.get(role, 0)} {role}" for role in ROLES)
         out.append(f"processes alive (live leases): {alive}")
@@ -141,11 +143,12 @@ def gather(
         status.plan = make_plan(settings, cap)
     except BudgetExceeded as exc:
         status.attention.append(f"the configured plan does not fit: {exc.message}")
-    dead = sum(c["dead"] for c in queues.values())
-    if counts.dead_lettered or dead:
+    # Dead-lettered transfers need an operator; a dead-letter message whose transfers do not
+    # any more is dropped by the next retry, cancel or sweep.
+    if counts.dead_lettered:
         status.attention.append(
-            f"{counts.dead_lettered} dead-lettered transfer(s), {dead} message(s) in the"
-            " dead-letter queue: `settle dead-letters list`, then `retry`"
+            f"{counts.dead_lettered} dead-lettered transfer(s): `settle dead-letters list`,"
+            " then `retry` or `cancel`"
         )
     if retrying.count:
         status.attention.append(

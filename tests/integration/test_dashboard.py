@@ -6,13 +6,16 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import falcon.testing
 import psycopg
 import pytest
+from dramatiq import Message
 from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
+from shared.broker.base import SettleBroker
 from shared.ledger import auth
 from shared.runtime.settings import Settings
 from tests.dashboard import COOKIE, Browser, dead_lettered, log_in, many_dead_lettered
@@ -607,7 +610,8 @@ def test_the_overview_shows_queues_transfers_charts_processes_and_the_budget(
     page = Browser(dash, keys["read-only"]).get("/dashboard")
     assert page.status_code == 200
     for shown in (
-        "dead-lettered messages",
+        "messages in the dead-letter queue",
+        "dead-lettered transfers",
         "in flight",
         "delayed",
         "oldest pending",
@@ -811,40 +815,53 @@ def test_settle_audit_log_prints_who_did_what_to_which_transfers(
     assert f"key {key_id} (dash-operator)  cancel 1 transfer(s): {transfer}" in lines[0]
 
 
-def test_retrying_or_cancelling_drops_the_transfers_dead_letter_from_the_broker(
+def test_retrying_and_cancelling_drop_every_dead_letter_none_of_whose_transfers_is_left(
     dash: TestClient, db: psycopg.Connection, keys: dict[str, str]
 ) -> None:
-    """A dead letter as dramatiq's dispatch.lua leaves it (an id in the XQ sorted set, its
-    body in the XQ hash): the overview counts it, and retry and cancel drop it."""
+    """Dead letters as dramatiq's dispatch.lua leaves them (an id in the XQ sorted set, its
+    body in the XQ hash): a message of one transfer, and a batch message of two. A message
+    is dropped once none of its transfers is dead-lettered, whichever action ends the last."""
     import time
 
     from shared.broker.messages import TRANSFER_QUEUE
     from shared.broker.redis_broker import SettleRedisBroker
-    from worker.actors import settle_transfer
+    from worker.actors import settle_transfer, settle_transfers
 
     broker = settle_transfer.broker  # the broker conftest installed
     if not isinstance(broker, SettleRedisBroker):
         pytest.skip("writes a dead letter in dramatiq's Redis layout")
 
-    def park_with_message() -> int:
-        transfer = dead_lettered(db)
-        message = settle_transfer.message(transfer)
+    def dead_letter(message: Message[Any]) -> str:
         key = f"{broker.namespace}:{TRANSFER_QUEUE}.XQ"
         broker.client.zadd(key, {message.message_id: int(time.time() * 1000)})
         broker.client.hset(f"{key}.msgs", message.message_id, message.encode())
-        return transfer
+        return message.message_id
 
-    retried, cancelled = park_with_message(), park_with_message()
-    dead_before = broker.depths()["dead"]
+    broker.flush(TRANSFER_QUEUE)
+    alone, first, second = dead_lettered(db), dead_lettered(db), dead_lettered(db)
+    alone_letter = dead_letter(settle_transfer.message(alone))
+    batch_letter = dead_letter(settle_transfers.message([first, second]))
     browser = Browser(dash, keys["operator"])
-    assert f"<b>{dead_before}</b>dead-lettered messages" in browser.get("/dashboard").text
+    page = browser.get("/dashboard").text
+    assert "<b>2</b>messages in the dead-letter queue" in page
     try:
-        parked = broker.dead_letters()
-        assert retried in parked and cancelled in parked
-        browser.post(f"/dashboard/transfers/{retried}/retry")
-        browser.post(f"/dashboard/transfers/{cancelled}/cancel")
-        left = broker.dead_letters()
-        assert retried not in left and cancelled not in left
-        assert len(left) == len(parked) - 2  # nothing else was dropped
+        browser.post(f"/dashboard/transfers/{alone}/retry")
+        assert set(_letters(broker)) == {batch_letter}
+        # The batch's message stays while one of its transfers is dead-lettered...
+        browser.post(f"/dashboard/transfers/{first}/retry")
+        assert set(_letters(broker)) == {batch_letter}
+        # ...and goes with the last, cancelled.
+        browser.post(f"/dashboard/transfers/{second}/cancel")
+        assert _letters(broker) == {}
+        assert alone_letter not in _letters(broker)
     finally:
         broker.flush(TRANSFER_QUEUE)
+
+
+def _letters(broker: SettleBroker) -> dict[str, set[int]]:
+    """Broker id -> transfer ids of each message in the dead-letter queue."""
+    carried: dict[str, set[int]] = {}
+    for tid, ids in broker.dead_letters().items():
+        for mid in ids:
+            carried.setdefault(mid, set()).add(tid)
+    return carried

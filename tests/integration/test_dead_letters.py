@@ -40,7 +40,7 @@ from tests.helpers import (
 )
 from tests.scratch import scratch_database, settle
 from worker.actors import create_broker, settle_transfer, settle_transfers
-from worker.sweeper import sweep_once
+from worker.sweeper import DeadLetterClearing, sweep_once
 
 
 @pytest.fixture
@@ -282,14 +282,15 @@ def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_q
     assert transfer_row(db, first)["status"] == "settled"
     env = settle_env(short_settings)
     listed = settle("dead-letters", "list", env=env)
-    assert "1 dead-lettered transfer(s); 2 message(s) in the dead-letter queue" in listed.stdout
-    assert "1 transfer(s) with messages in the dead-letter queue are no longer" in listed.stdout
+    assert "dead letters: 1 transfer(s); 2 message(s) in the dead-letter queue" in listed.stdout
+    assert "1 message(s) in the dead-letter queue carry no dead-lettered transfer" in listed.stdout
 
     retried = settle("dead-letters", "retry", "--all", env=env)
 
     assert retried.returncode == 0, retried.stdout
     assert retried.stdout.splitlines() == [
         f"transfer {second}: sent again",
+        "2 dead-letter message(s) dropped",  # `second`'s, and the stale one of `first`
         "1 transfer(s) sent again",
     ]
     assert short_broker.dead_letters() == {}
@@ -336,13 +337,99 @@ def test_a_dead_letter_carrying_several_transfers_stays_until_none_of_them_is_pa
     assert (balance(db, payer), balance(db, payee)) == (700, 300)
 
 
-def test_retrying_needs_ids_or_all() -> None:
-    done = settle("dead-letters", "retry", env=os.environ)
-    both = settle("dead-letters", "retry", "--all", "7", env=os.environ)
+def test_status_and_the_list_give_one_count_and_the_last_cancel_drops_the_batchs_message(
+    db: psycopg.Connection,
+    short_settings: Settings,
+    short_broker: SettleBroker,
+    accounts: tuple[int, int],
+) -> None:
+    payer, payee = accounts
+    first, second = submit(db, payer, payee, 100), submit(db, payer, payee, 200)
+    with psycopg.connect(short_settings.database_url) as holder, running_worker(short_broker):
+        holder.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (payer,))
+        short_broker.send_batches([first, second])
+        join_queue(short_broker)  # returns once the message is dead-lettered
+        holder.rollback()
+    env = settle_env(short_settings)
+    count = "dead letters: 2 transfer(s); 1 message(s) in the dead-letter queue"
 
-    assert (done.returncode, both.returncode) == (2, 2)
-    assert "give transfer ids or --all (not both)" in done.stdout
-    assert "give transfer ids or --all (not both)" in both.stdout
+    status = settle("status", env=env)
+    assert status.returncode == 1, status.stdout
+    assert count in status.stdout.splitlines()
+    assert "ATTENTION: 2 dead-lettered transfer(s)" in status.stdout
+    listed = settle("dead-letters", "list", env=env)
+    assert count in listed.stdout.splitlines()
+
+    assert settle("dead-letters", "retry", str(first), env=env).returncode == 0
+    assert sorted(short_broker.dead_letters()) == [first, second]  # `second` is still in it
+    # Cancelling cannot be undone: without a terminal it needs --yes, and changes nothing.
+    refused = settle("dead-letters", "cancel", str(second), env=env)
+    assert refused.returncode == 2
+    assert "add --yes to confirm" in refused.stdout
+    assert transfer_row(db, second)["dead_lettered_at"] is not None
+    cancelled = settle("dead-letters", "cancel", str(second), "--yes", env=env)
+    assert cancelled.returncode == 0, cancelled.stdout
+    assert f"transfer {second}: cancelled (failed, cancelled_by_operator)" in cancelled.stdout
+    assert short_broker.dead_letters() == {}  # none of its transfers is dead-lettered now
+    row = transfer_row(db, second)
+    assert (row["status"], row["failure_code"]) == ("failed", "cancelled_by_operator")
+    logged = settle("audit-log", "--transfer", str(second), env=env)
+    assert f"the command line  cancel 1 transfer(s): {second}" in logged.stdout
+
+    with running_worker(short_broker):
+        join_queue(short_broker)
+    assert transfer_row(db, first)["status"] == "settled"
+    status = settle("status", env=env)
+    assert status.returncode == 0, status.stdout
+    assert "dead letters: 0 transfer(s); 0 message(s) in the dead-letter queue" in status.stdout
+    assert (balance(db, payer), balance(db, payee)) == (900, 100)
+
+
+def test_cancelling_by_the_dashboards_filters_and_the_sweeper_drops_a_message_left_behind(
+    db: psycopg.Connection,
+    short_settings: Settings,
+    short_broker: SettleBroker,
+    sweeper_pool: ConnectionPool,
+    accounts: tuple[int, int],
+) -> None:
+    payer, payee = accounts
+    first = park(db, short_settings, short_broker, payer, payee)
+    second = park(db, short_settings, short_broker, payer, payee)
+    env = settle_env(short_settings)
+
+    none = settle("dead-letters", "cancel", "--account", str(payer), "--max-amount", "100",
+                  "--yes", env=env)  # fmt: skip
+    assert none.returncode == 0, none.stdout
+    assert "0 transfer(s) cancelled" in none.stdout
+    done = settle("dead-letters", "cancel", "--account", str(payer), "--yes", env=env)
+    assert done.returncode == 0, done.stdout
+    assert [transfer_row(db, t)["failure_code"] for t in (first, second)] == [
+        "cancelled_by_operator"
+    ] * 2
+    assert short_broker.dead_letters() == {}
+    typo = settle("dead-letters", "cancel", "--acount", str(payer), "--yes", env=env)
+    assert typo.returncode == 2
+
+    # A transfer released behind the commands' back (say, a broker failure as they dropped
+    # its message) leaves a message no one needs: no attention, and the sweeper drops it.
+    third = park(db, short_settings, short_broker, payer, payee)
+    assert dead_letters.release(db, [third]) == [third]
+    status = settle("status", env=env)
+    assert status.returncode == 0, status.stdout
+    assert "dead letters: 0 transfer(s); 1 message(s) in the dead-letter queue" in status.stdout
+    assert DeadLetterClearing()(sweeper_pool, short_broker) == 1
+    assert short_broker.dead_letters() == {}
+
+
+def test_retrying_or_cancelling_needs_ids_all_or_filters_and_only_one_of_them() -> None:
+    for action in ("retry", "cancel"):
+        for args in ([], ["--all", "7"], ["--all", "--account", "7"]):
+            done = settle("dead-letters", action, *args, env=os.environ)
+            assert done.returncode == 2, (action, args, done.stdout)
+            assert "give transfer ids, --all, or filters (one of the three)" in done.stdout
+        malformed = settle("dead-letters", action, "--user", "x", env=os.environ)
+        assert malformed.returncode == 2
+        assert "user must be a whole number" in malformed.stdout
 
 
 def test_get_transfer_shows_when_a_transfer_was_dead_lettered_until_it_settles(

@@ -35,7 +35,8 @@ def test_status_exits_0_and_shows_the_overview_when_all_is_well(
         submit(conn, make_account(conn, treasury=True), make_account(conn), 100)
     done = settle("status", env=status_env)
     assert done.returncode == 0, done.stdout
-    assert "queue transfers: 0 ready, 0 in flight, 0 delayed, 0 dead" in done.stdout
+    assert "queue transfers (messages): 0 ready, 0 in flight, 0 delayed, 0 dead" in done.stdout
+    assert "dead letters: 0 transfer(s); 0 message(s) in the dead-letter queue" in done.stdout
     assert "transfers: 1 pending (0 dead-lettered), 0 settled, 0 failed" in done.stdout
     assert "processes alive (live leases): 0 web, 0 worker, 0 sweeper" in done.stdout
     assert "ATTENTION" not in done.stdout

@@ -30,8 +30,8 @@ def add_dashboard(
     transfer, `ping_broker` checks the broker before an action, and `queues` (the broker,
     or None) is how it counts the queue and drops dead letters. Every answer under
     /dashboard gets the headers of `web.dashboard.headers`."""
-    queue_depths, discard_dead = broker_functions(queues)
-    broker = BrokerCalls(ping=ping_broker, enqueue=enqueue, discard_dead=discard_dead)
+    queue_depths, clear_dead = broker_functions(queues, pool)
+    broker = BrokerCalls(ping=ping_broker, enqueue=enqueue, clear_dead=clear_dead)
     access = Access(settings, pool)
     c = (access, pool, settings)
     source = OverviewSource(pool, settings, queue_depths)

@@ -1,7 +1,7 @@
 """What the dashboard's pages and its JSON twin do to transfers, in one place: retry one,
-cancel one, retry all matching a filter, then send the released transfers and drop their
-dead letters from the broker. Each function raises the ledger's errors (`ReadOnlyKey`,
-`TransferNotFound`, ...) and driver errors.
+cancel one, retry all matching a filter, then send the released transfers and drop the
+dead-letter messages none of whose transfers is dead-lettered any more. Each function raises
+the ledger's errors (`ReadOnlyKey`, `TransferNotFound`, ...) and driver errors.
 
 Every action needs the broker, so each first checks that it answers: while it is down the
 action raises `BrokerUnavailable` (503 `broker_unavailable`) and changes nothing. A broker
@@ -16,14 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from shared.db.pool import connection
-from shared.errors import BrokerUnavailable, TransferNotFound
+from shared.errors import BrokerUnavailable, TransferNotFound, Unavailable, first_line
 from shared.ledger import attention, operator_actions
 from shared.ledger.attention import TransferFilter
 from shared.ledger.auth import Principal
-from web.dashboard.data import DiscardDead
+from web.dashboard.data import ClearDead
 from web.resources import path_id
 
 log = logging.getLogger(__name__)
@@ -38,20 +39,21 @@ BROKER_FAILED = (
 )
 #: What an operator reads when the broker failed while dropping dead letters.
 DEAD_LETTERS_LEFT = (
-    "The message broker failed while dropping these transfers' dead-letter messages; they"
-    " stay in the dead-letter queue until it expires them."
+    "The message broker failed while dropping these transfers' dead-letter messages; the"
+    " sweeper drops them once it can."
 )
 
 
 @dataclass(frozen=True)
 class BrokerCalls:
     """What the dashboard's actions ask of the broker: whether it answers (before anything
-    changes), a message for a released transfer, and dropping dead letters (None: they are
-    left to expire). Each raises `BrokerUnavailable`."""
+    changes), a message for a released transfer, and dropping the dead letters none of
+    whose transfers is dead-lettered any more (None: the sweeper does). Each raises
+    `BrokerUnavailable`."""
 
     ping: Callable[[], object]
     enqueue: Enqueue
-    discard_dead: DiscardDead | None
+    clear_dead: ClearDead | None
 
 
 def require_broker(broker: BrokerCalls) -> None:
@@ -72,27 +74,27 @@ def transfer_id(raw: str) -> int:
 
 
 def send_released(broker: BrokerCalls, ids: Sequence[int], *, drop: bool = True) -> str | None:
-    """Send each released transfer a message, then (with `drop`) drop its dead letters; a
-    notice when the broker failed (they are plain pending again: the sweeper sends them
-    after its grace period)."""
+    """Send each released transfer a message, then (with `drop`) drop the dead letters
+    cleared; a notice when the broker failed (they are plain pending again: the sweeper
+    sends them after its grace period)."""
     try:
         for tid in ids:
             broker.enqueue(tid)
     except BrokerUnavailable:
         log.warning("dashboard: the broker failed while sending %d retried transfer(s)", len(ids))
         return BROKER_FAILED
-    return drop_dead_letters(broker, ids) if drop else None
+    return drop_dead_letters(broker) if drop and ids else None
 
 
-def drop_dead_letters(broker: BrokerCalls, ids: Sequence[int]) -> str | None:
-    """Drop the dead letters of `ids`. A failure only leaves them to expire on their own
-    (the broker keeps dead letters seven days): a notice, not an error."""
-    if broker.discard_dead is None or not ids:
+def drop_dead_letters(broker: BrokerCalls) -> str | None:
+    """Drop the dead-letter messages none of whose transfers is dead-lettered any more. A
+    failure only leaves them for the sweeper's next clearing: a notice, not an error."""
+    if broker.clear_dead is None:
         return None
     try:
-        broker.discard_dead(ids)
-    except BrokerUnavailable as exc:
-        log.warning("dashboard: could not drop %d dead letter(s): %s", len(ids), exc.message)
+        broker.clear_dead()
+    except (Unavailable, psycopg.Error) as exc:  # the broker, or Postgres asked about them
+        log.warning("dashboard: could not drop dead letters: %s", first_line(exc))
         return DEAD_LETTERS_LEFT
     return None
 
@@ -128,7 +130,7 @@ def cancel_one(
         done = operator_actions.cancel(conn, tid, by=by)
         if not done:
             attention.transfer_detail(conn, tid)
-    return done, drop_dead_letters(broker, [tid]) if done else None
+    return done, drop_dead_letters(broker) if done else None
 
 
 def bulk_retry(
@@ -161,6 +163,6 @@ def bulk_retry(
         all_released.extend(released)
         if notice:
             break
-    if notice is None:
-        notice = drop_dead_letters(broker, all_released)
+    if notice is None and all_released:
+        notice = drop_dead_letters(broker)
     return sent, batches, notice

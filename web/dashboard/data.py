@@ -7,7 +7,7 @@ import datetime
 import functools
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
@@ -17,27 +17,32 @@ from shared.broker.base import SettleBroker
 from shared.broker.messages import TRANSFER_QUEUE
 from shared.db.pool import connection
 from shared.errors import BrokerUnavailable
-from shared.ledger import overview, vitals
+from shared.ledger import dead_letters, overview, vitals
 from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: Message counts of the transfers queue: ready, delayed, in_flight, dead.
 QueueDepths = Callable[[], Mapping[str, int]]
-#: Drops the dead-letter messages of the given transfers (they were sent again or ended).
-DiscardDead = Callable[[Sequence[int]], None]
+#: Drops the dead-letter messages none of whose transfers is dead-lettered any more (after
+#: a retry or a cancel); returns how many.
+ClearDead = Callable[[], int]
 
 
 def broker_functions(
-    broker: SettleBroker | None,
-) -> tuple[QueueDepths | None, DiscardDead | None]:
+    broker: SettleBroker | None, pool: ConnectionPool
+) -> tuple[QueueDepths | None, ClearDead | None]:
     """The two things the dashboard asks the broker's queues, whichever broker it is (None:
     no queue numbers, and dead letters left to expire). Each raises `BrokerUnavailable`."""
     if broker is None:
         return None, None
     return (
         functools.partial(broker.depths, TRANSFER_QUEUE),
-        functools.partial(broker.drop_dead_letters_of, queue=TRANSFER_QUEUE),
+        functools.partial(
+            broker.drop_cleared_dead_letters,
+            dead_letters.still_dead_lettered_in(pool),
+            TRANSFER_QUEUE,
+        ),
     )
 
 

@@ -236,12 +236,13 @@ def render_overview(data: dict[str, Any], threshold: float) -> str:
         queue_cards = (
             '<div class="cards">'
             + "".join(
-                _card(label, queues.get(key, 0), bad=key == "dead" and queues.get(key, 0) > 0)
+                # Messages, not transfers: the dead-lettered transfers are the card below.
+                _card(label, queues.get(key, 0))
                 for key, label in (
-                    ("ready", "ready"),
-                    ("delayed", "delayed (retry backoff)"),
-                    ("in_flight", "in flight"),
-                    ("dead", "dead-lettered messages"),
+                    ("ready", "messages ready"),
+                    ("delayed", "messages delayed (retry backoff)"),
+                    ("in_flight", "messages in flight"),
+                    ("dead", "messages in the dead-letter queue"),
                 )
             )
             + "</div>"
@@ -256,7 +257,7 @@ def render_overview(data: dict[str, Any], threshold: float) -> str:
                 _card("pending", t["pending"]),
                 _card("settled", f"{about}{t['settled']}"),
                 _card("failed", f"{about}{t['failed']}"),
-                _card("dead-lettered", t["dead_lettered"], bad=t["dead_lettered"] > 0),
+                _card("dead-lettered transfers", t["dead_lettered"], bad=t["dead_lettered"] > 0),
                 _card(
                     "oldest pending",
                     html.age(oldest),
