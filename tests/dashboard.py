@@ -79,7 +79,7 @@ class Browser:
 
 
 def dead_lettered(conn: psycopg.Connection, *, amount: int = 100, error: str = "boom") -> int:
-    """A pending transfer out of a fresh treasury account, parked with `error`."""
+    """A pending transfer out of a fresh treasury account, dead-lettered with `error`."""
     source, target = make_account(conn, treasury=True), make_account(conn)
     transfer = submit(conn, source, target, amount)
     assert dead_letters.mark(conn, transfer, error)
@@ -87,7 +87,7 @@ def dead_lettered(conn: psycopg.Connection, *, amount: int = 100, error: str = "
 
 
 def many_dead_lettered(conn: psycopg.Connection, count: int, *, error: str) -> list[int]:
-    """`count` parked transfers between two fresh accounts (the first a treasury), made in
+    """`count` dead-lettered transfers between two fresh accounts (the first a treasury), made in
     one statement."""
     source, target = make_account(conn, treasury=True), make_account(conn)
     rows = conn.execute(

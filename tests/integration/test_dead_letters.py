@@ -1,5 +1,6 @@
 """Dead letters on the real database and each real broker (Redis, RabbitMQ): a transfer whose
-retries run out is parked (marked in Postgres, its message in dramatiq's dead-letter queue),
+retries run out is dead-lettered (marked in Postgres, its message in dramatiq's dead-letter
+queue),
 the sweeper leaves it alone, and `settle dead-letters` lists it and sends it again.
 
 Each test runs the actor on a broker of its own namespace with a short lock timeout, two
@@ -45,7 +46,7 @@ from worker.sweeper import DeadLetterClearing, sweep_once
 
 @pytest.fixture
 def scratch(settings: Settings) -> Iterator[str]:
-    """A database of its own: `retry --all` and `list` see every parked transfer."""
+    """A database of its own: `retry --all` and `list` see every dead-lettered transfer."""
     with scratch_database(settings.database_url) as url:
         yield url
 
@@ -94,7 +95,7 @@ def accounts(db: psycopg.Connection) -> tuple[int, int]:
     return payer, payee
 
 
-def park(
+def dead_letter(
     db: psycopg.Connection, settings: Settings, broker: dramatiq.Broker, payer: int, payee: int
 ) -> int:
     """A transfer that ran out of retries while another transaction held its payer."""
@@ -116,7 +117,7 @@ def settle_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_lettered(
+def test_a_transfer_whose_retries_run_out_is_dead_lettered_with_its_message(
     db: psycopg.Connection,
     short_settings: Settings,
     short_broker: SettleBroker,
@@ -124,7 +125,7 @@ def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_letter
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        transfer = park(db, short_settings, short_broker, *accounts)
+        transfer = dead_letter(db, short_settings, short_broker, *accounts)
 
     row = transfer_row(db, transfer)
     assert (row["status"], row["attempts"]) == ("pending", 3)  # the first try and two retries
@@ -141,7 +142,7 @@ def test_a_transfer_whose_retries_run_out_is_parked_with_its_message_dead_letter
     assert not [r for r in caplog.records if r.exc_info and r.name.startswith("dramatiq")]
 
 
-def test_an_error_not_worth_retrying_parks_the_transfer_at_once(
+def test_an_error_not_worth_retrying_dead_letters_the_transfer_at_once(
     db: psycopg.Connection, short_broker: SettleBroker, accounts: tuple[int, int]
 ) -> None:
     payer, payee = accounts
@@ -221,14 +222,14 @@ def test_the_sweeper_leaves_a_dead_lettered_transfer_alone_until_it_is_released(
     assert transfer_row(db, transfer)["dead_lettered_at"] is None
 
 
-def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_it_settles(
+def test_the_dead_letters_command_lists_a_dead_lettered_transfer_and_retries_it_until_it_settles(
     db: psycopg.Connection,
     short_settings: Settings,
     short_broker: SettleBroker,
     accounts: tuple[int, int],
 ) -> None:
     payer, payee = accounts
-    transfer = park(db, short_settings, short_broker, payer, payee)
+    transfer = dead_letter(db, short_settings, short_broker, payer, payee)
     env = settle_env(short_settings)
 
     listed = settle("dead-letters", "list", env=env)
@@ -255,15 +256,15 @@ def test_the_dead_letters_command_lists_a_parked_transfer_and_retries_it_until_i
     assert f"transfer {transfer}: not dead-lettered (settled); skipped" in again.stdout
 
 
-def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_queue(
+def test_retrying_all_dead_letters_sends_every_dead_lettered_transfer_and_empties_the_queue(
     db: psycopg.Connection,
     short_settings: Settings,
     short_broker: SettleBroker,
     accounts: tuple[int, int],
 ) -> None:
     payer, payee = accounts
-    first = park(db, short_settings, short_broker, payer, payee)
-    second = park(db, short_settings, short_broker, payer, payee)
+    first = dead_letter(db, short_settings, short_broker, payer, payee)
+    second = dead_letter(db, short_settings, short_broker, payer, payee)
     # A message that carries a dead-lettered transfer (a client's replay) leaves it alone...
     with running_worker(short_broker):
         short_broker.enqueue(settle_transfer.message(first))
@@ -301,7 +302,7 @@ def test_retrying_all_dead_letters_sends_every_parked_transfer_and_empties_the_q
     assert dead_letters.rows(db) == []
 
 
-def test_a_dead_letter_carrying_several_transfers_stays_until_none_of_them_is_parked(
+def test_a_dead_letter_carrying_several_transfers_stays_until_none_of_them_is_dead_lettered(
     db: psycopg.Connection,
     short_settings: Settings,
     short_broker: SettleBroker,
@@ -324,7 +325,7 @@ def test_a_dead_letter_carrying_several_transfers_stays_until_none_of_them_is_pa
 
     retried = settle("dead-letters", "retry", str(first), env=env)
     assert retried.returncode == 0, retried.stdout
-    assert short_broker.dead_letters() == held  # kept: `second` is still parked
+    assert short_broker.dead_letters() == held  # kept: `second` is still dead-lettered
     assert queued_transfer_ids(short_broker) == [first]
 
     retried = settle("dead-letters", "retry", str(second), env=env)
@@ -393,8 +394,8 @@ def test_cancelling_by_the_dashboards_filters_and_the_sweeper_drops_a_message_le
     accounts: tuple[int, int],
 ) -> None:
     payer, payee = accounts
-    first = park(db, short_settings, short_broker, payer, payee)
-    second = park(db, short_settings, short_broker, payer, payee)
+    first = dead_letter(db, short_settings, short_broker, payer, payee)
+    second = dead_letter(db, short_settings, short_broker, payer, payee)
     env = settle_env(short_settings)
 
     none = settle("dead-letters", "cancel", "--account", str(payer), "--max-amount", "100",
@@ -412,7 +413,7 @@ def test_cancelling_by_the_dashboards_filters_and_the_sweeper_drops_a_message_le
 
     # A transfer released behind the commands' back (say, a broker failure as they dropped
     # its message) leaves a message no one needs: no attention, and the sweeper drops it.
-    third = park(db, short_settings, short_broker, payer, payee)
+    third = dead_letter(db, short_settings, short_broker, payer, payee)
     assert dead_letters.release(db, [third]) == [third]
     status = settle("status", env=env)
     assert status.returncode == 0, status.stdout
@@ -441,12 +442,12 @@ def test_get_transfer_shows_when_a_transfer_was_dead_lettered_until_it_settles(
         assert dead_letters.mark(
             conn, transfer, "OperationalError: the server closed the connection"
         )
-        parked = client.simulate_get(f"/transfers/{transfer}").json["data"]
+        dead = client.simulate_get(f"/transfers/{transfer}").json["data"]
         assert dead_letters.release(conn, [transfer]) == [transfer]
         assert ledger.settle_transfer(conn, transfer) == ("settled", None)
         settled = client.simulate_get(f"/transfers/{transfer}").json["data"]
 
-    assert parked["status"] == "pending"
-    assert datetime.fromisoformat(parked["dead_lettered_at"]) <= datetime.now(UTC)
-    assert "last_error" not in parked  # driver errors name hosts: for operators only
+    assert dead["status"] == "pending"
+    assert datetime.fromisoformat(dead["dead_lettered_at"]) <= datetime.now(UTC)
+    assert "last_error" not in dead  # driver errors name hosts: for operators only
     assert (settled["status"], settled["dead_lettered_at"]) == ("settled", None)

@@ -291,8 +291,8 @@ def test_a_transfer_that_keeps_failing_is_given_up_after_the_configured_retries(
     finally:
         limited.close()
 
-    # The first attempt and exactly two retries; the transfer stays pending, parked as a dead
-    # letter (see test_dead_letters.py).
+    # The first attempt and exactly two retries; the transfer stays pending, dead-lettered
+    # (see test_dead_letters.py).
     row = transfer_row(db, transfer)
     assert (row["status"], row["attempts"]) == ("pending", 3)
     assert "lock timeout" in str(row["last_error"])
@@ -438,7 +438,7 @@ def test_concurrent_batches_over_shared_accounts_never_deadlock(
     assert sum(balance(db, account) for account in accounts) == 6 * 5_000
 
 
-def test_a_batch_that_keeps_failing_is_retried_whole_then_parks_what_is_still_pending(
+def test_a_batch_that_keeps_failing_settles_what_it_can_then_dead_letters_the_rest(
     db: psycopg.Connection, settings: Settings, quick_settings: Settings, treasury: int
 ) -> None:
     limited, _ = create_broker(quick_settings.with_(transfer_max_retries=1))
