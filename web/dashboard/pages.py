@@ -27,12 +27,12 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 from shared.ledger import attention, commands, operator_actions
-from shared.ledger.attention import TransferFilter
 from shared.ledger.sessions import Session, csrf_matches
 from shared.runtime.settings import Settings
-from web.dashboard import actions, html
+from web.dashboard import actions
 from web.dashboard.access import Access
 from web.dashboard.data import OverviewSource
+from web.dashboard.render import render, stylesheet
 from web.errors import headers_of, status_of
 
 log = logging.getLogger(__name__)
@@ -59,17 +59,19 @@ def page(responder: Callable[..., None]) -> Callable[..., None]:
             resp.status = falcon.HTTP_303
             resp.location = LOGIN
             resp.content_type = HTML
-            resp.text = html.layout("Log in", '<p><a href="/dashboard/login">Log in</a></p>')
+            resp.text = render("login_needed.html", session=None)
         except SettleError as exc:
             resp.status = status_of(exc)
             for name, value in headers_of(exc):  # Retry-After on a 503, as for the API
                 resp.set_header(name, value)
             resp.content_type = HTML
-            body = (
-                f'<p class="notice error">{html.esc(exc.message)} (<code>{html.esc(exc.code)}'
-                '</code>)</p><p><a href="/dashboard">Back to the overview</a></p>'
+            resp.text = render(
+                "error.html",
+                session=None,
+                title="Refused" if resp.status[0] == "4" else "Unavailable",
+                message=exc.message,
+                code=exc.code,
             )
-            resp.text = html.layout("Refused" if resp.status[0] == "4" else "Unavailable", body)
 
     return guarded
 
@@ -148,41 +150,31 @@ class _Page:
             raise CsrfRefused("the form is stale or was not sent by the dashboard; reload it")
         return session, form
 
-    def _render(
-        self, resp: falcon.Response, session: Session, title: str, body: str, **kw: Any
-    ) -> None:
+    @staticmethod
+    def _render(resp: falcon.Response, template: str, **context: Any) -> None:
+        """Answer the page `template` shows for `context` (which names the `session`, or
+        None for a page shown without one)."""
         resp.content_type = HTML
         resp.cache_control = ["no-store"]
-        resp.text = html.layout(
-            title, body, principal=session.principal, csrf=session.csrf_token, **kw
-        )
+        resp.text = render(template, **context)
 
 
 class Stylesheet:
     public = True
 
+    def __init__(self) -> None:
+        self._text = stylesheet()
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "text/css; charset=utf-8"
         resp.cache_control = ["max-age=3600"]
-        resp.text = html.STYLESHEET
+        resp.text = self._text
 
 
 class Login(_Page):
     def _form(self, req: falcon.Request, resp: falcon.Response, error: str | None = None) -> None:
         token = self._access.login_token(req, resp)
-        notice = f'<p class="notice error">{html.esc(error)}</p>' if error else ""
-        resp.content_type = HTML
-        resp.cache_control = ["no-store"]
-        resp.text = html.layout(
-            "Log in",
-            f'{notice}<form method="post" action="/dashboard/login" class="filters">'
-            + html.hidden("csrf", token)
-            + '<label>Operator API key<input name="key" id="key" type="password"'
-            ' autocomplete="off" required autofocus></label><button id="login">Log in</button>'
-            "</form>"
-            "<p class=muted>Make one with <code>settle keys create --operator</code>"
-            " (add <code>--read-only</code> for a key that only looks).</p>",
-        )
+        self._render(resp, "login.html", session=None, csrf=token, error=error)
 
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -223,124 +215,6 @@ class Logout(_Page):
         resp.location = LOGIN
 
 
-def _card(label: str, value: object, *, bad: bool = False) -> str:
-    cls = "card bad" if bad else "card"
-    return f'<div class="{cls}"><b>{html.esc(value)}</b>{html.esc(label)}</div>'
-
-
-def render_overview(data: dict[str, Any], threshold: float) -> str:
-    queues = data["queues"]
-    if queues is None:
-        queue_cards = f'<p class="notice error">Queues: {html.esc(data["queue_error"])}</p>'
-    else:
-        queue_cards = (
-            '<div class="cards">'
-            + "".join(
-                # Messages, not transfers: the dead-lettered transfers are the card below.
-                _card(label, queues.get(key, 0))
-                for key, label in (
-                    ("ready", "messages ready"),
-                    ("delayed", "messages delayed (retry backoff)"),
-                    ("in_flight", "messages in flight"),
-                    ("dead", "messages in the dead-letter queue"),
-                )
-            )
-            + "</div>"
-        )
-    t = data["transfers"]
-    about = "" if data["transfers_exact"] else "~"  # estimated from Postgres's statistics
-    oldest = data["oldest_pending_seconds"]
-    transfer_cards = (
-        '<div class="cards">'
-        + "".join(
-            [
-                _card("pending", t["pending"]),
-                _card("settled", f"{about}{t['settled']}"),
-                _card("failed", f"{about}{t['failed']}"),
-                _card("dead-lettered transfers", t["dead_lettered"], bad=t["dead_lettered"] > 0),
-                _card(
-                    "oldest pending",
-                    html.age(oldest),
-                    bad=oldest > threshold,
-                ),
-            ]
-        )
-        + "</div>"
-    )
-    minutes = data["last_hour"]
-    charts = (
-        html.bar_chart(
-            [m["settled"] for m in minutes],
-            stacked=[m["failed"] for m in minutes],
-            title="Transfers finished per minute (settled; failed on top)",
-            unit="/min",
-        )
-        + html.bar_chart(
-            [m["p99_ms"] for m in minutes],
-            title="Accepted -> settled latency per minute, p99",
-            unit="ms",
-        )
-        + html.bar_chart(
-            [m["p50_ms"] for m in minutes],
-            title="Accepted -> settled latency per minute, p50",
-            unit="ms",
-        )
-    )
-    workers = html.table(
-        ["process", "role", "pool (granted / wanted)", "connections (busy)", "heartbeat"],
-        (
-            [
-                f'<span class="mono">{html.esc(w["holder"])}</span>',
-                html.esc(w["role"]),
-                f"{w['granted']} / {w['wanted']}",
-                f"{w['connected']} ({w['busy']})",
-                html.when(w["heartbeat_at"]),
-            ]
-            for w in data["workers"]
-        ),
-        empty="no live process holds a lease",
-    )
-    budget = data["budget"]
-    refusal = (
-        '<p class="notice error">The configured plan does not fit: '
-        f"{html.esc(budget['refusal'])}</p>"
-        if budget["refusal"]
-        else ""
-    )
-    budget_table = html.table(
-        ["role", "plan", "leased (live leases)", "connected (pg_stat_activity)"],
-        (
-            [
-                html.esc(r["role"]),
-                html.esc("-" if r["planned"] is None else r["planned"]),
-                html.esc(r["leased"]),
-                html.esc(r["connected"])
-                + (
-                    ' <span class="notice error">over plan</span>'
-                    if r["planned"] is not None and r["connected"] > r["planned"]
-                    else ""
-                ),
-            ]
-            for r in budget["roles"]
-        ),
-    )
-    return (
-        "<h2>Queue</h2>"
-        + queue_cards
-        + "<h2>Transfers</h2>"
-        + transfer_cards
-        + '<p><a href="/dashboard/transfers">Transfers needing attention</a></p>'
-        + "<h2>Last hour</h2>"
-        + charts
-        + "<h2>Processes alive</h2>"
-        + workers
-        + f"<h2>Connection budget: {html.esc(budget['available'])} available</h2>"
-        + f'<p class="muted">{html.esc(budget["source"])}</p>'
-        + refusal
-        + budget_table
-    )
-
-
 #: How often the overview reloads itself, and the query parameter marking such a reload.
 REFRESH_SECONDS = 10
 REFRESH_PARAM = "refresh"
@@ -359,78 +233,15 @@ class Overview(_Page):
         # it does not keep an idle session alive.
         session = self._session(req, resp, seen=req.get_param(REFRESH_PARAM) is None)
         query_params(req, (REFRESH_PARAM,))
-        data = self._source.gather()
-        body = render_overview(data, self._settings.dashboard_pending_threshold_seconds)
         self._render(
             resp,
-            session,
-            "Overview",
-            body,
+            "overview.html",
+            session=session,
+            overview=self._source.gather(),
+            threshold=self._settings.dashboard_pending_threshold_seconds,
             refresh_seconds=REFRESH_SECONDS,
             refresh_url=f"/dashboard?{REFRESH_PARAM}=1",
         )
-
-
-_FILTER_FIELDS = (
-    ("state", "Which"),
-    ("account", "Account id"),
-    ("user", "User id"),
-    ("currency", "Currency"),
-    ("min_amount", "Amount from (cents)"),
-    ("max_amount", "Amount to (cents)"),
-    ("failure_code", "Failure code"),
-    ("error", "Error text"),
-    ("older_than_minutes", "Older than (min)"),
-)
-
-
-def _filter_form(wanted: TransferFilter) -> str:
-    current = wanted.params()
-    cells = []
-    for name, label in _FILTER_FIELDS:
-        if name == "state":
-            options = "".join(
-                f'<option value="{s}"{" selected" if wanted.state == s else ""}>{s}</option>'
-                for s in attention.STATES
-            )
-            cells.append(f"<label>{label}<select name=state>{options}</select></label>")
-        else:
-            cells.append(
-                f'<label>{label}<input name="{name}" value="{html.esc(current.get(name, ""))}">'
-                "</label>"
-            )
-    return (
-        '<form method="get" action="/dashboard/transfers" class="filters">'
-        + "".join(cells)
-        + "<button>Filter</button></form>"
-    )
-
-
-def _transfer_row(row: dict[str, Any]) -> list[str]:
-    return [
-        f'<a href="/dashboard/transfers/{row["id"]}">{row["id"]}</a>',
-        html.esc(row["state"]),
-        f'account {row["from_account_id"]} <span class="muted">(user {row["from_user_id"]})</span>',
-        f'account {row["to_account_id"]} <span class="muted">(user {row["to_user_id"]})</span>',
-        html.esc(html.money(row["amount"], row["currency"])),
-        html.esc(row["attempts"]),
-        html.esc(row["failure_code"] or ""),
-        f'<span class="mono">{html.esc((row["last_error"] or "")[:160])}</span>',
-        html.esc(html.age(row["age_seconds"])),
-    ]
-
-
-TRANSFER_HEADERS = [
-    "id",
-    "state",
-    "from",
-    "to",
-    "amount",
-    "attempts",
-    "failure",
-    "last error",
-    "age",
-]
 
 
 class TransferList(_Page):
@@ -450,32 +261,17 @@ class TransferList(_Page):
                 cursor=req.get_param("cursor"),
             )
             counts = attention.count_matching(conn, wanted, stuck_after_seconds=threshold)
-        more = (
-            '<p><a href="/dashboard/transfers'
-            f'{html.query({**wanted.params(), "cursor": found.next_cursor})}">Next page</a></p>'
-            if found.next_cursor
-            else ""
+        self._render(
+            resp,
+            "transfers.html",
+            session=session,
+            states=attention.STATES,
+            chosen_state=wanted.state,
+            wanted=wanted.params(),
+            found=found,
+            counts=counts,
+            threshold=threshold,
         )
-        bulk = ""
-        if counts["retryable"]:
-            bulk = (
-                f'<p><a href="/dashboard/transfers/retry{html.query(wanted.params())}">'
-                f"Retry all {counts['retryable']} dead-lettered transfer(s) matching this filter"
-                "</a></p>"
-            )
-        body = (
-            _filter_form(wanted)
-            + f'<p class="muted">{counts["matching"]} transfer(s) match; dead-lettered ones can'
-            f" be retried; pending ones count as stuck after {html.age(threshold)}.</p>"
-            + bulk
-            + html.table(
-                TRANSFER_HEADERS,
-                (_transfer_row(r) for r in found.items),
-                empty="nothing needs attention",
-            )
-            + more
-        )
-        self._render(resp, session, "Transfers needing attention", body)
 
 
 class Transfer(_Page):
@@ -486,82 +282,7 @@ class Transfer(_Page):
         tid = actions.transfer_id(transfer_id)
         with connection(self._pool) as conn:
             t = attention.transfer_detail(conn, tid)
-        fields = [
-            ("status", t["status"]),
-            ("amount", html.money(t["amount"], t["currency"])),
-            ("from", f"account {t['from_account_id']} (user {t['from_user_id']})"),
-            ("to", f"account {t['to_account_id']} (user {t['to_user_id']})"),
-            ("attempts", t["attempts"]),
-            ("failure code", t["failure_code"] or "-"),
-            ("last error", t["last_error"] or "-"),
-            ("accepted", html.when(t["created_at"])),
-            ("last sent", html.when(t["enqueued_at"])),
-            ("dead-lettered", html.when(t["dead_lettered_at"])),
-            ("settled", html.when(t["settled_at"])),
-            ("finished", html.when(t["finished_at"])),
-            ("idempotency", f"{t['idempotency_scope']} / {t['idempotency_key']}"),
-            *((f"metadata {key}", value) for key, value in t["metadata"].items()),
-        ]
-        summary = html.table(
-            ["field", "value"],
-            ([html.esc(k), f'<span class="mono">{html.esc(v)}</span>'] for k, v in fields),
-        )
-        read_only = session.principal.read_only
-        buttons = ""
-        if t["dead_lettered_at"] is not None:
-            buttons = (
-                "<p>"
-                + html.button_form(
-                    f"/dashboard/transfers/{tid}/retry",
-                    "Retry",
-                    session.csrf_token,
-                    disabled=read_only,
-                )
-                + " "
-                + html.link_button(
-                    f"/dashboard/transfers/{tid}/cancel",
-                    "Cancel... (ends failed, moves no money)",
-                    danger=True,
-                    disabled=read_only,
-                )
-                + ("<span class=muted> (read-only key)</span>" if read_only else "")
-                + "</p>"
-            )
-        entries = html.table(
-            ["entry", "account", "amount", "when"],
-            (
-                [
-                    html.esc(e["id"]),
-                    html.esc(e["account_id"]),
-                    html.esc(html.money(e["amount"], t["currency"])),
-                    html.when(e["created_at"]),
-                ]
-                for e in t["entries"]
-            ),
-            empty="no entries (only a settled transfer has them)",
-        )
-        taken = html.table(
-            ["when", "key", "action", "detail"],
-            (
-                [
-                    html.when(a["created_at"]),
-                    html.esc(f"{a['key_id']} {a['key_label'] or ''}"),
-                    html.esc(a["action"]),
-                    html.esc(a["detail"]),
-                ]
-                for a in t["actions"]
-            ),
-            empty="no operator action yet",
-        )
-        body = (
-            buttons
-            + summary
-            + "<h2>Ledger entries</h2>"
-            + entries
-            + f"<h2>Attempts</h2><p>{html.esc(t['attempts'])} settlement attempt(s);"
-            " the last error is kept above.</p>" + "<h2>Operator actions</h2>" + taken
-        )
-        self._render(resp, session, f"Transfer {tid}", body)
+        self._render(resp, "transfer.html", session=session, t=t)
 
 
 class _Action(_Page):
@@ -588,11 +309,14 @@ class _Action(_Page):
             resp.status = falcon.HTTP_303
             resp.location = f"/dashboard/transfers/{tid}"
             return
-        body = (
-            f'<p class="notice error" id="retry-notice">{html.esc(notice)}</p>'
-            f'<p><a href="/dashboard/transfers/{tid}">Back to transfer {tid}</a></p>'
+        self._render(
+            resp,
+            "action_notice.html",
+            session=session,
+            action=title,
+            transfer_id=tid,
+            notice=notice,
         )
-        self._render(resp, session, f"{title} of transfer {tid}", body)
 
 
 class RetryOne(_Action):
@@ -610,31 +334,7 @@ class Cancel(_Action):
         tid = actions.transfer_id(transfer_id)
         with connection(self._pool) as conn:
             t = attention.transfer_detail(conn, tid)
-        back = f'<a href="/dashboard/transfers/{tid}">Back to transfer {tid}</a>'
-        if t["dead_lettered_at"] is None:
-            body = (
-                f'<p class="notice">Transfer {tid} is not dead-lettered (it is'
-                f" {html.esc(t['status'])}); there is nothing to cancel.</p><p>{back}</p>"
-            )
-        else:
-            read_only = session.principal.read_only
-            body = (
-                f'<p class="notice error" id="cancel-warning">Cancel transfer <b>{tid}</b> of'
-                f" {html.esc(html.money(t['amount'], t['currency']))} from account"
-                f" {t['from_account_id']} to account {t['to_account_id']}? It ends failed"
-                " (<code>cancelled_by_operator</code>) and moves no money. This cannot be"
-                " undone.</p><p>"
-                + html.button_form(
-                    f"/dashboard/transfers/{tid}/cancel",
-                    f"Yes, cancel transfer {tid}",
-                    session.csrf_token,
-                    danger=True,
-                    disabled=read_only,
-                )
-                + (" <span class=muted>(read-only key)</span>" if read_only else "")
-                + f" {back}</p>"
-            )
-        self._render(resp, session, f"Cancel transfer {tid}?", body)
+        self._render(resp, "cancel.html", session=session, t=t)
 
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
@@ -651,23 +351,9 @@ class BulkRetry(_Action):
             counts = attention.count_matching(
                 conn, wanted, stuck_after_seconds=self._settings.dashboard_pending_threshold_seconds
             )
-        shown = ", ".join(f"{k} = {v}" for k, v in sorted(wanted.params().items())) or "none"
-        read_only = session.principal.read_only
-        body = (
-            f'<p class="notice">Retry <b id="retry-count">{counts["retryable"]}</b> dead-lettered'
-            f" transfer(s) matching the filter ({html.esc(shown)})? Each gets a fresh message and"
-            " a fresh retry budget.</p>"
-            + html.button_form(
-                "/dashboard/transfers/retry",
-                f"Yes, retry {counts['retryable']}",
-                session.csrf_token,
-                fields=wanted.params(),
-                disabled=read_only or counts["retryable"] == 0,
-            )
-            + (" <span class=muted>(read-only key)</span>" if read_only else "")
-            + f' <a href="/dashboard/transfers{html.query(wanted.params())}">Back</a>'
+        self._render(
+            resp, "bulk_retry.html", session=session, wanted=wanted.params(), counts=counts
         )
-        self._render(resp, session, "Confirm bulk retry", body)
 
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -686,27 +372,16 @@ class BulkRetry(_Action):
             sent,
             batches,
         )
-        more = ""
-        if left:
-            more = (
-                f"<p>{left} still match (new ones, or time ran out). "
-                + html.button_form(
-                    "/dashboard/transfers/retry",
-                    f"Retry {left} more",
-                    session.csrf_token,
-                    fields=wanted.params(),
-                )
-                + "</p>"
-            )
-        body = (
-            f'<p class="notice" id="retry-result">Sent {sent} transfer(s) again in {batches}'
-            " batch(es).</p>"
-            + (f'<p class="notice error">{html.esc(notice)}</p>' if notice else "")
-            + more
-            + f'<p><a href="/dashboard/transfers{html.query(wanted.params())}">Back to the list</a>'
-            ' <a href="/dashboard/actions">Actions</a></p>'
+        self._render(
+            resp,
+            "bulk_retried.html",
+            session=session,
+            sent=sent,
+            batches=batches,
+            notice=notice,
+            left=left,
+            wanted=wanted.params(),
         )
-        self._render(resp, session, "Bulk retry", body)
 
 
 class Actions(_Page):
@@ -716,26 +391,4 @@ class Actions(_Page):
         query_params(req, ())
         with connection(self._pool) as conn:
             rows = operator_actions.recent(conn, limit=100)
-        body = html.table(
-            ["when", "key", "action", "transfers", "detail"],
-            (
-                [
-                    html.when(a["created_at"]),
-                    html.esc(f"{a['key_id']} {a['key_label'] or ''}"),
-                    html.esc(a["action"]),
-                    ", ".join(
-                        f'<a href="/dashboard/transfers/{t}">{t}</a>'
-                        for t in a["transfer_ids"][:20]
-                    )
-                    + (
-                        f" and {len(a['transfer_ids']) - 20} more"
-                        if len(a["transfer_ids"]) > 20
-                        else ""
-                    ),
-                    html.esc(a["detail"]),
-                ]
-                for a in rows
-            ),
-            empty="no operator action yet",
-        )
-        self._render(resp, session, "Operator actions", body)
+        self._render(resp, "actions.html", session=session, actions=rows)
