@@ -40,6 +40,8 @@ log = logging.getLogger("settle.dead_letters")
 #: The dashboard's filter fields a command takes as options (`--min-amount` for
 #: `min_amount`); `state` is always `dead`, and dead-lettered transfers have no failure code.
 FILTERS = ("account", "user", "currency", "min_amount", "max_amount", "error", "older_than_minutes")
+#: Who the commands act as: the service itself, recorded with no key.
+_BY = operator_actions.require_acting(SYSTEM)
 
 
 def list_command(settings: Settings, broker: SettleBroker) -> int:
@@ -146,10 +148,8 @@ def retry_command(settings: Settings, broker: SettleBroker, chosen: Selection) -
     batches = _batches(
         settings,
         chosen,
-        lambda conn, ids: operator_actions.retry(conn, ids, by=SYSTEM),
-        lambda conn, wanted, after: operator_actions.retry_batch(
-            conn, wanted, after=after, by=SYSTEM
-        ),
+        lambda conn, ids: operator_actions.retry(conn, ids, by=_BY),
+        lambda conn, wanted, after: operator_actions.retry_batch(conn, wanted, after=after, by=_BY),
     )
     released: list[int] = []
     try:
@@ -189,9 +189,9 @@ def cancel_command(
     batches = _batches(
         settings,
         chosen,
-        lambda conn, ids: [tid for tid in ids if operator_actions.cancel(conn, tid, by=SYSTEM)],
+        lambda conn, ids: [tid for tid in ids if operator_actions.cancel(conn, tid, by=_BY)],
         lambda conn, wanted, after: operator_actions.cancel_batch(
-            conn, wanted, after=after, by=SYSTEM
+            conn, wanted, after=after, by=_BY
         ),
     )
     cancelled: list[int] = []

@@ -6,13 +6,14 @@ commit. Cancelling ends a dead-lettered transfer `failed` with `failure_code =
 cancelled_by_operator`, moving no money. Both are idempotent: a transfer that is not
 dead-lettered (settled, failed, or sent again already) is left as it is. Every change is
 recorded in `operator_actions`, in the same transaction, with the key that asked for it.
-Functions raise `ReadOnlyKey` for a read-only principal, `OperatorOnly` for a user's;
-driver errors propagate.
+Who may act is checked once, by `require_acting`, where a request becomes an action: the
+functions that change something take the `Acting` it returns. Driver errors propagate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -29,27 +30,36 @@ CANCELLED = "cancelled_by_operator"
 BATCH = 500
 
 
-def require_acting(by: Principal) -> None:
-    """Raises `OperatorOnly` or `ReadOnlyKey` unless `by` may act on transfers."""
+@dataclass(frozen=True)
+class Acting:
+    """A principal that may act on transfers, as `require_acting` found it: only that
+    function makes one, so whoever takes one needs no check of its own."""
+
+    principal: Principal
+
+
+def require_acting(by: Principal) -> Acting:
+    """`by`, checked: an operator whose key is not read-only. Raises `OperatorOnly` or
+    `ReadOnlyKey`."""
     require_operator(by)
     require_writer(by)
+    return Acting(by)
 
 
 def record(
-    conn: psycopg.Connection, by: Principal, action: str, transfer_ids: Sequence[int], detail: str
+    conn: psycopg.Connection, by: Acting, action: str, transfer_ids: Sequence[int], detail: str
 ) -> None:
     """Add one row to the operator action record."""
     conn.execute(
         "INSERT INTO operator_actions (key_id, action, transfer_ids, detail)"
         " VALUES (%s, %s, %s, %s)",
-        (by.key_id, action, list(transfer_ids), detail),
+        (by.principal.key_id, action, list(transfer_ids), detail),
     )
 
 
-def retry(conn: psycopg.Connection, transfer_ids: Sequence[int], *, by: Principal) -> list[int]:
+def retry(conn: psycopg.Connection, transfer_ids: Sequence[int], *, by: Acting) -> list[int]:
     """Release those of `transfer_ids` that are dead-lettered and record it; return the ids
     released (the caller sends each a message once this transaction has committed)."""
-    require_acting(by)
     with conn.transaction():
         released = dead_letters.release(conn, list(transfer_ids))
         if released:
@@ -58,11 +68,10 @@ def retry(conn: psycopg.Connection, transfer_ids: Sequence[int], *, by: Principa
 
 
 def retry_batch(
-    conn: psycopg.Connection, wanted: TransferFilter, *, after: int, by: Principal
+    conn: psycopg.Connection, wanted: TransferFilter, *, after: int, by: Acting
 ) -> list[int]:
     """Release the next batch of dead-lettered transfers matching `wanted` with ids above
     `after`, recording it with the filter; return the ids released (empty: none left)."""
-    require_acting(by)
     with conn.transaction():
         ids = dead_lettered_ids(conn, wanted, after=after, limit=BATCH)
         released = dead_letters.release(conn, ids) if ids else []
@@ -90,10 +99,9 @@ _CANCEL = (
 )
 
 
-def cancel(conn: psycopg.Connection, transfer_id: int, *, by: Principal) -> bool:
+def cancel(conn: psycopg.Connection, transfer_id: int, *, by: Acting) -> bool:
     """End a dead-lettered transfer `failed` (`cancelled_by_operator`), moving no money, and
     record it. False when it was not dead-lettered (nothing changed)."""
-    require_acting(by)
     with conn.transaction():
         row = conn.execute(_CANCEL, (CANCELLED, [transfer_id])).fetchone()
         if row is not None:
@@ -102,13 +110,12 @@ def cancel(conn: psycopg.Connection, transfer_id: int, *, by: Principal) -> bool
 
 
 def cancel_batch(
-    conn: psycopg.Connection, wanted: TransferFilter, *, after: int, by: Principal
+    conn: psycopg.Connection, wanted: TransferFilter, *, after: int, by: Acting
 ) -> list[int]:
     """Cancel the next batch of dead-lettered transfers matching `wanted` with ids above
     `after` (as `cancel` does each), recording it with the filter; return the ids cancelled
     (empty: none left). The batch is locked in ascending id order, skipping transfers
     another transaction holds."""
-    require_acting(by)
     with conn.transaction():
         ids = dead_lettered_ids(conn, wanted, after=after, limit=BATCH)
         rows = conn.execute(_CANCEL, (CANCELLED, ids)).fetchall() if ids else []

@@ -84,7 +84,7 @@ def transfer(db: psycopg.Connection, error: str) -> Iterator[int]:
     tid = int(operations.submit_transfer(db, new, by=SYSTEM)["id"])
     assert dead_letters.mark(db, tid, error)
     labelled = auth.create_key(db, user_id=None, label=hostile("label")).key
-    by = auth.authenticate(db, labelled)
+    by = operator_actions.require_acting(auth.authenticate(db, labelled))
     operator_actions.record(db, by, "retry", [tid], hostile("detail"))
     yield tid
 

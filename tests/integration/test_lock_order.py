@@ -121,7 +121,7 @@ def test_settling_batches_never_deadlock_with_dead_lettering_retries_releases_an
 
     def cancel(conn: psycopg.Connection) -> None:
         for tid in stress.batch(1, 3):
-            operator_actions.cancel(conn, tid, by=SYSTEM)
+            operator_actions.cancel(conn, tid, by=operator_actions.require_acting(SYSTEM))
 
     def feed(conn: psycopg.Connection) -> None:
         stress.top_up(conn)

@@ -1,7 +1,8 @@
 """What the dashboard's pages and its JSON twin do to transfers, in one place: retry one,
 cancel one, retry all matching a filter, then send the released transfers and drop the
-dead-letter messages none of whose transfers is dead-lettered any more. Each function raises
-the ledger's errors (`ReadOnlyKey`, `TransferNotFound`, ...) and driver errors.
+dead-letter messages none of whose transfers is dead-lettered any more. Each takes the
+`Acting` of `operator_actions.require_acting` (whoever acts was checked once, before), and
+raises the ledger's errors (`TransferNotFound`, ...) and driver errors.
 
 Every action needs the broker, so each first checks that it answers: while it is down the
 action raises `BrokerUnavailable` (503 `broker_unavailable`) and changes nothing. A broker
@@ -23,7 +24,7 @@ from shared.db.pool import connection
 from shared.errors import BrokerUnavailable, TransferNotFound, Unavailable, first_line
 from shared.ledger import attention, operator_actions
 from shared.ledger.attention import TransferFilter
-from shared.ledger.auth import Principal
+from shared.ledger.operator_actions import Acting
 from web.dashboard.data import ClearDead
 from web.resources import path_id
 
@@ -102,14 +103,13 @@ def drop_dead_letters(broker: BrokerCalls) -> str | None:
 def retry_one(
     pool: ConnectionPool,
     tid: int,
-    by: Principal,
+    by: Acting,
     *,
     broker: BrokerCalls,
 ) -> tuple[bool, str | None]:
     """Retry one transfer: (whether it was dead-lettered and is sent again, a notice when
     the broker failed after the change). Raises `TransferNotFound` for an unknown id and
     `BrokerUnavailable` when the broker is down before it."""
-    operator_actions.require_acting(by)
     require_broker(broker)
     with connection(pool) as conn:
         released = operator_actions.retry(conn, [tid], by=by)
@@ -119,12 +119,11 @@ def retry_one(
 
 
 def cancel_one(
-    pool: ConnectionPool, tid: int, by: Principal, *, broker: BrokerCalls
+    pool: ConnectionPool, tid: int, by: Acting, *, broker: BrokerCalls
 ) -> tuple[bool, str | None]:
     """Cancel one dead-lettered transfer: (False when it was not dead-lettered, a notice when
     the broker failed after the change). Raises `TransferNotFound` for an unknown id and
     `BrokerUnavailable` when the broker is down before it."""
-    operator_actions.require_acting(by)
     require_broker(broker)
     with connection(pool) as conn:
         done = operator_actions.cancel(conn, tid, by=by)
@@ -136,7 +135,7 @@ def cancel_one(
 def bulk_retry(
     pool: ConnectionPool,
     wanted: TransferFilter,
-    by: Principal,
+    by: Acting,
     *,
     broker: BrokerCalls,
     seconds: float = BULK_SECONDS,
@@ -145,7 +144,6 @@ def bulk_retry(
     batch sent before the next is taken, for at most `seconds`. Returns (sent, batches, a
     notice when the broker failed on the way). Raises `BrokerUnavailable` when the broker
     is down before it."""
-    operator_actions.require_acting(by)
     require_broker(broker)
     deadline = time.monotonic() + seconds
     after, sent, batches = 0, 0, 0

@@ -125,8 +125,7 @@ class Transfer(_Api):
 
 class RetryOne(_Acting):
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
-        by = self._access.api_principal(req, changes=True)
-        operator_actions.require_acting(by)
+        by = operator_actions.require_acting(self._access.api_principal(req, changes=True))
         tid = actions.transfer_id(transfer_id)
         retried, notice = actions.retry_one(self._pool, tid, by, broker=self._broker)
         resp.media = {"data": {"id": tid, "retried": retried, "notice": notice}}
@@ -134,8 +133,7 @@ class RetryOne(_Acting):
 
 class Cancel(_Acting):
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
-        by = self._access.api_principal(req, changes=True)
-        operator_actions.require_acting(by)
+        by = operator_actions.require_acting(self._access.api_principal(req, changes=True))
         tid = actions.transfer_id(transfer_id)
         done, notice = actions.cancel_one(self._pool, tid, by, broker=self._broker)
         resp.media = {"data": {"id": tid, "cancelled": done, "notice": notice}}
@@ -143,8 +141,7 @@ class Cancel(_Acting):
 
 class BulkRetry(_Acting):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        by = self._access.api_principal(req, changes=True)
-        operator_actions.require_acting(by)
+        by = operator_actions.require_acting(self._access.api_principal(req, changes=True))
         wanted = attention.transfer_filter_from_json(read_json(req, self._settings.max_body_bytes))
         sent, batches, notice = actions.bulk_retry(self._pool, wanted, by, broker=self._broker)
         with connection(self._pool) as conn:

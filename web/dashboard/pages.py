@@ -27,6 +27,7 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 from shared.ledger import attention, commands, operator_actions
+from shared.ledger.operator_actions import Acting
 from shared.ledger.sessions import Session, csrf_matches
 from shared.runtime.settings import Settings
 from web.dashboard import actions
@@ -149,6 +150,14 @@ class _Page:
         if not csrf_matches(session, form.get("csrf")):
             raise CsrfRefused("the form is stale or was not sent by the dashboard; reload it")
         return session, form
+
+    def _acting(
+        self, req: falcon.Request, resp: falcon.Response
+    ) -> tuple[Session, Acting, Mapping[str, str]]:
+        """The session, who acts and the form of a POST that acts on transfers. Raises
+        `ReadOnlyKey` for a read-only key's session (a user's key has none)."""
+        session, form = self._posted(req, resp)
+        return session, operator_actions.require_acting(session.principal), form
 
     @staticmethod
     def _render(resp: falcon.Response, template: str, **context: Any) -> None:
@@ -302,9 +311,9 @@ class _Action(_Page):
     ) -> None:
         """Do `act` (`actions.retry_one` or `cancel_one`) to one transfer, then back to its
         page; or, when the broker failed after the change committed, a page that says so."""
-        session, _ = self._posted(req, resp)
+        session, by, _ = self._acting(req, resp)
         tid = actions.transfer_id(transfer_id)
-        _, notice = act(self._pool, tid, session.principal, broker=self._broker)
+        _, notice = act(self._pool, tid, by, broker=self._broker)
         if notice is None:
             resp.status = falcon.HTTP_303
             resp.location = f"/dashboard/transfers/{tid}"
@@ -357,11 +366,9 @@ class BulkRetry(_Action):
 
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        session, form = self._posted(req, resp)
+        session, by, form = self._acting(req, resp)
         wanted = attention.transfer_filter({k: v for k, v in form.items() if k != "csrf"})
-        sent, batches, notice = actions.bulk_retry(
-            self._pool, wanted, session.principal, broker=self._broker
-        )
+        sent, batches, notice = actions.bulk_retry(self._pool, wanted, by, broker=self._broker)
         with connection(self._pool) as conn:
             left = attention.count_matching(
                 conn, wanted, stuck_after_seconds=self._settings.dashboard_pending_threshold_seconds
