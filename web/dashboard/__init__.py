@@ -15,6 +15,7 @@ from web.dashboard.access import Access
 from web.dashboard.actions import BrokerCalls, Enqueue
 from web.dashboard.data import OverviewSource, broker_functions
 from web.dashboard.headers import ProtectiveHeaders
+from web.dashboard.resource import Dashboard
 
 
 def add_dashboard(
@@ -31,29 +32,32 @@ def add_dashboard(
     or None) is how it counts the queue and drops dead letters. Every answer under
     /dashboard gets the headers of `web.dashboard.headers`."""
     queue_depths, clear_dead = broker_functions(queues, pool)
-    broker = BrokerCalls(ping=ping_broker, enqueue=enqueue, clear_dead=clear_dead)
-    access = Access(settings, pool)
-    c = (access, pool, settings)
-    source = OverviewSource(pool, settings, queue_depths)
+    d = Dashboard(
+        access=Access(settings, pool),
+        pool=pool,
+        settings=settings,
+        broker=BrokerCalls(ping=ping_broker, enqueue=enqueue, clear_dead=clear_dead),
+        overview=OverviewSource(pool, settings, queue_depths),
+    )
     routes: dict[str, object] = {
-        "/dashboard": pages.Overview(*c, source),
-        "/dashboard/login": pages.Login(*c),
-        "/dashboard/logout": pages.Logout(*c),
+        "/dashboard": pages.Overview(d),
+        "/dashboard/login": pages.Login(d),
+        "/dashboard/logout": pages.Logout(d),
         "/dashboard/static/dashboard.css": pages.Stylesheet(),
-        "/dashboard/transfers": pages.TransferList(*c),
-        "/dashboard/transfers/retry": pages.BulkRetry(*c, broker),
-        "/dashboard/transfers/{transfer_id}": pages.Transfer(*c),
-        "/dashboard/transfers/{transfer_id}/retry": pages.RetryOne(*c, broker),
-        "/dashboard/transfers/{transfer_id}/cancel": pages.Cancel(*c, broker),
-        "/dashboard/actions": pages.Actions(*c),
-        "/dashboard/api/overview": api.Overview(*c, source),
-        "/dashboard/api/transfers": api.Transfers(*c),
-        "/dashboard/api/transfers/count": api.TransferCount(*c),
-        "/dashboard/api/transfers/retry": api.BulkRetry(*c, broker),
-        "/dashboard/api/transfers/{transfer_id}": api.Transfer(*c),
-        "/dashboard/api/transfers/{transfer_id}/retry": api.RetryOne(*c, broker),
-        "/dashboard/api/transfers/{transfer_id}/cancel": api.Cancel(*c, broker),
-        "/dashboard/api/actions": api.Actions(*c),
+        "/dashboard/transfers": pages.TransferList(d),
+        "/dashboard/transfers/retry": pages.BulkRetry(d),
+        "/dashboard/transfers/{transfer_id}": pages.Transfer(d),
+        "/dashboard/transfers/{transfer_id}/retry": pages.RetryOne(d),
+        "/dashboard/transfers/{transfer_id}/cancel": pages.Cancel(d),
+        "/dashboard/actions": pages.Actions(d),
+        "/dashboard/api/overview": api.Overview(d),
+        "/dashboard/api/transfers": api.Transfers(d),
+        "/dashboard/api/transfers/count": api.TransferCount(d),
+        "/dashboard/api/transfers/retry": api.BulkRetry(d),
+        "/dashboard/api/transfers/{transfer_id}": api.Transfer(d),
+        "/dashboard/api/transfers/{transfer_id}/retry": api.RetryOne(d),
+        "/dashboard/api/transfers/{transfer_id}/cancel": api.Cancel(d),
+        "/dashboard/api/actions": api.Actions(d),
     }
     for template, resource in routes.items():
         app.add_route(template, resource)

@@ -96,20 +96,16 @@ class Access:
         with connection(self._pool) as conn:
             sessions.end(conn, session.id)
 
-    def _secure(self, req: falcon.Request) -> bool:
-        return self._settings.dashboard_secure_cookie or req.scheme == "https"
+    def _set(self, req: falcon.Request, resp: falcon.Response, name: str, value: str) -> None:
+        """Set a dashboard cookie: HttpOnly, SameSite=Strict, for /dashboard only, and Secure
+        over https or with DASHBOARD_SECURE_COOKIE. No Max-Age: the browser keeps it for its
+        session, and the server decides when the session is over (idle time, logout, a
+        revoked key)."""
+        secure = self._settings.dashboard_secure_cookie or req.scheme == "https"
+        resp.set_cookie(name, value, path=PATH, secure=secure, http_only=True, same_site="Strict")
 
     def set_cookie(self, req: falcon.Request, resp: falcon.Response, value: str) -> None:
-        # No Max-Age: the browser keeps it for its session, and the server decides when the
-        # session is over (idle time, logout, a revoked key).
-        resp.set_cookie(
-            COOKIE,
-            value,
-            path=PATH,
-            secure=self._secure(req),
-            http_only=True,
-            same_site="Strict",
-        )
+        self._set(req, resp, COOKIE, value)
 
     def clear_cookie(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.unset_cookie(COOKIE, path=PATH, same_site="Strict")
@@ -122,14 +118,7 @@ class Access:
             token = current[0]
         else:
             token = secrets.token_urlsafe(32)
-        resp.set_cookie(
-            LOGIN_COOKIE,
-            token,
-            path=PATH,
-            secure=self._secure(req),
-            http_only=True,
-            same_site="Strict",
-        )
+        self._set(req, resp, LOGIN_COOKIE, token)
         return token
 
     @staticmethod

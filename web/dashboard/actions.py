@@ -31,6 +31,8 @@ from web.resources import path_id
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[int], None]
+#: `retry_one` or `cancel_one`.
+OneAction = Callable[..., tuple[bool, str | None]]
 #: A bulk retry answers after this many seconds at most; what is left is one click away.
 BULK_SECONDS = 20.0
 #: What an operator reads when the broker failed while sending retried transfers.

@@ -8,51 +8,38 @@ from __future__ import annotations
 from typing import Any
 
 import falcon
-from psycopg_pool import ConnectionPool
 
 from shared.db.pool import connection
 from shared.errors import InvalidCursor
 from shared.ledger import attention, commands, operator_actions
 from shared.ledger.operations import decode_cursor, encode_cursor
-from shared.runtime.settings import Settings
 from web.dashboard import actions, pages
-from web.dashboard.access import Access
-from web.dashboard.data import OverviewSource
+from web.dashboard.resource import Resource
 from web.resources import read_json
 
 
-class _Api:
-    public = True  # authenticated by `Access.api_principal`, which also takes a session
+class _Api(Resource):
+    """Authenticated by `Access.api_principal`: an operator key, or a session."""
 
-    def __init__(self, access: Access, pool: ConnectionPool, settings: Settings) -> None:
-        self._access = access
-        self._pool = pool
-        self._settings = settings
+    def _acting(self, req: falcon.Request) -> operator_actions.Acting:
+        """Who a request that acts on transfers acts as. Raises what `api_principal` and
+        `require_acting` raise."""
+        return operator_actions.require_acting(self._access.api_principal(req, changes=True))
 
-    @property
-    def _threshold(self) -> float:
-        return self._settings.dashboard_pending_threshold_seconds
-
-
-class _Acting(_Api):
-    def __init__(
-        self, access: Access, pool: ConnectionPool, settings: Settings, broker: actions.BrokerCalls
-    ) -> None:
-        super().__init__(access, pool, settings)
-        self._broker = broker
+    def _one(self, req: falcon.Request, transfer_id: str, act: actions.OneAction, done: str) -> Any:
+        """Do `act` (`actions.retry_one` or `cancel_one`) to one transfer; the answer's data
+        says whether it was `done` (the flag's name), with any notice."""
+        by = self._acting(req)
+        tid = actions.transfer_id(transfer_id)
+        did, notice = act(self._pool, tid, by, broker=self._broker)
+        return {"data": {"id": tid, done: did, "notice": notice}}
 
 
 class Overview(_Api):
-    def __init__(
-        self, access: Access, pool: ConnectionPool, settings: Settings, source: OverviewSource
-    ) -> None:
-        super().__init__(access, pool, settings)
-        self._source = source
-
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._access.api_principal(req, changes=False)
         pages.query_params(req, ())
-        resp.media = {"data": self._source.gather()}
+        resp.media = {"data": self._overview.gather()}
 
 
 def _listed(row: dict[str, Any]) -> dict[str, Any]:
@@ -123,25 +110,19 @@ class Transfer(_Api):
             resp.media = {"data": attention.transfer_detail(conn, tid)}
 
 
-class RetryOne(_Acting):
+class RetryOne(_Api):
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
-        by = operator_actions.require_acting(self._access.api_principal(req, changes=True))
-        tid = actions.transfer_id(transfer_id)
-        retried, notice = actions.retry_one(self._pool, tid, by, broker=self._broker)
-        resp.media = {"data": {"id": tid, "retried": retried, "notice": notice}}
+        resp.media = self._one(req, transfer_id, actions.retry_one, "retried")
 
 
-class Cancel(_Acting):
+class Cancel(_Api):
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
-        by = operator_actions.require_acting(self._access.api_principal(req, changes=True))
-        tid = actions.transfer_id(transfer_id)
-        done, notice = actions.cancel_one(self._pool, tid, by, broker=self._broker)
-        resp.media = {"data": {"id": tid, "cancelled": done, "notice": notice}}
+        resp.media = self._one(req, transfer_id, actions.cancel_one, "cancelled")
 
 
-class BulkRetry(_Acting):
+class BulkRetry(_Api):
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        by = operator_actions.require_acting(self._access.api_principal(req, changes=True))
+        by = self._acting(req)
         wanted = attention.transfer_filter_from_json(read_json(req, self._settings.max_body_bytes))
         sent, batches, notice = actions.bulk_retry(self._pool, wanted, by, broker=self._broker)
         with connection(self._pool) as conn:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import falcon
-from psycopg_pool import ConnectionPool
 
 from shared.db.pool import connection
 from shared.errors import (
@@ -29,11 +28,9 @@ from shared.errors import (
 from shared.ledger import attention, commands, operator_actions
 from shared.ledger.operator_actions import Acting
 from shared.ledger.sessions import Session, csrf_matches
-from shared.runtime.settings import Settings
 from web.dashboard import actions
-from web.dashboard.access import Access
-from web.dashboard.data import OverviewSource
 from web.dashboard.render import render, stylesheet
+from web.dashboard.resource import Resource
 from web.errors import headers_of, status_of
 
 log = logging.getLogger(__name__)
@@ -126,13 +123,8 @@ def _names(names: list[str]) -> str:
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-class _Page:
-    public = True  # not RequireApiKey's: a page checks its own session
-
-    def __init__(self, access: Access, pool: ConnectionPool, settings: Settings) -> None:
-        self._access = access
-        self._pool = pool
-        self._settings = settings
+class _Page(Resource):
+    """A page: it needs a session, and answers HTML."""
 
     def _session(self, req: falcon.Request, resp: falcon.Response, *, seen: bool = True) -> Session:
         session = self._access.session(req, seen=seen)
@@ -158,6 +150,17 @@ class _Page:
         `ReadOnlyKey` for a read-only key's session (a user's key has none)."""
         session, form = self._posted(req, resp)
         return session, operator_actions.require_acting(session.principal), form
+
+    def _transfer_page(
+        self, req: falcon.Request, resp: falcon.Response, transfer_id: str, template: str
+    ) -> None:
+        """Answer `template` showing one transfer (`t`: `attention.transfer_detail`)."""
+        session = self._session(req, resp)
+        query_params(req, ())
+        tid = actions.transfer_id(transfer_id)
+        with connection(self._pool) as conn:
+            t = attention.transfer_detail(conn, tid)
+        self._render(resp, template, session=session, t=t)
 
     @staticmethod
     def _render(resp: falcon.Response, template: str, **context: Any) -> None:
@@ -230,12 +233,6 @@ REFRESH_PARAM = "refresh"
 
 
 class Overview(_Page):
-    def __init__(
-        self, access: Access, pool: ConnectionPool, settings: Settings, source: OverviewSource
-    ) -> None:
-        super().__init__(access, pool, settings)
-        self._source = source
-
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         # The page reloads itself with REFRESH_PARAM: that is not the operator at work, so
@@ -246,8 +243,8 @@ class Overview(_Page):
             resp,
             "overview.html",
             session=session,
-            overview=self._source.gather(),
-            threshold=self._settings.dashboard_pending_threshold_seconds,
+            overview=self._overview.gather(),
+            threshold=self._threshold,
             refresh_seconds=REFRESH_SECONDS,
             refresh_url=f"/dashboard?{REFRESH_PARAM}=1",
         )
@@ -260,16 +257,15 @@ class TransferList(_Page):
         params = query_params(req, (*attention.FILTER_FIELDS, *PAGING))
         wanted = attention.transfer_filter({k: v for k, v in params.items() if k not in PAGING})
         limit = commands.limit(req.get_param("limit"), default=50)
-        threshold = self._settings.dashboard_pending_threshold_seconds
         with connection(self._pool) as conn:
             found = attention.needing_attention(
                 conn,
                 wanted,
-                stuck_after_seconds=threshold,
+                stuck_after_seconds=self._threshold,
                 limit=limit,
                 cursor=req.get_param("cursor"),
             )
-            counts = attention.count_matching(conn, wanted, stuck_after_seconds=threshold)
+            counts = attention.count_matching(conn, wanted, stuck_after_seconds=self._threshold)
         self._render(
             resp,
             "transfers.html",
@@ -279,34 +275,23 @@ class TransferList(_Page):
             wanted=wanted.params(),
             found=found,
             counts=counts,
-            threshold=threshold,
+            threshold=self._threshold,
         )
 
 
 class Transfer(_Page):
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
-        session = self._session(req, resp)
-        query_params(req, ())
-        tid = actions.transfer_id(transfer_id)
-        with connection(self._pool) as conn:
-            t = attention.transfer_detail(conn, tid)
-        self._render(resp, "transfer.html", session=session, t=t)
+        self._transfer_page(req, resp, transfer_id, "transfer.html")
 
 
 class _Action(_Page):
-    def __init__(
-        self, access: Access, pool: ConnectionPool, settings: Settings, broker: actions.BrokerCalls
-    ) -> None:
-        super().__init__(access, pool, settings)
-        self._broker = broker
-
     def _one(
         self,
         req: falcon.Request,
         resp: falcon.Response,
         transfer_id: str,
-        act: Callable[..., tuple[bool, str | None]],
+        act: actions.OneAction,
         title: str,
     ) -> None:
         """Do `act` (`actions.retry_one` or `cancel_one`) to one transfer, then back to its
@@ -338,12 +323,7 @@ class Cancel(_Action):
     @page
     def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         """The confirmation step: what would be cancelled, for good."""
-        session = self._session(req, resp)
-        query_params(req, ())
-        tid = actions.transfer_id(transfer_id)
-        with connection(self._pool) as conn:
-            t = attention.transfer_detail(conn, tid)
-        self._render(resp, "cancel.html", session=session, t=t)
+        self._transfer_page(req, resp, transfer_id, "cancel.html")
 
     @page
     def on_post(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
@@ -357,9 +337,7 @@ class BulkRetry(_Action):
         session = self._session(req, resp)
         wanted = attention.transfer_filter(query_params(req, attention.FILTER_FIELDS))
         with connection(self._pool) as conn:
-            counts = attention.count_matching(
-                conn, wanted, stuck_after_seconds=self._settings.dashboard_pending_threshold_seconds
-            )
+            counts = attention.count_matching(conn, wanted, stuck_after_seconds=self._threshold)
         self._render(
             resp, "bulk_retry.html", session=session, wanted=wanted.params(), counts=counts
         )
@@ -370,9 +348,9 @@ class BulkRetry(_Action):
         wanted = attention.transfer_filter({k: v for k, v in form.items() if k != "csrf"})
         sent, batches, notice = actions.bulk_retry(self._pool, wanted, by, broker=self._broker)
         with connection(self._pool) as conn:
-            left = attention.count_matching(
-                conn, wanted, stuck_after_seconds=self._settings.dashboard_pending_threshold_seconds
-            )["retryable"]
+            left = attention.count_matching(conn, wanted, stuck_after_seconds=self._threshold)[
+                "retryable"
+            ]
         log.info(
             "dashboard: key %s retried %d transfer(s) in %d batch(es)",
             session.principal.key_id,
