@@ -68,6 +68,20 @@ def test_the_document_is_valid_openapi_3_1_and_its_schemas_valid_json_schema() -
         jsonschema_rs.meta.validate(schema)
 
 
+def test_the_api_and_the_dashboard_each_document_their_own_paths_and_schemas() -> None:
+    """One document from two parts: the dashboard's paths beside the dashboard, the API's
+    beside the API, and neither may shadow a path or a schema of the other."""
+    from web import openapi
+    from web.dashboard import openapi as dashboard
+
+    assert all(path.startswith("/dashboard/") for path in dashboard.PATHS)
+    assert not any(path.startswith("/dashboard") for path in openapi.PATHS)
+    assert not set(openapi.SCHEMAS) & set(dashboard.SCHEMAS)
+    assert not set(openapi.PATHS) & set(dashboard.PATHS)
+    assert DOCUMENT["paths"] == {**openapi.PATHS, **dashboard.PATHS}
+    assert DOCUMENT["components"]["schemas"] == {**openapi.SCHEMAS, **dashboard.SCHEMAS}
+
+
 def test_every_route_and_method_of_the_app_is_documented_and_nothing_else(app) -> None:
     assert contract.routes(app) == contract.documented()
 

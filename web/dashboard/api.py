@@ -1,7 +1,7 @@
 """The dashboard's JSON twin under /dashboard/api: the same data and actions as the pages,
 for scripts. An operator key as `Authorization: Bearer` (read-only keys read, and get 403
 `read_only_key` for actions), or the dashboard's session cookie with its CSRF token in
-`X-CSRF-Token` for what changes something. Documented in web/openapi.py."""
+`X-CSRF-Token` for what changes something. Documented in `web/dashboard/openapi.py`."""
 
 from __future__ import annotations
 
