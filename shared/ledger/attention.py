@@ -18,11 +18,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from shared.db import Row
 from shared.errors import InvalidRequest, TransferNotFound
 from shared.ledger.money import BIGINT_MAX, MAX_AMOUNT
 from shared.ledger.operations import Page, decode_cursor, encode_cursor
-
-Row = dict[str, Any]
 
 #: What `state` may ask for: any of the three, or one of them.
 STATES = ("attention", "dead", "failed", "stuck")

@@ -21,12 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 
+from shared.db import Row
 from shared.errors import ApiKeyInvalid, ApiKeyNotFound, OperatorOnly, ReadOnlyKey, UserNotFound
 
 KEY_PREFIX = "settle_"
@@ -226,7 +226,7 @@ def revoke_labelled(conn: psycopg.Connection, label: str) -> int:
     return cur.rowcount
 
 
-def list_keys(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def list_keys(conn: psycopg.Connection) -> list[Row]:
     """Every key, oldest first, without secrets: id, user_id (None: operator), read_only,
     label, the first characters of the key, created_at and revoked_at."""
     with conn.cursor(row_factory=dict_row) as cur:

@@ -16,15 +16,13 @@ retrying. Each function takes a connection and raises only driver errors, except
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from shared.db import Row
 from shared.db.pool import connection
-
-Row = dict[str, Any]
 
 
 def count_line(transfers: int, messages: int | None) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from shared.db import Row
 from shared.errors import (
     AccountNotFound,
     CurrencyMismatch,
@@ -37,8 +38,6 @@ from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.ledger.paging import Page, page_of
 from shared.ledger.paging import decode_cursor as _decode_cursor
 from shared.ledger.paging import encode_cursor as _encode_cursor
-
-Row = dict[str, Any]
 
 #: The fields of a transfer as clients see it (the HTTP contract's order).
 TRANSFER_FIELDS = (

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from shared.db import Row
 from shared.ledger import dead_letters
 from shared.ledger.attention import TransferFilter, dead_lettered_ids
 from shared.ledger.auth import Principal, require_operator, require_writer
@@ -137,7 +137,7 @@ def recent(
     limit: int = 50,
     before: int | None = None,
     transfer_id: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Row]:
     """The latest operator actions, newest first (`before`: only those with a smaller id;
     `transfer_id`: only those naming it): id, key_id, key_label, action, transfer_ids,
     detail, created_at."""

@@ -12,16 +12,14 @@ from __future__ import annotations
 import datetime
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from shared.db import Row
 from shared.db.activity import ROLES, connections_by_role
 from shared.db.budget import BudgetExceeded, Capacity, capacity_on, make_plan
 from shared.runtime.settings import Settings
-
-Row = dict[str, Any]
 
 
 def last_hour(conn: psycopg.Connection, *, since: datetime.datetime | None = None) -> list[Row]:

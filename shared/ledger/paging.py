@@ -15,12 +15,10 @@ import binascii
 import datetime
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from shared.db import Row
 from shared.errors import InvalidCursor, InvalidRequest
 from shared.ledger.money import parse_id
-
-Row = dict[str, Any]
 
 #: How many items a page holds unless `limit` says otherwise, and the most it may ask for.
 DEFAULT_LIMIT = 100

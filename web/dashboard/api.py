@@ -9,6 +9,7 @@ from typing import Any
 
 import falcon
 
+from shared.db import Row
 from shared.db.pool import connection
 from shared.errors import InvalidCursor
 from shared.ledger import attention, commands, operator_actions
@@ -42,7 +43,7 @@ class Overview(_Api):
         resp.media = {"data": self._overview.gather()}
 
 
-def _listed(row: dict[str, Any]) -> dict[str, Any]:
+def _listed(row: Row) -> Row:
     return {k: row[k] for k in TRANSFER_FIELDS}
 
 

@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
 from shared.broker.messages import TRANSFER_QUEUE
+from shared.db import Row
 from shared.db.pool import connection
 from shared.errors import BrokerUnavailable
 from shared.ledger import dead_letters, overview, vitals
@@ -56,10 +57,10 @@ class LastHour:
     only the rows of the last two minutes rather than the whole hour's. One per process."""
 
     def __init__(self) -> None:
-        self._kept: dict[datetime.datetime, dict[str, Any]] = {}
+        self._kept: dict[datetime.datetime, Row] = {}
         self._lock = threading.Lock()
 
-    def rows(self, conn: psycopg.Connection) -> list[dict[str, Any]]:
+    def rows(self, conn: psycopg.Connection) -> list[Row]:
         row = conn.execute("SELECT date_trunc('minute', now())").fetchone()
         assert row is not None
         now_minute: datetime.datetime = row[0]
