@@ -1,5 +1,6 @@
-"""The operator dashboard at /dashboard: server-rendered pages (see `pages`) and their JSON
-twin under /dashboard/api (see `api`), served by the web front."""
+"""The operator dashboard at /dashboard: server-rendered pages (see `pages`, drawn from the
+Jinja2 templates in `templates/`) and their JSON twin under /dashboard/api (see `api`,
+documented in `openapi`), served by the web front."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ the actions taken, and the forms that retry and cancel.
 Every page but login needs a session (else 303 to the login page); every POST but login
 needs the session's CSRF token (else 403); a read-only key sees every page and its action
 buttons disabled, and a POST it makes anyway is 403 `read_only_key`. Errors are pages too.
+Each handler gathers plain data and renders a template of `templates/` (`render`); a new
+page is a template and a handler routed in `add_dashboard`.
 """
 
 from __future__ import annotations
