@@ -26,7 +26,7 @@ from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.runtime.embedded import start_embedded
-from tests.scratch import scratch_database
+from shared.testing.scratch import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTLE = Path(sys.executable).with_name("settle")
@@ -34,9 +34,9 @@ SETTLE = Path(sys.executable).with_name("settle")
 
 @contextlib.contextmanager
 def bench_servers() -> Iterator[tuple[str, str, str]]:
-    """(database_url, database_name, redis_url): a scratch database (tests/scratch.py) on
-    DATABASE_URL's server (embedded servers when DATABASE_URL / REDIS_URL are unset), dropped
-    afterwards with the run's broker keys."""
+    """(database_url, database_name, redis_url): a scratch database
+    (`shared.testing.scratch`) on DATABASE_URL's server (embedded servers when DATABASE_URL /
+    REDIS_URL are unset), dropped afterwards with the run's broker keys."""
     admin = os.environ.get("DATABASE_URL")
     redis_url = os.environ.get("REDIS_URL")
     embedded = start_embedded(

@@ -2,9 +2,9 @@
 shape beside GET /transfers/{id} on the same ledger in the same run (the baseline), wrk
 -t2 -c32, rounds alternated, medians quoted.
 
-The ledger is tests/bulk.py's (mostly settled, a few failed and pending, a merchant account
-receiving one transfer in twenty, one transfer in ten with an `order_id`), on a scratch
-database of its own next to the run's, served by a `settle web` of its own.
+The ledger is `shared.testing.bulk`'s (mostly settled, a few failed and pending, a merchant
+account receiving one transfer in twenty, one transfer in ten with an `order_id`), on a
+scratch database of its own next to the run's, served by a `settle web` of its own.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from bench.harness import Processes, operator_headers, ready, wait_until
 from bench.load import Wrk, wrk
 from bench.memory import RssSampler
 from shared.ledger import listing
-from tests.bulk import Bulk, load
-from tests.scratch import scratch_database
+from shared.testing.bulk import Bulk, load
+from shared.testing.scratch import scratch_database
 
 BASELINE = "GET /transfers/{id}"
 PAGE = 100

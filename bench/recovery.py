@@ -44,7 +44,7 @@ from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.runtime.settings import Settings
-from tests.scratch import scratch_vhost
+from shared.testing.scratch import scratch_vhost
 from worker.actors import create_broker
 
 SETTLE = Path(sys.executable).with_name("settle")

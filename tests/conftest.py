@@ -32,8 +32,8 @@ from psycopg_pool import ConnectionPool
 from shared.ledger.audit import find_violations
 from shared.runtime.embedded import Embedded, start_embedded
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database, scratch_vhost
 from tests.pgbouncer import PgBouncer, running_pgbouncer
-from tests.scratch import scratch_database, scratch_vhost
 
 ROOT = Path(__file__).resolve().parent.parent
 _state: dict[str, object] = {}

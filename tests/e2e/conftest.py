@@ -13,9 +13,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from shared.ledger import auth
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database
 from tests.e2e.processes import Process, process_env, report, start, wait_until_ready
 from tests.pgbouncer import PgBouncer, pooled_env
-from tests.scratch import scratch_database, settle
+from tests.scratch import settle
 
 
 class Service:

@@ -27,11 +27,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from shared.db.budget import Capacity, make_plan
 from shared.ledger import auth
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database
 from tests.e2e.processes import ROOT, SETTLE, Process, process_env, report
 from tests.faults.load import Load, accounts_with_money, random_plan
 from tests.helpers import wait_until
 from tests.netns import Hosts, hosts
-from tests.scratch import scratch_database, settle
+from tests.scratch import settle
 
 pytestmark = [
     pytest.mark.e2e,

@@ -22,9 +22,10 @@ import redis
 from shared.broker.urls import broker_name
 from shared.ledger import auth
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database
 from tests.e2e.conftest import Service
 from tests.e2e.processes import process_env, report, wait_until
-from tests.scratch import scratch_database, settle
+from tests.scratch import settle
 
 
 class Faults(Service):

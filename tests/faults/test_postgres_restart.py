@@ -12,11 +12,12 @@ from collections.abc import Iterator
 import pytest
 
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database
 from tests.e2e.processes import http_status, wait_until
 from tests.faults.conftest import FaultsFactory
 from tests.faults.load import Load, accounts_with_money, random_plan
 from tests.faults.servers import DedicatedPostgres
-from tests.scratch import ROOT, scratch_database
+from tests.scratch import ROOT
 
 pytestmark = pytest.mark.faults
 

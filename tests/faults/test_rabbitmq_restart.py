@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from shared.testing.scratch import add_vhost, rabbitmqctl, vhost_of
 from tests.e2e.processes import wait_until
 from tests.faults.conftest import FaultsFactory
 from tests.faults.load import Load, accounts_with_money, random_plan
-from tests.scratch import add_vhost, rabbitmqctl, vhost_of
 
 pytestmark = pytest.mark.faults
 

@@ -17,8 +17,9 @@ from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
 from shared.ledger.audit import audit, find_violations
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database
 from tests.helpers import fund, make_account, submit
-from tests.scratch import scratch_database, settle
+from tests.scratch import settle
 
 
 @pytest.fixture

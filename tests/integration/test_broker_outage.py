@@ -40,7 +40,7 @@ def stoppable(broker_url: str, tmp_path: Path) -> Iterator[tuple[str, Callable[[
         finally:
             server.close()
         return
-    from tests.scratch import add_vhost, rabbitmqctl, vhost_of
+    from shared.testing.scratch import add_vhost, rabbitmqctl, vhost_of
 
     vhost, user = vhost_of(broker_url)
     stopped = []

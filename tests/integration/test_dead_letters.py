@@ -28,6 +28,7 @@ from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database
 from tests.helpers import (
     balance,
     entry_amounts,
@@ -39,7 +40,7 @@ from tests.helpers import (
     submit,
     transfer_row,
 )
-from tests.scratch import scratch_database, settle
+from tests.scratch import settle
 from worker.actors import create_broker, settle_transfer, settle_transfers
 from worker.sweeper import DeadLetterClearing, sweep_once
 

@@ -28,7 +28,7 @@ from shared.ledger.audit import find_violations
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.runtime.settings import Settings
-from tests.scratch import scratch_database
+from shared.testing.scratch import scratch_database
 from web.app import create_app
 from web.openapi import DOCUMENT
 

@@ -27,9 +27,9 @@ from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewTransfer
 from shared.ledger.paging import encode_cursor
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database
 from tests.contract import Recorder
 from tests.helpers import make_account, make_user, row_counts
-from tests.scratch import scratch_database
 from web.app import create_app
 
 UTC = datetime.UTC

@@ -3,8 +3,8 @@ in the listing's own order that reads about one page of rows, however deep its c
 however rare its status, never a sequential scan or a sort of everything that matches.
 
 The statements are the ones the listing runs (`listing.transfers_sql`), EXPLAINed with
-ANALYZE on a database of the module's own holding 100,000 transfers (tests/bulk.py) that
-the planner has ANALYZEd: enough for a sequential scan and sort to look cheap to it where an
+ANALYZE on a database of the module's own holding 100,000 transfers (`shared.testing.bulk`)
+that the planner has ANALYZEd: enough for a sequential scan and sort to look cheap to it where an
 index does not serve (it picks one at this size when an index is dropped; see the last
 test). The benchmark (`make bench`) times the same lists at 1,000,000.
 """
@@ -22,8 +22,8 @@ import pytest
 from shared.ledger import listing
 from shared.ledger.paging import encode_cursor, microseconds
 from shared.runtime.settings import Settings
-from tests.bulk import Bulk, load
-from tests.scratch import scratch_database
+from shared.testing.bulk import Bulk, load
+from shared.testing.scratch import scratch_database
 
 TRANSFERS = 100_000
 LIMIT = 100

@@ -23,8 +23,8 @@ from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
 from shared.ledger.auth import SYSTEM
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database
 from tests.helpers import fund, make_account, submit, wait_until
-from tests.scratch import scratch_database
 
 #: Calls of each kind of statement. Today's main deadlocked within a few hundred.
 ROUNDS = 500

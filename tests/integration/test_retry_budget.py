@@ -26,6 +26,7 @@ from shared.broker.redis_broker import SettleRedisBroker
 from shared.db.pool import create_pool
 from shared.ledger.audit import find_violations
 from shared.runtime.settings import Settings
+from shared.testing.scratch import scratch_database
 from tests.helpers import (
     fund,
     join_queue,
@@ -36,7 +37,6 @@ from tests.helpers import (
     transfer_row,
     wait_until,
 )
-from tests.scratch import scratch_database
 from worker.actors import create_broker, settle_transfer, settle_transfers
 from worker.sweeper import sweep_once
 

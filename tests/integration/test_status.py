@@ -13,8 +13,9 @@ import pytest
 
 from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
+from shared.testing.scratch import scratch_database
 from tests.helpers import make_account, submit
-from tests.scratch import scratch_database, settle
+from tests.scratch import settle
 
 
 @pytest.fixture
