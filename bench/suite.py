@@ -544,7 +544,7 @@ def run(cfg: Config) -> dict:
 
 
 def table(r: dict) -> str:
-    """The figures as a Markdown table (printed, and pasted into the README)."""
+    """The figures as a Markdown table (printed, and pasted into bench/README.md)."""
     rd, st, it, pl = r["reads"], r["settlement"], r["intake"], r["pooling"]
     refused = (
         ", ".join(

@@ -519,7 +519,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "Prometheus metrics (operator keys only; a user's key is refused as 401)",
             "description": "The exposition text of the `settle_*` series: this host's web and"
             " worker processes added up, and the database-wide series read at scrape time. See"
-            ' the README\'s "Operating Settle".',
+            " docs/operations.md in the repository.",
             "responses": {
                 "200": {
                     "description": "Prometheus text format 0.0.4",

@@ -10,8 +10,8 @@ middleware), makes it the process's and declares the actors on it. `web` uses on
 
 The middleware list is explicit. TimeLimit is left out on purpose: it injects an exception
 into the actor's thread, and one landing during COMMIT would leave the outcome unknown;
-Postgres timeouts (statement, lock, idle-in-transaction) bound the transfer work instead.
-The middleware is the same on both brokers.
+Postgres timeouts (statement, lock, idle-in-transaction) bound the transfer work instead
+(docs/decisions/no-timelimit.md). The middleware is the same on both brokers.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ SETTLE_ACTORS = frozenset({SETTLE_ACTOR, SETTLE_BATCH_ACTOR})
 
 #: Most transfer ids in one message, and in one settling transaction. Larger batches cost
 #: fewer commits and messages but lock more accounts at once, so concurrent batches wait on
-#: one another more; 100 was the best measured with 2,000 accounts (README, "Settlement").
+#: one another more (docs/decisions/batches-of-100.md).
 BATCH_MAX = 100
 
 

@@ -10,7 +10,7 @@ misjudge it. Here every worker process beats every `HEARTBEAT_INTERVAL` seconds 
 maintenance on each beat (`SettleRedisBroker.beat`, called by `worker.middleware.Heartbeat`),
 so the messages a dead worker had fetched are back on their queue about
 `HEARTBEAT_TIMEOUT_MS` after its last beat. Taking a live but silent worker for dead costs
-only a redelivery, which the idempotent actor ignores.
+only a redelivery, which the idempotent actor ignores (docs/decisions/redis-heartbeat.md).
 
 dramatiq's key layout (dramatiq 2.2's `brokers/redis/dispatch.lua`; pinned by
 tests/integration/test_metrics.py and test_dramatiq_adapter.py, which count and move real
@@ -84,9 +84,8 @@ class _WakingConsumer(_RedisConsumer):
     nothing. A token pushed while no consumer waits stays for the next wait (no lost
     wake-up); a spare one costs one empty fetch. While it holds all it may prefetch it
     cannot take more, so it polls rather than take a token another consumer could use.
-    (Waking on every message also while busy cost more in the tail than it saved: at 300
-    transfers/s accepted -> settled p99 was 1.15x polling's, median of 4 alternated rounds.)
-    `__next__` is dramatiq's own otherwise."""
+    Waking on every message also while busy cost more in the tail than it saved
+    (docs/decisions/waking-idle-consumers.md). `__next__` is dramatiq's own otherwise."""
 
     def __next__(self) -> MessageProxy | None:
         try:

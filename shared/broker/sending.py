@@ -4,9 +4,8 @@ still learns whether its own id was queued.
 
 How long the first of a group waits for others to join: by default not at all
 (`SEND_WINDOW`). Ids that arrive while a message is being sent join the next one anyway,
-which groups them as the rate grows; a wait of 1 ms cost accepted -> settled 1.7 ms at the
-median and more in the tail (a timed wait oversleeps on a busy machine) at 300 transfers/s
-(README, "Settlement in batches").
+which groups them as the rate grows; a timed wait cost more than it grouped
+(docs/decisions/no-send-window.md).
 """
 
 from __future__ import annotations

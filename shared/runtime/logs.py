@@ -12,12 +12,10 @@ client chose, such as a request path with an encoded line feed, cannot forge a l
 `bind(...)` sets the ids in ContextVars for the current request or message, and every line
 logged meanwhile by that thread carries them.
 
-Waitress warns `Task queue depth is N` for every request that waits for a thread; under load
-that is thousands of lines a second, and even a filter that drops them pays for building
-each record (the caller's frame is looked up first). So `configure` raises the
-`waitress.queue` logger to ERROR, which waitress's call skips at once; the depth is read once
-a second instead (`shared.runtime.metrics.QueueDepth`: the `settle_web_queue_depth` gauge,
-and at most one warning line a minute while requests wait).
+`configure` raises the `waitress.queue` logger to ERROR: waitress warns `Task queue depth is
+N` for every request that waits for a thread, and the depth is read once a second instead
+(`shared.runtime.metrics.QueueDepth`: a gauge, and at most one warning line a minute while
+requests wait; docs/decisions/quiet-waitress-queue-warning.md).
 """
 
 from __future__ import annotations

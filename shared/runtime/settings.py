@@ -120,7 +120,7 @@ def _broker_url(env: Mapping[str, str]) -> str | None:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every knob of the service; see the README's settings table for meanings."""
+    """Every knob of the service; docs/configuration.md says what each means."""
 
     database_url: str = DEFAULT_DATABASE_URL
     database_direct_url: str | None = None  # None: DATABASE_URL is Postgres itself

@@ -58,7 +58,7 @@ class Access:
 
     def _known_secret(self) -> bytes:
         """The signing secret, read from the database by the first request of this process
-        that needs it and kept for the process's life (README: rotating it)."""
+        that needs it and kept for the process's life (rotating it: docs/dashboard.md)."""
         with self._lock:
             if self._secret is not None:
                 return self._secret
