@@ -7,10 +7,17 @@ stops accepting, lets in-flight requests finish and their responses flush, close
 and exits 0. The parent holds the socket, passes SIGTERM on and replaces a child that dies
 on its own, with the backoff and give-up rules of `shared.runtime.lifecycle.Supervisor`; the
 socket stays open meanwhile, so the other children keep answering.
+
+The parent never exits because a dependency is away (under honcho that would stop the
+worker and the sweeper too): its boot waits for Postgres and the broker
+(`shared.runtime.lifecycle.wait_for_boot`), and for a port still held by a process on its way
+out, with the supervisors' backoff. A setting it cannot use (a plan that does not fit, an
+address it may not bind) ends it with one line and exit 2.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import time
@@ -22,18 +29,19 @@ from shared.db.budget import Plan
 from shared.errors import Overloaded
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
-    EXIT_FAILED,
+    EXIT_REFUSED,
+    Backoff,
     StopRequest,
-    boot_check,
+    Supervisor,
     configure_logging,
     exit_with,
     fork_child,
     leased_pool,
     load_settings,
-    plan_or_exit,
     stop_signals,
     supervise,
     takes_no_arguments,
+    wait_for_boot,
 )
 from shared.runtime.settings import Settings
 from web.waitress_adapter import WaitressServer, WSGIApp
@@ -73,6 +81,25 @@ def listen(settings: Settings) -> socket.socket:
     sock = socket.create_server((settings.host, settings.port), backlog=1024, reuse_port=False)
     sock.setblocking(False)
     return sock
+
+
+def listen_when_free(settings: Settings, stop: StopRequest) -> socket.socket | None:
+    """The listening socket on HOST:PORT. A port in use (a previous web on its way out) is
+    tried again with the supervisors' backoff, each attempt logged; any other refusal (an
+    address this host does not have, a port it may not bind) exits 2: it is the setting.
+    None when a stop is requested meanwhile."""
+    backoff = Backoff(Supervisor.BACKOFF_BASE, settings.restart_backoff_max_seconds)
+    while not stop.is_set():
+        try:
+            return listen(settings)
+        except OSError as exc:
+            where = f"cannot listen on {settings.host}:{settings.port}: {exc}"
+            if exc.errno != errno.EADDRINUSE:
+                exit_with("web", where, EXIT_REFUSED)
+            delay = backoff.next()
+            log.warning("%s; trying again in %.1fs (attempt %d)", where, delay, backoff.failures)
+            stop.wait(delay)
+    return None
 
 
 def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan) -> int:
@@ -137,18 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("web")
     with stop_signals() as stop:
         settings = load_settings("web")
-        boot_check(settings, "web")
-        plan = plan_or_exit(settings, "web")  # refuse before binding the port
         multiproc.prepare(settings, "web")  # before the children import prometheus_client
         from shared.runtime.metrics import count_restarts  # after prepare
 
         count_restarts()
-        try:
-            sock = listen(settings)
-        except OSError as exc:
-            exit_with(
-                "web", f"cannot listen on {settings.host}:{settings.port}: {exc}", EXIT_FAILED
-            )
+        plan = wait_for_boot(settings, "web", stop)  # refuse before binding the port
+        sock = listen_when_free(settings, stop) if plan is not None else None
+        if plan is None or sock is None:  # stopped while waiting
+            raise SystemExit(0)
         log.info(
             "listening on http://%s:%s (%d processes)",
             settings.host,
@@ -163,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
                 stop=stop,
                 slots=settings.web_processes,
                 reaped=multiproc.process_exited,
+                backoff_cap=settings.restart_backoff_max_seconds,
             )
         finally:
             sock.close()

@@ -2,12 +2,13 @@
 
 When one dramatiq worker process dies, the dramatiq master stops the others and exits; this
 supervisor starts it again, with the backoff of `shared.runtime.lifecycle.Supervisor`, for
-as long as it dies of signals or crashes: a worker set that an operator, an OOM killer or a
-bad host keeps killing never takes the service down (accepted transfers wait in Postgres and
-the broker). It gives up, with one line, only when dramatiq keeps failing at boot (its
-worker processes exit 2 for a refused plan or setting, 3 for an unreachable dependency):
-restarting cannot fix that. SIGTERM/SIGINT are passed on to dramatiq once, and it finishes
-in-flight messages; the supervisor then exits 0.
+as long as it dies of signals or crashes, or fails at boot because Postgres or the broker
+cannot be reached (its worker processes exit 3): a worker set that an operator, an OOM
+killer, a bad host or an outage keeps down never takes the service down (accepted transfers
+wait in Postgres and the broker). Its own boot waits the same way for a dependency that is
+away. It gives up, with one line and exit 2, only when dramatiq keeps refusing a setting or
+its plan (exit 2): restarting cannot fix that. SIGTERM/SIGINT are passed on to dramatiq
+once, and it finishes in-flight messages; the supervisor then exits 0.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ import sys
 from shared.broker.messages import TRANSFER_QUEUE
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
-    boot_check,
     configure_logging,
     exec_child,
     load_settings,
-    plan_or_exit,
     stop_signals,
     supervise,
     takes_no_arguments,
+    wait_for_boot,
 )
 from shared.runtime.settings import Settings
 
@@ -63,14 +63,16 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["LOG_FORMAT"] = configure_logging("worker")
     with stop_signals() as stop:
         settings = load_settings("worker")
-        boot_check(settings, "worker")
-        # The plan decides the thread count, so that threads and pool sizes cannot drift
-        # apart: one connection per thread, fewer threads when WEB_SHARE leaves workers less.
-        threads = plan_or_exit(settings, "worker").worker.pool_size
         multiproc.prepare(settings, "worker")  # before dramatiq's processes import prometheus
         from shared.runtime.metrics import count_restarts  # after prepare
 
         count_restarts()
+        plan = wait_for_boot(settings, "worker", stop)
+        if plan is None:  # stopped while waiting for Postgres or the broker
+            raise SystemExit(0)
+        # The plan decides the thread count, so that threads and pool sizes cannot drift
+        # apart: one connection per thread, fewer threads when WEB_SHARE leaves workers less.
+        threads = plan.worker.pool_size
         command = dramatiq_command(settings, threads)
 
         def start(slot: int) -> int:
@@ -83,7 +85,12 @@ def main(argv: list[str] | None = None) -> None:
 
         # The live gauges of the worker processes of a dramatiq that exited go with it.
         code = supervise(
-            "worker", "dramatiq", start, stop=stop, reaped=lambda pid: multiproc.forget_dead()
+            "worker",
+            "dramatiq",
+            start,
+            stop=stop,
+            reaped=lambda pid: multiproc.forget_dead(),
+            backoff_cap=settings.restart_backoff_max_seconds,
         )
     raise SystemExit(code)
 

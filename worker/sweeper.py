@@ -13,9 +13,10 @@ own clearing failed, or never marked because Postgres was down when their retrie
 
 `settle sweeper` is a small supervisor (`shared.runtime.lifecycle.Supervisor`) over one
 forked sweeping process: a sweep that fails is logged and tried again at the next interval,
-and a sweeping process that dies (killed, out of memory, an error no pass catches) is
-replaced with backoff, so that the sweeper never exits on its own and honcho never stops
-web and worker because of it. In-process restarts could not survive a kill.
+and a sweeping process that dies (killed, out of memory, an error no pass catches, Postgres
+or the broker unreachable when it boots) is replaced with backoff, so that the sweeper
+never exits on its own (but for a refused setting or plan) and honcho never stops web and
+worker because of it. In-process restarts could not survive a kill.
 """
 
 from __future__ import annotations
@@ -32,15 +33,14 @@ from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
 from shared.runtime.lifecycle import (
     StopRequest,
-    boot_check,
     configure_logging,
     fork_child,
     leased_pool,
     load_settings,
-    plan_or_exit,
     stop_signals,
     supervise,
     takes_no_arguments,
+    wait_for_boot,
 )
 from shared.runtime.settings import Settings
 from worker import actors
@@ -139,13 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("sweeper")
     with stop_signals() as stop:
         settings = load_settings("sweeper")
-        boot_check(settings, "sweeper")
-        plan = plan_or_exit(settings, "sweeper")
+        plan = wait_for_boot(settings, "sweeper", stop)
+        if plan is None:  # stopped while waiting for Postgres or the broker
+            raise SystemExit(0)
         code = supervise(
             "sweeper",
             "sweeping process",
             lambda slot: fork_child("sweeper", lambda: _child(settings, plan)),
             stop=stop,
+            backoff_cap=settings.restart_backoff_max_seconds,
         )
     raise SystemExit(code)
 

@@ -5,21 +5,25 @@ commands call these steps; none re-implements one:
 
 - `load_settings`: the settings, or one line naming the bad variable and exit 2;
 - `boot_check`: Postgres `SELECT 1` and the broker in use (Redis `PING`, or an AMQP
-  connection to RabbitMQ), or one line and exit 1; an undeclared transaction pooler in
-  front of Postgres, one line naming DB_POOLER and exit 2;
+  connection to RabbitMQ), or one line and exit 1 (the one-shot commands); an undeclared
+  transaction pooler in front of Postgres, one line naming DB_POOLER and exit 2;
 - `plan_or_exit`: the connection plan, or its arithmetic on one line and exit 2;
+- `wait_for_boot`: a supervisor's boot check and plan, tried again with backoff for as long
+  as a dependency is unreachable (a supervisor under honcho must not exit: honcho would stop
+  every other process with it); only a refused setting or plan ends it, exit 2;
 - `leased_pool`: a lease on the connection budget and the pool it sizes, in the one safe
   order (see its docstring);
 - `stop_signals`: SIGTERM/SIGINT handlers that set a `StopRequest`;
-- `Supervisor`: children restarted with exponential backoff when they crash, given up on
-  when they keep failing at boot;
+- `Supervisor`: children restarted with exponential backoff when they crash or cannot reach
+  a dependency at boot, for as long as that lasts; given up on only when they keep refusing
+  a setting or their plan;
 - `exit_with`: the one-line exit (`settle <role>: <message>` on stderr, then the code).
 
-Exit codes: 0 done or stopped on request; 1 a step failed or a dependency is unreachable;
-2 a bad setting or a plan that does not fit. A child of a supervisor that fails at boot
-exits 2 (refused) or 3 (a dependency is unreachable): dramatiq reports a worker process
-killed by a signal as exit 1, so 1 cannot also mean "failed at boot" (3 is dramatiq's own
-code for a broker connection that failed at boot).
+Exit codes: 0 done or stopped on request; 1 a step failed or a dependency is unreachable
+(one-shot commands); 2 a bad setting or a plan that does not fit. A child of a supervisor
+that fails at boot exits 2 (refused) or 3 (a dependency is unreachable): dramatiq reports a
+worker process killed by a signal as exit 1, so 1 cannot also mean "failed at boot" (3 is
+dramatiq's own code for a broker connection that failed at boot).
 """
 
 from __future__ import annotations
@@ -131,6 +135,60 @@ def plan_or_exit(settings: Settings, role: str) -> Plan:
         exit_with(role, exc.message, EXIT_FAILED)
 
 
+class Backoff:
+    """Delays that double from `base` up to `cap`, for attempts that keep failing: 0.5, 1,
+    2, 4 ... `cap` seconds. `reset` starts again from `base`."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+
+    def next(self) -> float:
+        """The delay before the next attempt (one more failure counted)."""
+        delay = min(self.cap, self.base * 2 ** min(self.failures, 32))
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def wait_for_boot(settings: Settings, role: str, stop: StopRequest) -> Plan | None:
+    """A supervisor's boot: `SELECT 1` on Postgres, a check of the broker, and the connection
+    plan (and the check that DB_POOLER declares any transaction pooler in front of Postgres).
+    A dependency that cannot be reached is transient (a failover, a broker restart):
+    each attempt is logged (`Postgres unreachable at ...; trying again in 4.0s (attempt
+    3)`) and counted (`on_unreachable`), and the next comes after the supervisors' backoff
+    (up to RESTART_BACKOFF_MAX_SECONDS), for as long as it takes. A plan that does not fit,
+    or an undeclared pooler, exits 2 at once with its one line. Returns None when a stop is
+    requested meanwhile (the caller exits 0, having started nothing)."""
+    backoff = Backoff(Supervisor.BACKOFF_BASE, settings.restart_backoff_max_seconds)
+    name = application_name(settings, f"{role}-boot")
+    while not stop.is_set():
+        try:
+            check_postgres(settings.database_url, name=name)
+            check_pooler(settings, name=name)
+            check_broker(settings.message_broker_url)
+            plan = make_plan_for(settings)
+        except (BudgetExceeded, PoolerUndeclared) as exc:
+            exit_with(role, exc.message, EXIT_REFUSED)
+        except DependencyDown as exc:
+            delay = backoff.next()
+            log.warning(
+                "%s; trying again in %.1fs (attempt %d)", exc.message, delay, backoff.failures
+            )
+            _unreachable[role] += 1
+            for listener in list(_unreachable_listeners):
+                listener(role)
+            stop.wait(delay)
+            continue
+        if backoff.failures:
+            log.info("dependencies reachable after %d failed attempt(s)", backoff.failures)
+        return plan
+    return None
+
+
 @contextlib.contextmanager
 def leased_pool(
     settings: Settings,
@@ -151,13 +209,18 @@ def leased_pool(
     4. on the way out stop the heartbeat (nothing resizes a closing pool), close the pool,
        and release the lease last. Released first, the lease would let other processes grow
        into connections this one still holds.
-    A pool that cannot connect within `open_timeout` is closed and its lease released, and
-    `DependencyDown` is raised. `timeout` is how long a borrower waits for a connection
-    (default POOL_TIMEOUT).
+    A lease that cannot be taken, or a pool that cannot connect within `open_timeout` (then
+    closed and its lease released), raises `DependencyDown`. `timeout` is how long a borrower
+    waits for a connection (default POOL_TIMEOUT).
     """
     wanted = {r.role: r for r in plan.roles}[role].pool_size
     lease = LeaseKeeper(settings, role, wanted=wanted, budget=plan.capacity.available)
-    size = lease.acquire(stopping=stopping)
+    try:
+        size = lease.acquire(stopping=stopping)
+    except psycopg.Error as exc:  # Postgres went away since the plan was read
+        raise DependencyDown(
+            f"Postgres unreachable: the {role} lease could not be taken: {first_line(exc)}"
+        ) from None
     if size == 0:
         yield None
         return
@@ -300,9 +363,12 @@ def exec_child(argv: list[str]) -> int:
     return pid
 
 
-# Restarts, counted for whoever wants to report them (a metrics exporter, a status page).
+# Restarts, and boot attempts that found a dependency unreachable, counted for whoever wants
+# to report them (a metrics exporter, a status page).
 _restarts: collections.Counter[str] = collections.Counter()
 _restart_listeners: list[Callable[[str, str], None]] = []
+_unreachable: collections.Counter[str] = collections.Counter()
+_unreachable_listeners: list[Callable[[str], None]] = []
 
 
 def restart_counts() -> dict[str, int]:
@@ -310,9 +376,21 @@ def restart_counts() -> dict[str, int]:
     return dict(_restarts)
 
 
+def unreachable_counts() -> dict[str, int]:
+    """Boot attempts in this process (its own, and its supervised children's) that found a
+    dependency unreachable so far, by role."""
+    return dict(_unreachable)
+
+
 def on_restart(listener: Callable[[str, str], None]) -> None:
     """Call `listener(role, cause)` on every restart a supervisor in this process makes."""
     _restart_listeners.append(listener)
+
+
+def on_unreachable(listener: Callable[[str], None]) -> None:
+    """Call `listener(role)` on every boot attempt in this process that found a dependency
+    unreachable: a supervised child that exited 3, or `wait_for_boot`'s own check."""
+    _unreachable_listeners.append(listener)
 
 
 def describe_exit(code: int) -> str:
@@ -327,11 +405,11 @@ def describe_exit(code: int) -> str:
 
 @dataclass
 class _Slot:
+    backoff: Backoff  # its failures: deaths in a row, since the last run of STABLE_AFTER
     pid: int | None = None
     started: float = 0.0
-    restarts_in_a_row: int = 0  # since the last run that lasted STABLE_AFTER
-    boot_failures: int = 0  # consecutive failures at boot with `boot_code`
-    boot_code: int | None = None
+    refusals: int = 0  # consecutive exits with EXIT_REFUSED
+    unreachable: int = 0  # consecutive exits with EXIT_UNREACHABLE
     due: float | None = None  # when a restart is due
 
 
@@ -339,12 +417,15 @@ class Supervisor:
     """Keeps `slots` children running until stopped.
 
     A child that dies (a signal, exit 1, an unexpected exit 0) is started again after an
-    exponential backoff, `BACKOFF_BASE` doubled per consecutive death up to `BACKOFF_CAP`; a
-    run that lasted `STABLE_AFTER` seconds resets it. A child that exits 2 or 3 failed at
-    boot (a refused setting or plan, an unreachable dependency); once one fails at boot the
-    same way `GIVE_UP_AFTER` times in a row, restarting cannot help: the supervisor stops the
-    others and ends with one line, exit 2 (refused) or 1 (unreachable). Every restart is
-    logged with its cause and next delay, and counted (`restart_counts`).
+    exponential backoff, `BACKOFF_BASE` doubled per consecutive death up to `backoff_cap`
+    (RESTART_BACKOFF_MAX_SECONDS, 30 s by default); a run that lasted `STABLE_AFTER` seconds
+    resets it. A child that exits 3 could not reach a dependency at boot (Postgres or the
+    broker down, a failover under way): that passes, so it is restarted the same way, for
+    as long as it takes, each attempt logged with how many in a row and counted
+    (`on_unreachable`). A child that exits 2 refused a setting or its plan: once it does so
+    `GIVE_UP_AFTER` times in a row, restarting cannot help, and the supervisor stops the
+    others and ends with one line and exit 2. Every restart is logged with its cause and
+    next delay, and counted (`restart_counts`).
 
     On a stop request each child gets one SIGTERM; `run` returns 0 once all have exited
     cleanly (exit 0 or killed by that SIGTERM), else 1.
@@ -368,13 +449,15 @@ class Supervisor:
         stop: StopRequest,
         slots: int = 1,
         reaped: Callable[[int], object] | None = None,
+        backoff_cap: float | None = None,
     ) -> None:
         self._role = role
         self._reaped = reaped
         self._what = what
         self._start = start
         self._stop = stop
-        self._slots = [_Slot() for _ in range(slots)]
+        cap = self.BACKOFF_CAP if backoff_cap is None else backoff_cap
+        self._slots = [_Slot(Backoff(self.BACKOFF_BASE, cap)) for _ in range(slots)]
         self._signalled: set[int] = set()
         self._failed = False
         self._refusal: tuple[str, int] | None = None
@@ -441,26 +524,37 @@ class Supervisor:
                 log.info("%s stopped (%s)", self._what, describe_exit(code))
             return
         if ran >= self.STABLE_AFTER:
-            slot.restarts_in_a_row = 0
-        if code in (EXIT_REFUSED, EXIT_UNREACHABLE):
-            slot.boot_failures = slot.boot_failures + 1 if slot.boot_code == code else 1
-            slot.boot_code = code
-            if slot.boot_failures >= self.GIVE_UP_AFTER:
-                why = "refused to start" if code == EXIT_REFUSED else "could not reach a dependency"
+            slot.backoff.reset()
+        if code == EXIT_REFUSED:
+            slot.refusals += 1
+            if slot.refusals >= self.GIVE_UP_AFTER:
                 self._refusal = (
-                    f"{self._what} failed at boot {slot.boot_failures} times in a row ({why},"
-                    f" {describe_exit(code)}); restarting cannot fix that, giving up",
-                    EXIT_REFUSED if code == EXIT_REFUSED else EXIT_FAILED,
+                    f"{self._what} refused to start {slot.refusals} times in a row (a setting or"
+                    f" its plan, {describe_exit(code)}); restarting cannot fix that, giving up",
+                    EXIT_REFUSED,
                 )
                 self._stop.set()
                 return
         else:
-            slot.boot_failures, slot.boot_code = 0, None
-        delay = min(self.BACKOFF_CAP, self.BACKOFF_BASE * 2**slot.restarts_in_a_row)
-        slot.restarts_in_a_row += 1
+            slot.refusals = 0
+        slot.unreachable = slot.unreachable + 1 if code == EXIT_UNREACHABLE else 0
+        delay = slot.backoff.next()
         slot.due = time.monotonic() + delay
         cause = f"{describe_exit(code)} after {ran:.1f}s"
-        log.warning("%s exited (%s); restarting in %.1fs", self._what, cause, delay)
+        if slot.unreachable:
+            log.warning(
+                "%s could not reach a dependency at boot (%s, %d time(s) in a row);"
+                " restarting in %.1fs",
+                self._what,
+                cause,
+                slot.unreachable,
+                delay,
+            )
+            _unreachable[self._role] += 1
+            for unreachable_listener in list(_unreachable_listeners):
+                unreachable_listener(self._role)
+        else:
+            log.warning("%s exited (%s); restarting in %.1fs", self._what, cause, delay)
         _restarts[self._role] += 1
         for listener in list(_restart_listeners):
             listener(self._role, cause)
@@ -474,7 +568,11 @@ def supervise(
     stop: StopRequest,
     slots: int = 1,
     reaped: Callable[[int], object] | None = None,
+    backoff_cap: float | None = None,
 ) -> int:
     """Run a `Supervisor` (see there) and return its exit code. `reaped(pid)` is called for
-    every child that exited, before it is restarted."""
-    return Supervisor(role, what, start, stop=stop, slots=slots, reaped=reaped).run()
+    every child that exited, before it is restarted; `backoff_cap` is the longest wait
+    between two restarts (RESTART_BACKOFF_MAX_SECONDS)."""
+    return Supervisor(
+        role, what, start, stop=stop, slots=slots, reaped=reaped, backoff_cap=backoff_cap
+    ).run()

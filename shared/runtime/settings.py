@@ -158,6 +158,7 @@ class Settings:
     sweeper_grace_seconds: float = 30.0
     sweeper_interval_seconds: float = 5.0
     sweeper_batch: int = 500
+    restart_backoff_max_seconds: float = 30.0
     hostname: str = field(default_factory=socket.gethostname)
     log_format: str = "auto"  # json | text | auto (json unless stderr is a terminal)
     metrics_dir: str = ""  # "": settle-metrics-<PORT> in the temporary directory
@@ -231,6 +232,9 @@ class Settings:
                 env, "SWEEPER_INTERVAL_SECONDS", d.sweeper_interval_seconds
             ),
             sweeper_batch=_int(env, "SWEEPER_BATCH", d.sweeper_batch, minimum=1),
+            restart_backoff_max_seconds=_float(
+                env, "RESTART_BACKOFF_MAX_SECONDS", d.restart_backoff_max_seconds
+            ),
             hostname=env.get("SETTLE_HOSTNAME") or d.hostname,
             log_format=_choice(env, "LOG_FORMAT", d.log_format, ("auto", "json", "text")),
             metrics_dir=env.get("METRICS_DIR") or d.metrics_dir,

@@ -1,6 +1,7 @@
 """Load for the fault tests: transfers submitted over HTTP from several threads, the way a
 careful client does it (same Idempotency-Key until an answer, Retry-After honoured), with
-every answer counted so that a test can tell what the service said while it was hurt."""
+every answer counted so that a test can tell what the service said while it was hurt; and a
+sampler of `/healthz` and `/readyz` meanwhile."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 import psycopg
 
 from tests.e2e.api import Client
+from tests.e2e.processes import http_status
 from tests.helpers import fund, make_account
 
 #: Longest pause between two tries of one transfer.
@@ -130,3 +132,31 @@ class Load:
             if status == 503:
                 pause = min(float(answer_headers.get("retry-after", "1")), MAX_PAUSE)
             self._stop.wait(pause)
+
+
+class HealthSampler:
+    """GET /healthz and GET /readyz every `interval` seconds from a thread, recording each
+    status."""
+
+    def __init__(self, port: int, interval: float = 0.5) -> None:
+        self._port = port
+        self._interval = interval
+        self._stop = threading.Event()
+        self.statuses: list[int | None] = []
+        self.ready: list[int | None] = []
+        self._thread = threading.Thread(target=self._run, name="healthz", daemon=True)
+
+    def start(self) -> HealthSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[int | None]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return self.statuses
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.statuses.append(http_status(self._port, "/healthz", timeout=5))
+            self.ready.append(http_status(self._port, "/readyz", timeout=5))
+            self._stop.wait(self._interval)

@@ -15,7 +15,7 @@ import pytest
 from shared.runtime.settings import Settings
 from tests.e2e.processes import descendants, http_status
 from tests.faults.conftest import Faults, FaultsFactory
-from tests.faults.load import Load, accounts_with_money, random_plan
+from tests.faults.load import HealthSampler, Load, accounts_with_money, random_plan
 from tests.faults.processes import alive, children, find_dramatiq
 from tests.helpers import wait_until
 
@@ -24,34 +24,6 @@ pytestmark = pytest.mark.faults
 KILLS = 12
 KILL_EVERY = 4.0
 TRANSFERS_PER_TICK = 40
-
-
-class HealthSampler:
-    """GET /healthz and GET /readyz every `interval` seconds from a thread, recording each
-    status."""
-
-    def __init__(self, port: int, interval: float = 0.5) -> None:
-        self._port = port
-        self._interval = interval
-        self._stop = threading.Event()
-        self.statuses: list[int | None] = []
-        self.ready: list[int | None] = []
-        self._thread = threading.Thread(target=self._run, name="healthz", daemon=True)
-
-    def start(self) -> HealthSampler:
-        self._thread.start()
-        return self
-
-    def stop(self) -> list[int | None]:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        return self.statuses
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.statuses.append(http_status(self._port, "/healthz", timeout=5))
-            self.ready.append(http_status(self._port, "/readyz", timeout=5))
-            self._stop.wait(self._interval)
 
 
 def dramatiq_with_workers(supervisor: int) -> tuple[int, list[int]] | None:

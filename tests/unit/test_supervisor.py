@@ -1,6 +1,7 @@
 """The restart policy of `shared.runtime.lifecycle.Supervisor`, on real child processes:
-crashes are restarted with exponential backoff for as long as they happen, failures at boot
-are given up on with one line, and a stop reaches every child once."""
+crashes and dependencies unreachable at boot are restarted with exponential backoff for as
+long as they happen, refusals (a setting, a plan) are given up on with one line, and a stop
+reaches every child once."""
 
 from __future__ import annotations
 
@@ -60,31 +61,64 @@ def test_a_child_that_keeps_getting_killed_is_restarted_with_doubling_capped_del
     assert lifecycle.restart_counts()["test-killed"] == before + 5
 
 
-@pytest.mark.parametrize(("child_code", "exit_code"), [(2, 2), (3, 1)])
-def test_a_child_that_fails_at_boot_the_same_way_is_given_up_on_with_one_line(
-    child_code: int, exit_code: int, capsys: pytest.CaptureFixture[str]
+def test_a_child_that_refuses_to_start_is_given_up_on_with_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     stop = StopRequest()
     starts: list[int] = []
 
     def start(slot: int) -> int:
         starts.append(slot)
-        return exec_child(python(f"raise SystemExit({child_code})"))
+        return exec_child(python("raise SystemExit(2)"))
 
     with pytest.raises(SystemExit) as ended:
         QuickSupervisor("test-boot", "child", start, stop=stop).run()
 
-    assert ended.value.code == exit_code
+    assert ended.value.code == 2
     assert len(starts) == Supervisor.GIVE_UP_AFTER
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("settle test-boot: child failed at boot 3 times in a row (")
-    assert lines[0].endswith("restarting cannot fix that, giving up")
+    assert lines == [
+        "settle test-boot: child refused to start 3 times in a row (a setting or its plan,"
+        " exit 2); restarting cannot fix that, giving up"
+    ]
 
 
-def test_a_crash_between_boot_failures_starts_the_count_again() -> None:
+def test_a_child_that_cannot_reach_a_dependency_is_restarted_for_as_long_as_it_takes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Ten failures at boot in a row (a Postgres failover, a broker restart), then the
+    # dependency is back: the child runs until it is stopped.
+    caplog.set_level(logging.WARNING, logger="settle.runtime")
     stop = StopRequest()
-    codes = iter([2, 2, 1, 2, 2, 2])
+    starts: list[int] = []
+    before = lifecycle.unreachable_counts().get("test-unreachable", 0)
+
+    def start(slot: int) -> int:
+        starts.append(slot)
+        if len(starts) > 10:
+            return exec_child(python(WAITS_FOR_SIGTERM))
+        return exec_child(python("raise SystemExit(3)"))
+
+    supervisor = QuickSupervisor("test-unreachable", "child", start, stop=stop)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(supervisor.run()))
+    runner.start()
+    wait_until(lambda: len(starts) > 10, timeout=30, what="the child was started eleven times")
+    stop.set()
+    runner.join(timeout=30)
+
+    assert codes == [0]
+    lines = [r.getMessage() for r in caplog.records if "restarting in" in r.getMessage()]
+    assert len(lines) == 10
+    assert lines[0].startswith("child could not reach a dependency at boot (exit 3 after ")
+    assert lines[0].endswith(", 1 time(s) in a row); restarting in 0.1s")
+    assert lines[9].endswith(", 10 time(s) in a row); restarting in 0.4s")
+    assert lifecycle.unreachable_counts()["test-unreachable"] == before + 10
+
+
+def test_a_crash_or_an_outage_between_refusals_starts_the_count_again() -> None:
+    stop = StopRequest()
+    codes = iter([2, 2, 1, 2, 2, 3, 2, 2, 2])
     starts: list[int] = []
 
     def start(slot: int) -> int:
@@ -95,4 +129,4 @@ def test_a_crash_between_boot_failures_starts_the_count_again() -> None:
         QuickSupervisor("test-mixed", "child", start, stop=stop).run()
 
     assert ended.value.code == 2
-    assert len(starts) == 6
+    assert len(starts) == 9
