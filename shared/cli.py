@@ -10,18 +10,23 @@ Exit codes: 0 done, 1 a dependency is unreachable or a step failed, 2 bad usage 
 from __future__ import annotations
 
 import argparse
+import http.client
 import logging
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 import psycopg
 
 from shared.db.migrate import migrate, session_defaults
-from shared.db.pool import connect_once
+from shared.db.pool import connect_once, redact
 from shared.errors import first_line
 from shared.ledger.currencies import format_amount
 from shared.ledger.seed import CURRENCY, Demo, DemoKeys, issue_demo_keys, seed_demo
@@ -88,19 +93,48 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _curl_lines(port: int, demo: Demo, keys: DemoKeys) -> str:
-    base = f"http://127.0.0.1:{port}"
-    alice = f"-H 'Authorization: Bearer {keys.alice}'"
-    operator = f"-H 'Authorization: Bearer {keys.operator}'"
-    amount = 1250
-    body = (
-        f'{{"from_account_id": {demo.alice_account_id},'
-        f' "to_account_id": {demo.bob_account_id}, "amount": {amount},'
-        f' "metadata": {{"order_id": "demo-1"}}}}'
-    )
-    return "\n".join(
-        [
+def _shown_path(path: Path) -> str:
+    """`path` relative to the current folder when it is inside it (as a newcomer types it)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Banner:
+    """What `settle run` prints once web answers: where Settle serves, what it runs on, the
+    demo keys, curl lines that work as printed, and how the other commands reach the same
+    servers."""
+
+    base: str
+    settings: Settings
+    demo: Demo
+    keys: DemoKeys
+    embedded: dict[str, str]  # variable -> what settle run started for it (a sentence)
+    exported: dict[str, str]  # variable -> value: what settle run chose itself
+
+    def lines(self) -> list[str]:
+        base, demo, keys, settings = self.base, self.demo, self.keys, self.settings
+        alice = f"-H 'Authorization: Bearer {keys.alice}'"
+        operator = f"-H 'Authorization: Bearer {keys.operator}'"
+        amount = 1250
+        body = (
+            f'{{"from_account_id": {demo.alice_account_id},'
+            f' "to_account_id": {demo.bob_account_id}, "amount": {amount},'
+            f' "metadata": {{"order_id": "demo-1"}}}}'
+        )
+        broker_name = "RabbitMQ" if settings.broker == "rabbitmq" else "Redis"
+        broker_variable = "BROKER_URL" if settings.broker_url else "REDIS_URL"
+        database = self.embedded.get("DATABASE_URL", "DATABASE_URL")
+        broker = self.embedded.get(broker_variable, broker_variable)
+        settle = _shown_path(Path(sys.executable).parent / "settle")
+        lines = [
             f"Settle is running at {base}  (Ctrl-C stops everything)",
+            f"  dashboard: {base}/dashboard  (log in with the operator key below)",
+            f"  metrics:   {base}/metrics  (Prometheus; the operator key as Bearer)",
+            f"  database:  {redact(settings.database_url)}  ({database})",
+            f"  broker:    {broker_name} at {redact(settings.message_broker_url)}  ({broker})",
             "Demo API keys (new on every run; the previous run's demo keys are revoked):",
             f"  operator key: {keys.operator}",
             f"  Alice's key:  {keys.alice}",
@@ -113,18 +147,45 @@ def _curl_lines(port: int, demo: Demo, keys: DemoKeys) -> str:
             f"  curl -s {alice} {base}/transfers/<id from the answer above>",
             f"  curl -s {alice} '{base}/transfers?limit=10&metadata[order_id]=demo-1'",
             f"  curl -s {operator} {base}/accounts/{demo.bob_account_id}",
+            f"  curl -s {operator} {base}/metrics",
             f"  curl -s {base}/openapi.json",
         ]
-    )
+        if self.exported:
+            exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.exported.items())
+            lines += [
+                "For `settle status`, `settle audit` and the other commands, in another terminal:",
+                f"  export {exports}",
+                f"  {settle} status",
+            ]
+        else:
+            lines += [
+                "`settle status`, `settle audit` and the other commands reach the same servers"
+                f" with the variables set here: {settle} status",
+            ]
+        return lines
+
+
+def web_answers(host: str, port: int) -> bool:
+    """Whether web answers GET /healthz with 200 on `host:port`."""
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Migrate, seed and run web + worker + sweeper under honcho, with embedded servers for
     whichever of DATABASE_URL / the broker is unset (with BROKER_URL set, to RabbitMQ or to
-    Redis, no Redis is embedded: nothing else needs one)."""
+    Redis, no Redis is embedded: nothing else needs one). Web serves on PORT (default 8000)
+    whether PORT is set or not (honcho is given it as its base port, which web takes), and
+    the processes share a metrics folder made for this run (unless METRICS_DIR is set)."""
     log_format = configure_logging("run")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    from shared.runtime.embedded import start_embedded
+    from shared.runtime.embedded import free_port, start_embedded
 
     env = dict(os.environ)
     # honcho pipes the processes' output: they log as this terminal (or pipe) calls for.
@@ -142,11 +203,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             flush=True,
         )
     embedded = start_embedded(root, postgres=need_pg, redis=need_redis)
+    run_metrics: str | None = None
     try:
+        exported: dict[str, str] = {}
+        started: dict[str, str] = {}
         if embedded.database_url:
-            env["DATABASE_URL"] = embedded.database_url
+            env["DATABASE_URL"] = exported["DATABASE_URL"] = embedded.database_url
+            started["DATABASE_URL"] = f"embedded, data in {_shown_path(root / 'postgres')}"
         if embedded.redis_url:
-            env["REDIS_URL"] = embedded.redis_url
+            env["REDIS_URL"] = exported["REDIS_URL"] = embedded.redis_url
+            started["REDIS_URL"] = "embedded Valkey, nothing kept on disk"
+        if not env.get("METRICS_DIR"):
+            # One folder for this run's processes: honcho gives each its own PORT, so
+            # nothing they must agree on may be derived from it.
+            run_metrics = env["METRICS_DIR"] = tempfile.mkdtemp(prefix="settle-metrics-")
         os.environ.update(env)
         settings = load_settings("run")
         boot_check(settings, "run")
@@ -154,7 +224,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         with connect_once(settings, "run") as conn:
             demo = seed_demo(conn)
             keys = issue_demo_keys(conn, demo)
-        print(_curl_lines(settings.port, demo, keys), flush=True)
+        port = settings.port or free_port()
+        host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+        banner = Banner(f"http://{host}:{port}", settings, demo, keys, started, exported)
         procfile = Path(args.procfile).resolve()
         honcho = subprocess.Popen(
             [
@@ -166,6 +238,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "-d",
                 str(procfile.parent),
                 "start",
+                # The base port: web (first below) gets it, worker and sweeper +100, +200.
+                "-p",
+                str(port),
                 "web",
                 "worker",
                 "sweeper",
@@ -181,6 +256,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         with stop_signals() as stop:
             stop.on_set(stop_honcho)
+            # The banner once it is true: web answers where it says.
+            while honcho.poll() is None and not stop.is_set():
+                if web_answers(host, port):
+                    print("\n".join(banner.lines()), flush=True)
+                    break
+                stop.wait(0.2)
             code = honcho.wait()
         if stop.is_set():
             print("settle run: stopped", flush=True)
@@ -194,6 +275,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     finally:
         embedded.stop()
+        if run_metrics is not None:
+            shutil.rmtree(run_metrics, ignore_errors=True)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

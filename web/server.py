@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         multiproc.prepare(settings, "web")  # before the children import prometheus_client
         from shared.runtime.metrics import count_restarts  # after prepare
 
-        count_restarts()
+        count_restarts("web")
         plan = wait_for_boot(settings, "web", stop)  # refuse before binding the port
         sock = listen_when_free(settings, stop) if plan is not None else None
         if plan is None or sock is None:  # stopped while waiting

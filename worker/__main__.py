@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         multiproc.prepare(settings, "worker")  # before dramatiq's processes import prometheus
         from shared.runtime.metrics import count_restarts  # after prepare
 
-        count_restarts()
+        count_restarts("worker")
         plan = wait_for_boot(settings, "worker", stop)
         if plan is None:  # stopped while waiting for Postgres or the broker
             raise SystemExit(0)

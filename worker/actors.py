@@ -36,7 +36,7 @@ from shared.broker.messages import (
 from shared.db.pool import connection
 from shared.ledger import operations as ledger
 from shared.runtime.settings import Settings
-from worker.metrics import SETTLE_LATENCY, TRANSFER_RETRIES, Telemetry
+from worker.metrics import SETTLE_LATENCY, TRANSFER_RETRIES, Telemetry, count_finished
 from worker.middleware import (
     DeadLetterMarks,
     Heartbeat,
@@ -178,8 +178,10 @@ def _report(outcomes: dict[int, ledger.Outcome], policy: ledger.RetryPolicy) -> 
     retrying: list[int] = []
     spent: list[int] = []
     for transfer_id, outcome in sorted(outcomes.items()):
-        if outcome.latency is not None:
-            SETTLE_LATENCY.observe(outcome.latency)
+        if outcome.latency is not None:  # decided by this call, not a redelivery
+            count_finished(outcome.status, outcome.failure_code)
+            if outcome.status == "settled":
+                SETTLE_LATENCY.observe(outcome.latency)
         if outcome.status == "missing":
             log.warning("transfer %s: no such transfer; dropped", transfer_id)
         elif outcome.status == "retry":

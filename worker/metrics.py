@@ -4,8 +4,10 @@
 last, once Retries has decided whether a failed message is retried or dead). Per actor:
 messages processed, errors, retries, dead (retries exhausted) and durations in seconds; for
 the settle actor, counted by the actor itself, `settle_transfer_retries_total` (the
-transfers whose attempt failed and is retried) and the accepted -> settled latency. It also
-publishes the worker pool's stats once a second.
+transfers whose attempt failed and is retried), each transfer's outcome
+(`settle_transfers_finished_total{outcome,failure_code}`, counted once, when it is decided)
+and the accepted -> settled latency. It also publishes the worker pool's stats once a
+second.
 
 The series go to the files of the worker role (`settle worker` prepared them, see
 `shared.runtime.multiproc`), which the web's `/metrics` on the same host adds to its answer.
@@ -55,11 +57,29 @@ IN_PROGRESS = Gauge(
 TRANSFER_RETRIES = Counter(
     "settle_transfer_retries", "Settlement attempts that failed transiently and are retried"
 )
+FINISHED = Counter(
+    "settle_transfers_finished",
+    "Transfers the workers settled or failed, by outcome and failure code (empty when"
+    " settled), each counted once when it was decided",
+    ["outcome", "failure_code"],
+)
+#: The outcomes a settlement can decide, present at zero from a worker's start, so that
+#: rate() and ratios have every series before the first failure.
+OUTCOMES = (
+    ("settled", ""),
+    ("failed", "insufficient_funds"),
+    ("failed", "balance_limit_exceeded"),
+)
 SETTLE_LATENCY = Histogram(
     "settle_transfer_settle_latency_seconds",
     "Time from a transfer's acceptance (its row committed) to its settlement",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
+
+
+def count_finished(outcome: str, failure_code: str | None) -> None:
+    """Count one transfer this worker settled or failed just now."""
+    FINISHED.labels(outcome, failure_code or "").inc()
 
 
 class Telemetry(Middleware):
@@ -74,6 +94,8 @@ class Telemetry(Middleware):
         self._publisher: Publisher | None = None
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        for outcome, failure_code in OUTCOMES:
+            FINISHED.labels(outcome, failure_code)
         self._publisher = publish_pool(self._database.pool, "worker")
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:

@@ -31,6 +31,7 @@ from shared.db.budget import Plan
 from shared.db.pool import connection
 from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
+from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
     StopRequest,
     configure_logging,
@@ -43,7 +44,6 @@ from shared.runtime.lifecycle import (
     wait_for_boot,
 )
 from shared.runtime.settings import Settings
-from worker import actors
 
 log = logging.getLogger("settle.sweeper")
 
@@ -98,7 +98,10 @@ class DeadLetterClearing:
 def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
     """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set, on one leased connection;
     return the exit code (0)."""
-    # After the fork: the broker's client belongs to this process.
+    # After the fork (the broker's client belongs to this process), and after
+    # `multiproc.prepare` (the actors bring prometheus-client).
+    from worker import actors
+
     broker = actors.install(settings)
     with leased_pool(settings, "sweeper", plan, stopping=stop.is_set) as pool:
         if pool is None:
@@ -139,6 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging("sweeper")
     with stop_signals() as stop:
         settings = load_settings("sweeper")
+        multiproc.prepare(settings, "sweeper")  # before anything imports prometheus_client
+        from shared.runtime.metrics import count_restarts  # after prepare
+
+        count_restarts("sweeper")
         plan = wait_for_boot(settings, "sweeper", stop)
         if plan is None:  # stopped while waiting for Postgres or the broker
             raise SystemExit(0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -212,11 +213,17 @@ def check_postgres(url: str, *, name: str = "settle:check", timeout: float = 5.0
         raise DependencyDown(f"Postgres unreachable at {redact(url)}: {first_line(exc)}") from None
 
 
+#: A password given as `password=...` (a key=value conninfo, or a URL's query string).
+_PASSWORD_PARAMETER = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)")
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced, for log lines."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
+    """The URL (or key=value connection string) with any password replaced by `***`, for
+    log lines and the start banner; a URL without a password is shown as it is."""
+    shown = _PASSWORD_PARAMETER.sub(r"\1***", url)
+    if "@" not in shown or "://" not in shown:
+        return shown
+    scheme, rest = shown.split("://", 1)
     creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+    user, _, password = creds.partition(":")
+    return f"{scheme}://{user}:***@{host}" if password else shown

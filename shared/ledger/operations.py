@@ -277,8 +277,9 @@ class Outcome(NamedTuple):
     'dead-lettered' (this call spent the transfer's retry budget, `detail` the last error)
     or 'skipped' (pending, but not the caller's to attempt now: another transaction holds
     it, it waits for another message's retry, or it was dead-lettered before).
-    `latency`: seconds from its acceptance to its settlement when this call is what settled
-    it (None otherwise)."""
+    `latency`: seconds from its acceptance to this call's decision when this call is what
+    settled or failed it (None otherwise), so that a decision made now is told from the
+    redelivery of one made before."""
 
     status: str
     failure_code: str | None

@@ -10,8 +10,11 @@ single process, as the tests do): prometheus-client picks its storage on first i
   `pop_stats()` would reset them under other readers, so each process keeps the last value
   it saw and adds the difference.
 - Database-wide series (transfers by status, the oldest pending transfer, the connection
-  budget) and the broker's queues are not per process: `OverviewCollector` reads them in
-  the scraped process at scrape time, once, and they are never added up across processes.
+  budget, what is planned and leased of it, the live processes per role) and the broker's
+  queues are not per process: `OverviewCollector` reads them in the scraped process at
+  scrape time, once, and they are never added up across processes. Capacity (the budget)
+  and its use (planned, leased) are separate series: one series never mixes the two.
+- `settle_build_info`, from the scraped process at scrape time: the version it runs.
   A scrape waits at most `SCRAPE_POOL_TIMEOUT` for a pooled connection and gives each query
   `SCRAPE_STATEMENT_TIMEOUT_MS`; when either runs out it answers without those series and
   counts the miss in `settle_metrics_scrape_errors_total`.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +49,7 @@ from shared.db.pool import connection
 from shared.errors import BrokerUnavailable, SettleError
 from shared.ledger import vitals
 from shared.runtime import multiproc
-from shared.runtime.lifecycle import on_restart
+from shared.runtime.lifecycle import on_restart, on_unreachable
 from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,6 +105,12 @@ PROCESS_RESTARTS = Counter(
     " worker set, the sweeping process), by role",
     ["role"],
 )
+DEPENDENCY_UNREACHABLE = Counter(
+    "settle_dependency_unreachable",
+    "Boot attempts that found Postgres or the broker unreachable (a supervisor's own, and its"
+    " children's, which it then started again), by role",
+    ["role"],
+)
 SCRAPE_ERRORS = Counter(
     "settle_metrics_scrape_errors",
     "Scrapes that answered without some series (pool busy, query too slow, broker down)",
@@ -108,9 +118,14 @@ SCRAPE_ERRORS = Counter(
 )
 
 
-def count_restarts() -> None:
-    """Count every restart the supervisor of this process makes in `PROCESS_RESTARTS`."""
+def count_restarts(role: str) -> None:
+    """Count every restart the supervisor of this process makes in `PROCESS_RESTARTS`, and
+    every boot attempt that found a dependency unreachable in `DEPENDENCY_UNREACHABLE`
+    (both present at zero for `role` from the start)."""
+    PROCESS_RESTARTS.labels(role=role)
+    DEPENDENCY_UNREACHABLE.labels(role=role)
     on_restart(lambda role, cause: PROCESS_RESTARTS.labels(role=role).inc())
+    on_unreachable(lambda role: DEPENDENCY_UNREACHABLE.labels(role=role).inc())
 
 
 class PoolStats:
@@ -314,15 +329,64 @@ class OverviewCollector(Collector):
         yield age
         budget = GaugeMetricFamily(
             "settle_connection_budget",
-            "Postgres connections: the budget, the plan's total, and those leased now",
-            labels=["kind"],
+            "Postgres connections the whole service may hold (the smallest budget a live lease"
+            " was given, else the one these settings read)",
         )
-        budget.add_metric(["budget"], leases.budget if leases.budget is not None else cap.available)
-        # A plan that does not fit has no total (its processes refuse to start).
-        with contextlib.suppress(BudgetExceeded):
-            budget.add_metric(["planned"], make_plan(self._settings, cap).total)
-        budget.add_metric(["leased"], leases.leased)
+        budget.add_metric([], leases.budget if leases.budget is not None else cap.available)
         yield budget
+        # A plan that does not fit plans nothing (its processes refuse to start).
+        with contextlib.suppress(BudgetExceeded):
+            plan = make_plan(self._settings, cap)
+            planned = GaugeMetricFamily(
+                "settle_connections_planned",
+                "Postgres connections the plan of these settings gives each role",
+                labels=["role"],
+            )
+            for role_plan in plan.roles:
+                planned.add_metric([role_plan.role], role_plan.total)
+            yield planned
+        leased = GaugeMetricFamily(
+            "settle_connections_leased",
+            "Postgres connections granted to the live leases of each role now",
+            labels=["role"],
+        )
+        processes = GaugeMetricFamily(
+            "settle_processes",
+            "Live processes of each role on every host (those holding a live connection lease)",
+            labels=["role"],
+        )
+        for role in ROLES:
+            leased.add_metric([role], leases.granted.get(role, 0))
+            processes.add_metric([role], leases.processes.get(role, 0))
+        yield leased
+        yield processes
+
+
+#: The roles whose processes hold connection leases.
+ROLES = ("web", "worker", "sweeper")
+
+
+def settle_version() -> str:
+    """This distribution's version, or "unknown" when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("settle")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class BuildInfo(Collector):
+    """`settle_build_info{version,python}` = 1: what the scraped process runs."""
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "settle_build_info",
+            "The Settle version and Python the scraped process runs (always 1)",
+            labels=["version", "python"],
+        )
+        info.add_metric([settle_version(), platform.python_version()], 1)
+        return [info]
 
 
 class _HostFiles(Collector):
@@ -343,5 +407,6 @@ def render(overview_collector: OverviewCollector) -> bytes:
     else:
         own = generate_latest(REGISTRY)
     scraped = CollectorRegistry(auto_describe=False)
+    scraped.register(BuildInfo())
     scraped.register(overview_collector)
     return own + generate_latest(scraped)

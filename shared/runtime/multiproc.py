@@ -6,9 +6,11 @@ prometheus-client decides whether to write files when it is first imported, from
 PROMETHEUS_MULTIPROC_DIR; so the root of each process tree (`settle web`, `settle worker`)
 calls `prepare` before anything imports it, and its children inherit the variable.
 
-Layout: METRICS_DIR (default `settle-metrics-<PORT>` in the temporary directory) holds one
-folder per role (`web/`, `worker/`). `prepare` empties its role's folder: files left by a
-previous run would otherwise be added to this one's counts. A scrape merges every role's
+Layout: METRICS_DIR holds one folder per role (`web/`, `worker/`). Every process of one
+service must agree on it, so its default is named after what they share, the database and
+the broker (`Settings.metrics_path`), never after PORT; `settle run` gives each run a folder
+of its own. `prepare` empties its role's folder: files left by a previous run would
+otherwise be added to this one's counts. A scrape merges every role's
 folder, so the web's `/metrics` also serves the series of the worker processes on its host.
 Gauges of processes that exited are dropped (`process_exited` for a child the root reaped,
 `forget_dead` for any pid no longer alive); their counters stay, so totals never go back.

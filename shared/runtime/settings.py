@@ -6,6 +6,7 @@ receives a `Settings`. A malformed value raises `InvalidSetting` naming the vari
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import tempfile
@@ -161,14 +162,20 @@ class Settings:
     restart_backoff_max_seconds: float = 30.0
     hostname: str = field(default_factory=socket.gethostname)
     log_format: str = "auto"  # json | text | auto (json unless stderr is a terminal)
-    metrics_dir: str = ""  # "": settle-metrics-<PORT> in the temporary directory
+    metrics_dir: str = ""  # "": named after the service's database and broker, see below
 
     @property
     def metrics_path(self) -> str:
-        """Where this service's processes keep their metric files (one folder per role)."""
-        return self.metrics_dir or os.path.join(
-            tempfile.gettempdir(), f"settle-metrics-{self.port}"
-        )
+        """Where this service's processes keep their metric files (one folder per role):
+        METRICS_DIR, else `settle-metrics-<digest>` in the temporary directory, the digest
+        of what makes processes one service, the database and the broker (URL and
+        namespace) they share. Never PORT: a process manager such as honcho gives each
+        process its own, and web must read the folder the workers write."""
+        if self.metrics_dir:
+            return self.metrics_dir
+        service = "\n".join((self.database_url, self.message_broker_url, self.broker_namespace))
+        digest = hashlib.sha256(service.encode()).hexdigest()[:12]
+        return os.path.join(tempfile.gettempdir(), f"settle-metrics-{digest}")
 
     dashboard_idle_seconds: float = 1800.0
     dashboard_secure_cookie: bool = False

@@ -165,12 +165,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start(role: str, env: Mapping[str, str], log_dir: Path) -> Process:
-    """Run `settle <role>` in a new session with `env`, logging to a file under `log_dir`."""
+def start(role: str, env: Mapping[str, str], log_dir: Path, *args: str) -> Process:
+    """Run `settle <role> <args>` in a new session with `env`, logging to a file under
+    `log_dir`."""
     log_path = log_dir / f"{role}-{next(_serial)}.log"
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
-            [str(SETTLE), role],
+            [str(SETTLE), role, *args],
             env=dict(env),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,

@@ -189,10 +189,9 @@ def test_metrics_add_up_across_both_web_processes_and_include_the_workers(
 
     # The database-wide series, read once by the scraped process.
     assert value(after, "settle_transfers", status="settled") >= 12
-    assert value(after, "settle_connection_budget", kind="leased") >= web_size + worker_size
-    assert value(after, "settle_connection_budget", kind="planned") <= value(
-        after, "settle_connection_budget", kind="budget"
-    )
+    assert value(after, "settle_connections_leased", role="web") >= web_size
+    assert value(after, "settle_connections_leased", role="worker") >= worker_size
+    assert total(after, "settle_connections_planned") <= value(after, "settle_connection_budget")
     for state in ("ready", "delayed", "dead"):
         assert ("settle_queue_messages", (("queue", "transfers"), ("state", state))) in after
 

@@ -361,6 +361,30 @@ def _waiting_for_a_lock(db: psycopg.Connection, pid: int) -> bool:
     return bool(row and row[0])
 
 
+def test_an_outcome_carries_a_latency_only_when_this_call_decided_it(
+    db: psycopg.Connection, treasury: int
+) -> None:
+    # What the workers count in settle_transfers_finished_total: each decision once, never
+    # the redelivery of a transfer already final.
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 100)
+    paid, refused = submit(db, payer, payee, 60), submit(db, payer, payee, 60)
+
+    first = ledger.settle_transfers(db, [paid, refused])
+    again = ledger.settle_transfers(db, [paid, refused])
+
+    assert (
+        statuses(first)
+        == statuses(again)
+        == {
+            paid: ("settled", None),
+            refused: ("failed", "insufficient_funds"),
+        }
+    )
+    assert [first[paid].latency is not None, first[refused].latency is not None] == [True, True]
+    assert [again[paid].latency, again[refused].latency] == [None, None]
+
+
 def test_a_transfer_in_two_concurrent_batches_gets_exactly_one_outcome(
     db: psycopg.Connection, settings: Settings, treasury: int
 ) -> None:
