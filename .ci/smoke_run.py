@@ -1,5 +1,8 @@
-"""Start `make run` with no server URLs, read the demo API keys it prints, submit one transfer
-with Alice's key, see it settle, SIGTERM, exit 0.
+"""Start `make run` exactly as a newcomer does (no PORT, no server URLs), then do what its
+banner says: run every curl line it prints (each must answer 2xx; the transfer's id from
+the POST's answer goes where the banner says), see the transfer settle, run `settle status`
+with the banner's export line, and log into the dashboard it names with the printed
+operator key (the login form, its CSRF token, the dashboard page). SIGTERM, exit 0.
 
 With SMOKE_BROKER=rabbitmq, the same on RabbitMQ (SMOKE_RABBITMQ_URL, default the local
 node as guest) in a vhost made for the run with rabbitmqctl: `make run` must then start no
@@ -7,6 +10,7 @@ Redis, and /readyz must report RabbitMQ."""
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import re
@@ -17,43 +21,31 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import psutil
 
-PORT = int(os.environ.get("SMOKE_PORT", "8765"))
-BASE = f"http://127.0.0.1:{PORT}"
+#: What a newcomer's shell has: no Settle variable at all.
+KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "SHELL", "TERM")
+#: Where the README says `make run` serves.
+README_BASE = "http://127.0.0.1:8000"
 
 
-def request(
-    method: str,
-    path: str,
-    body: dict | None = None,
-    key: str | None = None,
-    api_key: str | None = None,
-) -> dict:
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Idempotency-Key"] = key
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(BASE + path, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return json.load(resp)
+def fail(message: str, output: str = "") -> None:
+    if output:
+        print(output)
+    raise SystemExit(f"smoke: {message}")
 
 
 def wait_until(what: str, check, timeout: float) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+        result = check()
+        if result:
+            return result
         time.sleep(0.2)
-    raise SystemExit(f"smoke: timed out waiting for {what}")
+    fail(f"timed out waiting for {what}")
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -74,12 +66,11 @@ def main() -> None:
 
 
 def smoke(extra: dict[str, str], broker: str = "redis") -> None:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "BROKER_URL")
-    }
-    env.update(extra, PORT=str(PORT))
+    env = {k: v for k, v in os.environ.items() if k in KEPT}
+    env.update(extra)
     data_dir = tempfile.mkdtemp(prefix="settle-smoke-")
-    with open(os.path.join(data_dir, "run.log"), "w+") as log:
+    log_path = os.path.join(data_dir, "run.log")
+    with open(log_path, "w+") as log:
         proc = subprocess.Popen(
             ["make", "run", "RUN_ARGS=--data-dir " + data_dir],
             stdout=log,
@@ -88,54 +79,133 @@ def smoke(extra: dict[str, str], broker: str = "redis") -> None:
             start_new_session=True,
         )
         try:
-            settle_one_transfer(log, broker)
+            lines = wait_until("the banner", lambda: banner(log_path), 120)
+            assert isinstance(lines, list)
+            follow_the_banner(lines, env, broker)
+        except BaseException:
+            log.seek(0)
+            print(log.read())
+            raise
         finally:
             code = stop(proc)
             log.seek(0)
             output = log.read()
     shutil.rmtree(data_dir, ignore_errors=True)
     if code != 0:
-        print(output)
-        raise SystemExit(f"smoke: make run exited {code} after SIGTERM")
+        fail(f"make run exited {code} after SIGTERM", output)
     if broker == "rabbitmq" and "Valkey" in output:
-        print(output)
-        raise SystemExit("smoke: make run started a Redis although BROKER_URL names RabbitMQ")
+        fail("make run started a Redis although BROKER_URL names RabbitMQ", output)
     print(f"smoke: make run on {broker} stopped cleanly (exit 0)")
 
 
-def demo_keys(log) -> dict[str, str]:
-    """The demo API keys `make run` printed: {"operator": ..., "alice": ...}."""
-    with open(log.name) as printed:
-        text = printed.read()
-    found = dict(re.findall(r"^  (operator|Alice's) key: +(settle_\S+)$", text, re.MULTILINE))
-    if len(found) < 2:
-        return {}
-    return {"operator": found["operator"], "alice": found["Alice's"]}
+def banner(log_path: str) -> list[str] | None:
+    """The lines `make run` printed from "Settle is running at" on, once complete."""
+    with open(log_path) as printed:
+        lines = printed.read().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Settle is running at ")]
+    if not starts:
+        return None
+    shown = lines[starts[0] :]
+    return shown if any(line.rstrip().endswith("settle status") for line in shown) else None
 
 
-def settle_one_transfer(log, broker: str) -> None:
-    ready = wait_until("/readyz", lambda: request("GET", "/readyz")["data"], 90)
-    assert ready == {"status": "ready", "postgres": "ok", broker: "ok"}, ready
-    keys = wait_until("the demo API keys in the output", lambda: demo_keys(log), 10)
-    assert isinstance(keys, dict)
+def field(lines: list[str], pattern: str) -> str:
+    found = re.search(pattern, "\n".join(lines), re.MULTILINE)
+    if found is None:
+        fail(f"the banner has no line matching {pattern!r}", "\n".join(lines))
+    return found.group(1)
+
+
+def curl(line: str) -> tuple[int, str]:
+    """Run a curl line as a shell does; (HTTP status, body)."""
+    done = subprocess.run(
+        ["bash", "-c", line + " -w '\\n%{http_code}'"], capture_output=True, text=True, timeout=30
+    )
+    if done.returncode != 0:
+        fail(f"curl exited {done.returncode}: {line}\n{done.stderr}")
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), body
+
+
+def follow_the_banner(lines: list[str], env: dict[str, str], broker: str) -> None:
+    base = field(lines, r"^Settle is running at (\S+)")
+    if base != README_BASE:
+        fail(f"make run serves at {base}, the README says {README_BASE}", "\n".join(lines))
+    operator = field(lines, r"^  operator key: +(settle_\S+)$")
+    alice = field(lines, r"^  Alice's key: +(settle_\S+)$")
+    if field(lines, r"^  dashboard: +(\S+)") != f"{base}/dashboard":
+        fail("the banner's dashboard is not on the address it serves at", "\n".join(lines))
+    if field(lines, r"^  metrics: +(\S+)") != f"{base}/metrics":
+        fail("the banner's metrics are not on the address it serves at", "\n".join(lines))
+    shown_broker = field(lines, r"^  broker: +(\S+)")
+    if shown_broker != {"redis": "Redis", "rabbitmq": "RabbitMQ"}[broker]:
+        fail(f"the banner names the broker {shown_broker}", "\n".join(lines))
+    field(lines, r"^  database: +(\S+)")
+
+    status, body = curl(f"curl -s {base}/readyz")
+    ready = json.loads(body)["data"]
+    if (status, ready) != (200, {"status": "ready", "postgres": "ok", broker: "ok"}):
+        fail(f"/readyz answered {status} {ready}")
+    status, _ = curl(f"curl -s {base}/accounts/2")
+    if status != 401:
+        fail(f"GET /accounts/2 without an API key answered {status}, not 401")
+
+    transfer_id = None
+    commands = [line.strip() for line in lines if line.startswith("  curl ")]
+    for line in commands:
+        if "<id from the answer above>" in line:
+            if transfer_id is None:
+                fail(f"no transfer id to put in: {line}")
+            line = line.replace("<id from the answer above>", str(transfer_id))
+        if "<" in line.split(" -d ")[0]:
+            fail(f"a curl line the banner prints cannot run as printed: {line}")
+        status, body = curl(line)
+        if not 200 <= status < 300:
+            fail(f"{line}\nanswered {status}: {body[:500]}")
+        if "-X POST" in line and "/transfers" in line:
+            transfer_id = json.loads(body)["data"]["id"]
+        url = next(word for word in line.split() if word.startswith("http"))
+        print(f"smoke: {status} from {'POST' if '-X POST' in line else 'GET'} {url}")
+    if len(commands) < 5 or transfer_id is None:
+        fail("the banner prints fewer curl lines than expected", "\n".join(lines))
+
+    def settled() -> bool:
+        _, body = curl(f"curl -s -H 'Authorization: Bearer {alice}' {base}/transfers/{transfer_id}")
+        return json.loads(body)["data"]["status"] != "pending"
+
+    wait_until("the transfer to settle", settled, 30)
+    print(f"smoke: transfer {transfer_id} settled")
+
+    export = next((line.strip() for line in lines if line.startswith("  export ")), None)
+    command = next(line.strip() for line in lines if line.rstrip().endswith("settle status"))
+    script = f"{export}; {command}" if export else command
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        fail(f"`{script}` exited {done.returncode}", done.stdout + done.stderr)
+    print("smoke: settle status reaches the servers with the banner's export line")
+
+    log_into_the_dashboard(base, operator)
+
+
+def log_into_the_dashboard(base: str, operator_key: str) -> None:
+    """A real login: the form (and its login cookie), the key posted with the form's CSRF
+    token, the session cookie, then the dashboard page."""
+    jar = http.cookiejar.CookieJar()
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with browser.open(f"{base}/dashboard/login", timeout=10) as resp:
+        form = resp.read().decode()
+    token = re.search(r'name="csrf" value="([^"]+)"', form)
+    if token is None:
+        fail("the login form carries no CSRF token", form)
+    data = urllib.parse.urlencode({"csrf": token.group(1), "key": operator_key}).encode()
     try:
-        request("GET", "/accounts/2")
-        raise SystemExit("smoke: GET /accounts/2 without an API key was not refused")
+        with browser.open(f"{base}/dashboard/login", data=data, timeout=10) as resp:
+            page, url = resp.read().decode(), resp.geturl()
     except urllib.error.HTTPError as exc:
-        assert exc.code == 401, exc.code
-    body = {"from_account_id": 2, "to_account_id": 3, "amount": 1250}
-    transfer = request("POST", "/transfers", body, key="smoke-1", api_key=keys["alice"])["data"]
-    print(f"smoke: transfer {transfer['id']} accepted with Alice's key ({transfer['status']})")
-
-    def finished() -> dict | None:
-        current = request("GET", f"/transfers/{transfer['id']}", api_key=keys["alice"])["data"]
-        return None if current["status"] == "pending" else current
-
-    final = wait_until("the transfer to settle", finished, 30)
-    assert isinstance(final, dict) and final["status"] == "settled", final
-    print(f"smoke: transfer {final['id']} settled")
-    bob = request("GET", "/accounts/3", api_key=keys["operator"])["data"]
-    print(f"smoke: the operator key reads Bob's account (balance {bob['balance']})")
+        fail(f"logging in answered {exc.code}", exc.read().decode(errors="replace"))
+    if not url.endswith("/dashboard") or "/dashboard/logout" not in page:
+        fail(f"logging in did not land on the dashboard ({url})", page[:2000])
+    print("smoke: logged into /dashboard with the printed operator key")
 
 
 def stop(proc: subprocess.Popen) -> int:
