@@ -164,7 +164,7 @@ def follow_the_banner(lines: list[str], env: dict[str, str], broker: str) -> Non
             fail(f"{line}\nanswered {status}: {body[:500]}")
         if "-X POST" in line and "/transfers" in line:
             transfer_id = json.loads(body)["data"]["id"]
-        url = next(word for word in line.split() if word.startswith("http"))
+        url = next(w.strip("'") for w in line.split() if w.strip("'").startswith("http"))
         print(f"smoke: {status} from {'POST' if '-X POST' in line else 'GET'} {url}")
     if len(commands) < 5 or transfer_id is None:
         fail("the banner prints fewer curl lines than expected", "\n".join(lines))

@@ -52,8 +52,7 @@ def newcomer_env() -> dict[str, str]:
 
 
 def banner(run: Process) -> list[str]:
-    run.wait_for_log("  Alice's key:  settle_", timeout=90)
-    run.wait_for_log("  curl -s ", count=6)
+    run.wait_for_log("/settle status\n", timeout=90)  # the banner's last line
     lines = run.log_path.read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("Settle is running at "))
     return lines[first:]
@@ -114,7 +113,7 @@ def test_settle_run_serves_where_its_banner_says_and_metrics_show_every_process(
             if "-X POST" in line and "/transfers" in line:
                 transfer_id = json.loads(body)["data"]["id"]
             ran += 1
-        assert ran == 6
+        assert ran >= 6
 
         # Transfers as Alice to Bob, as the banner's POST line: ten that settle, one she
         # cannot afford.
