@@ -70,6 +70,13 @@ class InvalidCursor(InvalidRequest):
     code = "invalid_cursor"
 
 
+class CursorExpired(SettleError):
+    """Raised when `GET /events` is asked for events after an id whose successors were deleted
+    by retention (EVENT_RETENTION_DAYS)."""
+
+    code = "cursor_expired"
+
+
 class IdempotencyKeyMissing(InvalidRequest):
     """Raised when POST /transfers comes without an Idempotency-Key header."""
 

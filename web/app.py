@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
 from shared.errors import SettleError
+from shared.events.waiting import EventWatch
 from shared.ledger.auth import PrincipalCache
 from shared.runtime.metrics import OverviewCollector
 from shared.runtime.settings import Settings
@@ -53,12 +54,14 @@ def create_app(
     ping_broker: Callable[[], Any],
     queues: SettleBroker | None = None,
     keys: PrincipalCache | None = None,
+    watch: EventWatch | None = None,
 ) -> falcon.App:
     """A WSGI app serving the HTTP contract with `pool` for reads and writes (and API key
     lookups), `enqueue` to hand a transfer id to the workers and `ping_broker` for readiness;
     `/metrics` and the dashboard read the broker's queues through `queues` when given, and
     the dashboard drops the dead letters of transfers it sends again through it (without
-    it, it shows no queue, and dead letters expire on their own).
+    it, it shows no queue, and dead letters expire on their own). Long-polls wait on `watch`
+    (without it, they are answered at once).
     Every route but /healthz, /readyz and /openapi.json needs an API key; the dashboard's
     pages (/dashboard) need an operator's session instead. A key looked up is
     remembered in `keys` (default: a cache of its own, `settings.api_key_cache_seconds`)."""
@@ -77,7 +80,11 @@ def create_app(
     app.add_route("/accounts/{account_id}", resources.Account(pool, **body))
     app.add_route("/accounts/{account_id}/entries", resources.AccountEntries(pool, **body))
     app.add_route("/transfers", resources.Transfers(pool, enqueue=enqueue, **body))
-    app.add_route("/transfers/{transfer_id}", resources.Transfer(pool, **body))
+    app.add_route("/transfers/{transfer_id}", resources.Transfer(pool, watch=watch, **body))
+    app.add_route(
+        "/events",
+        resources.Events(pool, watch=watch, retention_days=settings.event_retention_days, **body),
+    )
     app.add_route("/healthz", resources.Health())
     app.add_route("/readyz", resources.Ready(pool, ping_broker, broker=settings.broker))
     app.add_route("/openapi.json", resources.OpenAPIDocument(openapi.DOCUMENT))

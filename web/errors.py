@@ -32,6 +32,7 @@ STATUS: list[tuple[type[errors.SettleError], str]] = [
     (errors.UnsupportedMediaType, falcon.HTTP_415),
     (errors.BodyTooLarge, falcon.HTTP_413),
     (errors.NotFound, falcon.HTTP_404),
+    (errors.CursorExpired, falcon.HTTP_410),
     (errors.EmailTaken, falcon.HTTP_409),
     (errors.Unavailable, falcon.HTTP_503),
 ]

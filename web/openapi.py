@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.events.feed import MAX_WAIT_SECONDS, TYPES
 from shared.ledger.commands import (
     MAX_METADATA_KEY_LENGTH,
     MAX_METADATA_KEYS,
@@ -150,6 +151,27 @@ SCHEMAS: dict[str, Schema] = {
             "created_at": TIMESTAMP,
         }
     ),
+    "Event": {
+        **obj(
+            {
+                "id": {
+                    **ID,
+                    "description": "increasing: pass the last one seen as `after` to read on",
+                },
+                "type": {"enum": list(TYPES)},
+                "created_at": TIMESTAMP,
+                "data": {
+                    **ref("Transfer"),
+                    "description": "the transfer as this change left it",
+                },
+            }
+        ),
+        "description": "a change of a transfer's state, written in the same transaction as"
+        " the change: `transfer.accepted` (POST /transfers), `transfer.settled`,"
+        " `transfer.failed` (`data.failure_code` says why), `transfer.cancelled` (failed as"
+        " `cancelled_by_operator`), `transfer.dead_lettered` (its retries ran out) and"
+        " `transfer.released` (an operator sent it again)",
+    },
     "NewUser": obj(
         {
             "email": {"type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN},
@@ -455,13 +477,131 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "operationId": "getTransfer",
             "summary": "Read a transfer (a user's key: one from or to its own accounts)",
-            "parameters": [path_id("transfer_id", "transfer")],
+            "description": "With `Prefer: wait=N` (RFC 7240), a pending transfer is answered"
+            " once it is decided (settled, failed, or dead-lettered) or after N seconds"
+            f" (at most {MAX_WAIT_SECONDS}), whichever comes first, with `Preference-Applied:"
+            " wait=N`. Without `Preference-Applied` the wait was not made (the process had no"
+            " room for another waiting request, or is stopping): the transfer is answered as"
+            " it is.",
+            "parameters": [
+                path_id("transfer_id", "transfer"),
+                {
+                    "name": "Prefer",
+                    "in": "header",
+                    "required": False,
+                    "description": f"`wait=N`: wait up to N seconds (at most {MAX_WAIT_SECONDS})"
+                    " for the transfer to be decided; other preferences, and a `wait` that does"
+                    " not parse, are ignored",
+                    "schema": {"type": "string", "examples": ["wait=10"]},
+                },
+            ],
             "responses": {
-                "200": ok("the transfer", data(ref("Transfer"))),
+                "200": ok(
+                    "the transfer",
+                    data(ref("Transfer")),
+                    **{
+                        "Preference-Applied": {
+                            "description": "`wait=N` when the `Prefer: wait=N` asked for was"
+                            " honoured",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+                        },
+                        "Vary": header("`Prefer`: the answer depends on it"),
+                    },
+                ),
                 "401": UNAUTHENTICATED,
                 "404": error(
                     "no such transfer, or none of its accounts is the key's user's",
                     "transfer_not_found",
+                ),
+                "503": UNAVAILABLE,
+            },
+        }
+    },
+    "/events": {
+        "get": {
+            "operationId": "listEvents",
+            "summary": "Read the key's transfer events after an id, in order (a user's key:"
+            " those of transfers from or to its accounts; an operator key: all); with `wait`,"
+            " wait for the next",
+            "description": "Every change of a transfer's state is an event, written in the"
+            " same transaction as the change, with an increasing id. Events are answered in id"
+            " order, and only once no event with a smaller id can appear any more, so a client"
+            " that reads on from the last id it saw (or from `next_after`) misses none and"
+            " sees none twice: after being down, it catches up exactly. Without `after`, the"
+            " events start from the oldest kept. Events are kept for EVENT_RETENTION_DAYS"
+            " (30 by default); an `after` older than that answers 410 `cursor_expired`."
+            " With `wait=N`, an empty answer is held until an event for the key exists or N"
+            " seconds have passed; when the process has no room for another waiting request"
+            " (or is stopping) it answers at once, with `Retry-After`.",
+            "parameters": [
+                query(
+                    "after",
+                    "the id of the last event seen (0: from the first); events after it are"
+                    " answered",
+                    {**ID, "minimum": 0},
+                ),
+                query(
+                    "types",
+                    "only events of these types, comma-separated",
+                    {
+                        "type": "string",
+                        "pattern": "^(?:{0})(?:,(?:{0}))*$".format(
+                            "|".join(t.replace(".", "\\.") for t in TYPES)
+                        ),
+                        "examples": ["transfer.settled,transfer.failed"],
+                    },
+                ),
+                query(
+                    "limit",
+                    "events per answer",
+                    {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                ),
+                query(
+                    "wait",
+                    "seconds to wait for an event when there is none yet (a long-poll)",
+                    {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS, "default": 0},
+                ),
+            ],
+            "responses": {
+                "200": ok(
+                    "the events after `after`, oldest first (empty: none yet)",
+                    obj(
+                        {
+                            "data": {"type": "array", "items": ref("Event")},
+                            "next_after": {
+                                "type": "integer",
+                                "format": "int64",
+                                "minimum": 0,
+                                "description": "the `after` to read on with: every event up"
+                                " to it has been answered or is not for this key or filter",
+                            },
+                            "has_more": {
+                                "type": "boolean",
+                                "description": "more events are there now (ask again"
+                                " without waiting)",
+                            },
+                        }
+                    ),
+                    **{
+                        "Retry-After": {
+                            "description": "seconds to pause before asking again: the wait"
+                            " asked for could not be made",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        }
+                    },
+                ),
+                "400": error(
+                    "a query parameter is unknown, given twice, blank or malformed (the message"
+                    " names it)",
+                    "invalid_request",
+                ),
+                "401": UNAUTHENTICATED,
+                "410": error(
+                    "events after `after` were deleted by retention: read the current state"
+                    " (GET /transfers), then continue from the id the message gives",
+                    "cursor_expired",
                 ),
                 "503": UNAVAILABLE,
             },

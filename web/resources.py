@@ -26,6 +26,8 @@ from shared.errors import (
     UnsupportedMediaType,
     UserNotFound,
 )
+from shared.events import feed, waiting
+from shared.events.waiting import EventWatch
 from shared.ledger import auth, commands, listing, money
 from shared.ledger import operations as ledger
 from web.auth import principal
@@ -192,11 +194,72 @@ class Transfers(_Resource):
             ) from exc
 
 
+def preferred_wait(req: falcon.Request) -> int | None:
+    """The seconds of a `Prefer: wait=N` header (RFC 7240), at most MAX_WAIT_SECONDS; None
+    without one. As the RFC asks, a preference that does not parse is ignored, and only the
+    first `wait` counts."""
+    for header in req.get_header("Prefer", default="").split(","):
+        name, _, value = header.split(";", 1)[0].strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not (value.isascii() and value.isdigit()) or len(value) > 9:
+            return None
+        return min(int(value), feed.MAX_WAIT_SECONDS)
+    return None
+
+
 class Transfer(_Resource):
+    """A transfer; with `Prefer: wait=N`, answered once it is decided (settled, failed or
+    dead-lettered) or after N seconds, whichever is first (`waiting.read_transfer`)."""
+
+    def __init__(
+        self, pool: ConnectionPool, *, max_body_bytes: int, watch: EventWatch | None
+    ) -> None:
+        super().__init__(pool, max_body_bytes=max_body_bytes)
+        self._watch = watch
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, transfer_id: str) -> None:
         tid = path_id(transfer_id, TransferNotFound, "transfer")
-        with connection(self._pool) as conn:
-            resp.media = {"data": ledger.get_transfer(conn, tid, by=principal(req))}
+        wait = preferred_wait(req)
+        transfer, honoured = waiting.read_transfer(
+            self._pool, tid, by=principal(req), wait=wait or 0, watch=self._watch
+        )
+        resp.vary = ("Prefer",)
+        if wait is not None and honoured:
+            resp.set_header("Preference-Applied", f"wait={wait}")
+        resp.media = {"data": transfer}
+
+
+class Events(_Resource):
+    """The caller's transfer events after an id, in order; with `wait=N`, a long-poll."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        max_body_bytes: int,
+        watch: EventWatch | None,
+        retention_days: int,
+    ) -> None:
+        super().__init__(pool, max_body_bytes=max_body_bytes)
+        self._watch = watch
+        self._retention_days = retention_days
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        query = feed.event_query(query_params(req))
+        page, waited = waiting.read_events(
+            self._pool,
+            query,
+            by=principal(req),
+            retention_days=self._retention_days,
+            watch=self._watch,
+        )
+        if not waited:
+            # No room to wait (or stopping): answered at once; a client that asks again
+            # straight away would only spin.
+            resp.set_header("Retry-After", "1")
+        resp.media = {"data": page.items, "next_after": page.next_after, "has_more": page.has_more}
 
 
 class Health:

@@ -17,16 +17,18 @@ address it may not bind) ends it with one line and exit 2.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from shared.db.budget import Plan
 from shared.errors import Overloaded
+from shared.events.waiting import EventWatch
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
     EXIT_REFUSED,
@@ -113,11 +115,39 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
     with leased_pool(settings, "web", plan, stopping=stop.is_set) as pool:
         if pool is None:
             return 0
-        return _serve_app(settings, sock, stop, pool)
+        with event_watch(settings, plan, stop) as watch:
+            return _serve_app(settings, sock, stop, pool, watch)
 
 
-def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool: Any) -> int:
-    """Run waitress on `sock` until `stop` is set, then drain; 0 when nothing was cut off."""
+@contextlib.contextmanager
+def event_watch(settings: Settings, plan: Plan, stop: StopRequest) -> Iterator[EventWatch | None]:
+    """This process's event watch (`shared.events.waiting`) on a leased connection of its own
+    (the plan's `events` role), for the `with` body; None when EVENT_WAITERS=0 (long-polls
+    are answered at once), or when stopped while waiting for the lease."""
+    if settings.waiters == 0:
+        yield None
+        return
+    with leased_pool(settings, "events", plan, stopping=stop.is_set) as pool:
+        if pool is None:
+            yield None
+            return
+        watch = EventWatch(pool, limit=settings.waiters, interval=settings.event_poll_ms / 1000)
+        watch.start()
+        try:
+            yield watch
+        finally:
+            watch.close()
+
+
+def _serve_app(
+    settings: Settings,
+    sock: socket.socket,
+    stop: StopRequest,
+    pool: Any,
+    watch: EventWatch | None,
+) -> int:
+    """Run waitress on `sock` until `stop` is set, then drain; 0 when nothing was cut off.
+    Long-polls waiting on `watch` are answered at once when the drain starts."""
     # Installed after the fork: the broker's client must belong to this process.
     from shared.broker.sending import sender
     from shared.runtime.metrics import publish_pool
@@ -126,16 +156,22 @@ def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool:
 
     broker = actors.install(settings)
     falcon_app = create_app(
-        settings, pool=pool, enqueue=sender(broker), ping_broker=broker.ping, queues=broker
+        settings,
+        pool=pool,
+        enqueue=sender(broker),
+        ping_broker=broker.ping,
+        queues=broker,
+        watch=watch,
     )
     app = shed_load(falcon_app, lambda: server.queue_depth(), settings.web_queue_limit)
     server = WaitressServer(app, sock, threads=settings.web_threads)
     log.info(
-        "serving on http://%s:%s with %d threads, pool of %d",
+        "serving on http://%s:%s with %d threads, pool of %d, up to %d long-polls waiting",
         settings.host,
         sock.getsockname()[1],
         settings.web_threads,
         pool.max_size,
+        0 if watch is None else watch.limit,
     )
     stop.on_set(server.wake)  # the drain starts now, not at the loop's next timeout
     publisher = publish_pool(pool, "web", queue_depth=server.queue_depth)
@@ -143,7 +179,11 @@ def _serve_app(settings: Settings, sock: socket.socket, stop: StopRequest, pool:
         server.run_once(timeout=1.0)
 
     # Stop accepting; keep the event loop turning so in-flight responses reach their clients.
+    # Long-polls are answered now with what they have: a drain must not wait out their
+    # deadlines.
     server.stop_accepting()
+    if watch is not None:
+        watch.close()
     deadline = time.monotonic() + settings.web_shutdown_timeout
     log.info(
         "stopping: no new connections; draining %d request(s) in flight (up to %ss)",

@@ -13,13 +13,13 @@ from collections import Counter
 
 import psycopg
 
-ROLES = ("web", "worker", "sweeper")
+ROLES = ("web", "events", "worker", "sweeper")
 
 
 def connections_by_role(
     conn: psycopg.Connection, database: str, *, include_self: bool = False
 ) -> Counter[str]:
-    """Connections to `database` per role (web, worker, sweeper, and e.g. web-lease for a
+    """Connections to `database` per role (web, events, worker, sweeper, and e.g. web-lease for a
     process waiting for its lease), this connection excluded unless `include_self` (a pooled
     connection asking is one of its role's)."""
     rows = conn.execute(
@@ -33,7 +33,7 @@ def connections_by_role(
 
 class Sampler:
     """Samples `connections_by_role` every `interval` seconds until stopped; keeps the peak
-    per role and the peak of the pools' total (web + worker + sweeper)."""
+    per role and the peak of the pools' total (web + events + worker + sweeper)."""
 
     def __init__(self, database_url: str, database: str, *, interval: float = 0.1) -> None:
         self._url = database_url

@@ -6,8 +6,10 @@ DB_RESERVED_CONNECTIONS for operators, migrations and monitoring. The sweeper ta
 connection; workers take one per thread (a worker thread without a connection only waits);
 web gets one per thread when that fits, else the rest split evenly, but at least one per
 process. With WEB_SHARE set and not enough for everyone, web gets that share and workers the
-rest (and run that many threads). A plan that does not fit raises `BudgetExceeded` with the
-arithmetic on one line.
+rest (and run that many threads). Each web process also holds one connection for its event
+watch (the `events` role), which wakes long-polls when new events exist, unless
+EVENT_WAITERS=0. A plan that does not fit raises `BudgetExceeded` with the arithmetic on
+one line.
 
 Behind PgBouncer (DB_POOLER=pgbouncer) there are two sides. What Settle's processes may hold
 is PgBouncer's client limit (DB_POOLER_CLIENT_LIMIT, else read from its admin console at
@@ -165,10 +167,11 @@ class Plan:
     web: RolePlan
     worker: RolePlan
     sweeper: RolePlan
+    events: RolePlan  # each web process's event watch
 
     @property
-    def roles(self) -> tuple[RolePlan, RolePlan, RolePlan]:
-        return (self.web, self.worker, self.sweeper)
+    def roles(self) -> tuple[RolePlan, RolePlan, RolePlan, RolePlan]:
+        return (self.web, self.events, self.worker, self.sweeper)
 
     @property
     def total(self) -> int:
@@ -219,14 +222,21 @@ class Plan:
         return "\n".join(lines)
 
 
+def _events_each(settings: Settings) -> int:
+    """The connections of one web process's event watch: 1, or 0 with waiting turned off."""
+    return 1 if settings.waiters > 0 else 0
+
+
 def _refusal(settings: Settings, web_each: int, worker_each: int, cap: Capacity) -> str:
     web_n = settings.web_instances * settings.web_processes
     worker_n = settings.worker_instances * settings.worker_processes
-    need = web_n * web_each + worker_n * worker_each + 1
+    events = web_n * _events_each(settings)
+    need = web_n * web_each + worker_n * worker_each + events + 1
+    watches = f" + {events} event watches" if events else ""
     return (
         f"budget: {worker_n} worker processes x {worker_each} threads"
-        f" + {web_n} web x {web_each} + 1 sweeper = {need} > {cap.available} available"
-        f" ({cap.source})"
+        f" + {web_n} web x {web_each}{watches} + 1 sweeper = {need} > {cap.available}"
+        f" available ({cap.source})"
     )
 
 
@@ -236,7 +246,8 @@ def make_plan(settings: Settings, cap: Capacity) -> Plan:
     worker_n = settings.worker_instances * settings.worker_processes
     web_want = min(settings.web_pool_size or settings.web_threads, settings.web_threads)
     worker_want = settings.worker_threads
-    room = cap.available - 1  # the sweeper's connection
+    events_each = _events_each(settings)
+    room = cap.available - 1 - web_n * events_each  # the sweeper's, the event watches'
 
     if web_n * web_want + worker_n * worker_want <= room:
         web_pool, worker_pool = web_want, worker_want
@@ -272,4 +283,5 @@ def make_plan(settings: Settings, cap: Capacity) -> Plan:
             worker_pool,
         ),
         sweeper=RolePlan("sweeper", 1, 1, 1, 1),
+        events=RolePlan("events", settings.web_instances, settings.web_processes, 1, events_each),
     )

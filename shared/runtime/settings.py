@@ -111,6 +111,18 @@ def _cache_seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _event_waiters(env: Mapping[str, str]) -> int | None:
+    """EVENT_WAITERS: at least 0 and fewer than WEB_THREADS (None when unset)."""
+    waiters = _optional_int(env, "EVENT_WAITERS", minimum=0)
+    threads = _int(env, "WEB_THREADS", Settings.web_threads, minimum=1)
+    if waiters is not None and waiters >= threads:
+        raise InvalidSetting(
+            f"EVENT_WAITERS={waiters} must be below WEB_THREADS={threads}: each waiting"
+            " long-poll holds a thread, and ordinary requests need some left"
+        )
+    return waiters
+
+
 def _broker_url(env: Mapping[str, str]) -> str | None:
     raw = env.get("BROKER_URL", "").strip()
     if not raw:
@@ -160,6 +172,9 @@ class Settings:
     sweeper_interval_seconds: float = 5.0
     sweeper_batch: int = 500
     restart_backoff_max_seconds: float = 30.0
+    event_retention_days: int = 30
+    event_waiters: int | None = None  # None: half of WEB_THREADS; see `waiters`
+    event_poll_ms: int = 25
     hostname: str = field(default_factory=socket.gethostname)
     log_format: str = "auto"  # json | text | auto (json unless stderr is a terminal)
     metrics_dir: str = ""  # "": named after the service's database and broker, see below
@@ -242,6 +257,11 @@ class Settings:
             restart_backoff_max_seconds=_float(
                 env, "RESTART_BACKOFF_MAX_SECONDS", d.restart_backoff_max_seconds
             ),
+            event_retention_days=_int(
+                env, "EVENT_RETENTION_DAYS", d.event_retention_days, minimum=1
+            ),
+            event_waiters=_event_waiters(env),
+            event_poll_ms=_int(env, "EVENT_POLL_MS", d.event_poll_ms, minimum=1),
             hostname=env.get("SETTLE_HOSTNAME") or d.hostname,
             log_format=_choice(env, "LOG_FORMAT", d.log_format, ("auto", "json", "text")),
             metrics_dir=env.get("METRICS_DIR") or d.metrics_dir,
@@ -254,6 +274,17 @@ class Settings:
                 env, "DASHBOARD_PENDING_THRESHOLD_SECONDS", d.dashboard_pending_threshold_seconds
             ),
         )
+
+    @property
+    def waiters(self) -> int:
+        """Long-polls (`GET /events?wait=`, `Prefer: wait`) one web process lets wait at once:
+        EVENT_WAITERS, else half of WEB_THREADS. Each waiting request holds a waitress thread
+        (and no database connection), so they stay fewer than the threads and ordinary
+        requests are still served; beyond them a long-poll is answered at once. 0 turns
+        waiting off, and with it each web process's event watch and its connection."""
+        if self.event_waiters is not None:
+            return self.event_waiters
+        return self.web_threads // 2
 
     @property
     def pooled(self) -> bool:

@@ -52,7 +52,7 @@ SETTINGS = {
     "WORKER_INSTANCES": "1",  # the second worker host is not counted: leases share
     "WORKER_PROCESSES": "2",
     "WORKER_THREADS": "3",
-    "DB_CONNECTION_BUDGET": "11",  # web 2 x 2 + worker 2 x 3 + sweeper 1
+    "DB_CONNECTION_BUDGET": "13",  # web 2 x 2 + 2 event watches + worker 2 x 3 + sweeper 1
     "LEASE_TTL_SECONDS": str(TTL),
     "SWEEPER_GRACE_SECONDS": "2",
 }
@@ -60,7 +60,8 @@ SETTINGS = {
 
 class ActivityByHost:
     """Samples pg_stat_activity every 0.1 s: the peak per role, per (role, host), and of the
-    pools' total, over the service's pooled connections (role web, worker or sweeper)."""
+    pools' total, over the service's pooled connections (role web, events, worker or
+    sweeper)."""
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -75,7 +76,7 @@ class ActivityByHost:
         rows = conn.execute(
             "SELECT split_part(application_name, ':', 2), split_part(application_name, ':', 3),"
             " count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND split_part(application_name, ':', 2) IN ('web', 'worker', 'sweeper')"
+            " AND split_part(application_name, ':', 2) IN ('web', 'events', 'worker', 'sweeper')"
             " GROUP BY 1, 2"
         ).fetchall()
         return Counter({(role, host): int(n) for role, host, n in rows})
@@ -178,7 +179,7 @@ def test_two_worker_hosts_share_one_budget_and_one_lost_host_loses_nothing(
     cluster: tuple[Cluster, str],
 ) -> None:
     svc, direct = cluster
-    plan = make_plan(Settings.from_env(svc.env), Capacity(11, "DB_CONNECTION_BUDGET"))
+    plan = make_plan(Settings.from_env(svc.env), Capacity(13, "DB_CONNECTION_BUDGET"))
     web_address, port = svc.hosts.address["web"], int(svc.env["PORT"])
     with psycopg.connect(direct, autocommit=True) as conn:
         key = auth.create_key(conn, user_id=None, label="hosts").key
@@ -252,6 +253,7 @@ def test_two_worker_hosts_share_one_budget_and_one_lost_host_loses_nothing(
     assert activity.peak_role["web"] <= plan.web.total
     assert activity.peak_role["worker"] <= plan.worker.total
     assert activity.peak_role["sweeper"] <= plan.sweeper.total
+    assert activity.peak_role["events"] <= plan.events.total
     assert activity.peak_total <= plan.capacity.available
     assert len(set(ids)) == TRANSFERS
     assert all(entries == (2 if status == "settled" else 0) for status, entries in outcomes)

@@ -66,6 +66,8 @@ def test_auditing_a_sound_ledger_prints_its_counts_and_exits_zero(scratch: str) 
         " 0 of the pending dead-lettered)"
     )
     assert "EUR: 3 accounts, balances sum to 0" in lines
+    # Accepted and settled (or failed) for each of three, accepted for the pending one.
+    assert "7 transfer events" in lines
     assert lines[-1] == "settle audit: ok (no violation; pending threshold 300s)"
     assert "VIOLATION" not in done.stdout
 
@@ -184,6 +186,87 @@ def _money_created_from_nothing(conn: psycopg.Connection, ids: dict[str, int]) -
     return "balances of currency EUR sum to 50, not 0"
 
 
+def _event(conn: psycopg.Connection, transfer_id: int, kind: str) -> int:
+    row = conn.execute(
+        "SELECT id FROM transfer_events WHERE transfer_id = %s AND type = %s",
+        (transfer_id, f"transfer.{kind}"),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _settled_without_its_event(conn: psycopg.Connection, ids: dict[str, int]) -> str:
+    conn.execute(
+        "DELETE FROM transfer_events WHERE id = %s", (_event(conn, ids["paid"], "settled"),)
+    )
+    accepted = _event(conn, ids["paid"], "accepted")
+    return (
+        f"transfer {ids['paid']} is settled, but its latest event (transfer.accepted,"
+        f" id {accepted}) left it pending"
+    )
+
+
+def _changed_with_the_events_trigger_off(conn: psycopg.Connection, ids: dict[str, int]) -> str:
+    # As a replica applies rows: no trigger fires, so the change gets no event.
+    conn.execute("SET LOCAL session_replication_role = replica")
+    conn.execute(
+        "UPDATE transfers SET status = 'failed', failure_code = 'insufficient_funds',"
+        " finished_at = now() WHERE id = %s",
+        (ids["waiting"],),
+    )
+    conn.execute("SET LOCAL session_replication_role = origin")
+    accepted = _event(conn, ids["waiting"], "accepted")
+    return (
+        f"transfer {ids['waiting']} is failed (insufficient_funds), but its latest event"
+        f" (transfer.accepted, id {accepted}) left it pending"
+    )
+
+
+def _accepted_without_its_event(conn: psycopg.Connection, ids: dict[str, int]) -> str:
+    conn.execute("DELETE FROM transfer_events WHERE transfer_id = %s", (ids["waiting"],))
+    return f"transfer {ids['waiting']} is pending and has no event at all"
+
+
+def _history_without_its_acceptance(conn: psycopg.Connection, ids: dict[str, int]) -> str:
+    accepted = _event(conn, ids["refused"], "accepted")
+    conn.execute("DELETE FROM transfer_events WHERE id = %s", (accepted,))
+    failed = _event(conn, ids["refused"], "failed")
+    return f"transfer {ids['refused']}: event {failed} (transfer.failed) cannot follow nothing"
+
+
+def _event_without_its_change(conn: psycopg.Connection, ids: dict[str, int]) -> str:
+    # A second settlement of the same transfer, as an event only.
+    row = conn.execute(
+        "INSERT INTO transfer_events (type, transfer_id, from_account_id, to_account_id, status,"
+        " attempts, settled_at) SELECT 'transfer.settled', id, from_account_id, to_account_id,"
+        " status, attempts, settled_at FROM transfers WHERE id = %s RETURNING id",
+        (ids["paid"],),
+    ).fetchone()
+    assert row is not None
+    return (
+        f"transfer {ids['paid']}: event {row[0]} (transfer.settled) cannot follow transfer.settled"
+    )
+
+
+def _event_of_no_transfer(conn: psycopg.Connection, ids: dict[str, int]) -> str:
+    row = conn.execute(
+        "INSERT INTO transfer_events (type, transfer_id, from_account_id, to_account_id, status,"
+        " attempts) VALUES ('transfer.accepted', 0, %s, %s, 'pending', 0) RETURNING id",
+        (ids["payer"], ids["payee"]),
+    ).fetchone()
+    assert row is not None
+    return f"event {row[0]} (transfer.accepted) does not match transfer 0: no such transfer"
+
+
+def _event_of_the_wrong_type(conn: psycopg.Connection, ids: dict[str, int]) -> str:
+    failed = _event(conn, ids["refused"], "failed")
+    conn.execute("UPDATE transfer_events SET type = 'transfer.cancelled' WHERE id = %s", (failed,))
+    return (
+        f"event {failed} (transfer.cancelled) does not match transfer {ids['refused']}:"
+        " its state is failed (insufficient_funds)"
+    )
+
+
 @pytest.mark.parametrize(
     "corrupt",
     [
@@ -194,6 +277,13 @@ def _money_created_from_nothing(conn: psycopg.Connection, ids: dict[str, int]) -
         _missing_credit,
         _overdrawn_account,
         _money_created_from_nothing,
+        _settled_without_its_event,
+        _changed_with_the_events_trigger_off,
+        _accepted_without_its_event,
+        _history_without_its_acceptance,
+        _event_without_its_change,
+        _event_of_no_transfer,
+        _event_of_the_wrong_type,
     ],
     ids=lambda f: f.__name__.strip("_").replace("_", " "),
 )

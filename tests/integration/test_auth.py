@@ -150,6 +150,8 @@ MATRIX: list[tuple[str, str, Request, tuple[int, ...]]] = [
     # Lists answer every key its own share (tests/integration/test_listing.py says which).
     ("GET", "/transfers", at("/transfers"), (*UNAUTHENTICATED, 200, 200, 200)),
     ("GET", "/accounts", at("/accounts"), (*UNAUTHENTICATED, 200, 200, 200)),
+    # As the lists: each key its own events (tests/integration/test_events.py says which).
+    ("GET", "/events", at("/events"), (*UNAUTHENTICATED, 200, 200, 200)),
     # An operator key acts for no user.
     ("GET", "/users/me", at("/users/me"), (*UNAUTHENTICATED, 200, 200, 404)),
     ("POST", "/users", post_user, (*UNAUTHENTICATED, 403, 403, 201)),
