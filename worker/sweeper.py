@@ -6,10 +6,11 @@ actor is idempotent. A transfer waiting out a retry's backoff is left alone unti
 attempt is overdue by the grace period (its retry message was lost), and then sent within
 the retry budget it has left, which Postgres keeps. One connection.
 
-Each pass also drops the broker's dead-letter messages none of whose transfers is
-dead-lettered any more (`DeadLetterClearing`): retried or cancelled by an operator whose
-own clearing failed, or never marked because Postgres was down when their retries ran out
-(such a transfer is sent again by the sweep itself).
+Each pass also deletes the transfer events older than EVENT_RETENTION_DAYS, a small batch
+per transaction (`shared.events.retention`), and drops the broker's dead-letter messages
+none of whose transfers is dead-lettered any more (`DeadLetterClearing`): retried or
+cancelled by an operator whose own clearing failed, or never marked because Postgres was
+down when their retries ran out (such a transfer is sent again by the sweep itself).
 
 `settle sweeper` is a small supervisor (`shared.runtime.lifecycle.Supervisor`) over one
 forked sweeping process: a sweep that fails is logged and tried again at the next interval,
@@ -29,6 +30,7 @@ from psycopg_pool import ConnectionPool
 from shared.broker.base import SettleBroker
 from shared.db.budget import Plan
 from shared.db.pool import connection
+from shared.events import retention
 from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
 from shared.runtime import multiproc
@@ -95,6 +97,18 @@ class DeadLetterClearing:
         return dropped
 
 
+def expire_events(pool: ConnectionPool, settings: Settings, stop: StopRequest) -> int:
+    """Delete the events older than EVENT_RETENTION_DAYS, batch by batch, until none is due
+    or a stop is requested; return how many were deleted. Raises the pool's errors."""
+    deleted = 0
+    with connection(pool) as conn:
+        for batch in retention.expire(conn, days=settings.event_retention_days):
+            deleted += batch
+            if stop.is_set():
+                break
+    return deleted
+
+
 def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
     """Sweep every SWEEPER_INTERVAL_SECONDS until `stop` is set, on one leased connection;
     return the exit code (0)."""
@@ -117,6 +131,13 @@ def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
                 sent = sweep_once(pool, settings, broker)
                 if sent:
                     log.info("re-sent %d stale pending transfer(s)", sent)
+                expired = expire_events(pool, settings, stop)
+                if expired:
+                    log.info(
+                        "deleted %d event(s) older than %d days",
+                        expired,
+                        settings.event_retention_days,
+                    )
                 dropped = clearing(pool, broker)
                 if dropped:
                     log.info(
