@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.ab reads  TREE_A TREE_B [--rounds 4] [--seconds 5]
     .venv/bin/python -m bench.ab intake TREE_A TREE_B [--rounds 2] [--rate 300] [--seconds 15]
+    .venv/bin/python -m bench.ab settle TREE_A TREE_B [--rounds 4] [--transfers 10000]
 
 Each tree is a checkout of Settle (a worktree of main for A, say); its code runs with this
 environment's packages (PYTHONPATH=tree), so the trees must need the same dependencies.
@@ -9,12 +10,17 @@ environment's packages (PYTHONPATH=tree), so the trees must need the same depend
 GET /users/{id} (2,000 random ids, an operator key) in turn; req/s and the CPU time of each
 web's process tree per request, and the B/A ratios with their median. `intake`: web, worker
 and sweeper of one tree at a time, POST /transfers offered at `rate` for `seconds`, and
-accepted -> settled (created_at -> settled_at) p50/p99 from the database.
+accepted -> settled (created_at -> settled_at) p50/p99 from the database. `settle`: each
+tree on a database of its own, migrated by that tree's `settle migrate` (so a schema change
+is measured too), `transfers` pending transfers queued before its `settle worker` starts;
+transfers settled per second from the first to the last settlement (as `make bench`'s
+settlement section counts them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import statistics
@@ -25,11 +31,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from bench.harness import (
     SETTLE,
     bench_servers,
     bulk_accounts,
+    insert_pending,
     operator_headers,
     ready,
     wait_terminal,
@@ -168,18 +177,90 @@ def intake(trees: tuple[str, str], rounds: int, rate: float, seconds: float) -> 
     ratios("accepted -> settled p99", p99[0], p99[1])
 
 
+@contextmanager
+def tree_database(tree: str, server_url: str, name: str) -> Iterator[str]:
+    """A database named `name` on `server_url`'s server, migrated by `tree`'s own
+    `settle migrate`; dropped on exit."""
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(server_url, dbname=name)
+    try:
+        subprocess.run(
+            [str(SETTLE), "migrate"],
+            cwd=tree,
+            env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": tree},
+            check=True,
+            capture_output=True,
+        )
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def settle_round(tree: str, env: dict[str, str], logs: Path, url: str, ids: list[int]) -> float:
+    """One tree's `settle worker` draining `ids`, queued before it starts: transfers/s."""
+    from shared.runtime.settings import Settings
+    from worker import actors
+
+    broker = actors.install(Settings.from_env(env))
+    try:
+        broker.send_batches(ids)
+    finally:
+        broker.close()
+    with running(tree, ["worker"], env, logs):
+        wait_terminal(url, ids, timeout=300)
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'settled'),"
+            " extract(epoch FROM max(finished_at) - min(finished_at))"
+            " FROM transfers WHERE id = ANY(%s)",
+            (ids,),
+        ).fetchone()
+    assert row is not None and int(row[0]) == len(ids), row
+    return (len(ids) - 1) / float(row[1])
+
+
+def settlement(trees: tuple[str, str], rounds: int, transfers: int) -> None:
+    rates: list[list[float]] = [[], []]
+    rng = random.Random(8)
+    with contextlib.ExitStack() as stack:
+        server, name, redis_url = stack.enter_context(bench_servers())
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        urls = [stack.enter_context(tree_database(t, server, f"{name}_{'ab'[i]}"))
+                for i, t in enumerate(trees)]  # fmt: skip
+        accounts = []
+        for url in urls:
+            with psycopg.connect(url, autocommit=True) as conn:
+                accounts.append(bulk_accounts(conn, 2000, balance=10_000_000)[1])
+        for n in range(rounds):
+            for i in (0, 1) if n % 2 == 0 else (1, 0):
+                pairs = random_transfers(rng, accounts[i], transfers)
+                with psycopg.connect(urls[i], autocommit=True) as conn:
+                    ids = insert_pending(conn, pairs, tag=f"ab-{n}-{i}")
+                env = service_env(urls[i], f"{name}-{n}-{i}", redis_url)
+                rates[i].append(settle_round(trees[i], env, Path(tmp), urls[i], ids))
+                print(f"round {n} {'AB'[i]}: {rates[i][-1]:7.0f} transfers/s", flush=True)
+    ratios("settlement transfers/s", rates[0], rates[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
-    parser.add_argument("what", choices=["reads", "intake"])
+    parser.add_argument("what", choices=["reads", "intake", "settle"])
     parser.add_argument("tree_a")
     parser.add_argument("tree_b")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--rate", type=float, default=300.0)
+    parser.add_argument("--transfers", type=int, default=10_000)
     args = parser.parse_args()
     trees = (str(Path(args.tree_a).resolve()), str(Path(args.tree_b).resolve()))
     if args.what == "reads":
         reads(trees, args.rounds or 4, args.seconds or 5.0)
+    elif args.what == "settle":
+        settlement(trees, args.rounds or 4, args.transfers)
     else:
         intake(trees, args.rounds or 2, args.rate, args.seconds or 15.0)
 
