@@ -144,9 +144,10 @@ class Banner:
             f"  curl -s {alice} {base}/accounts",
             f"  curl -s {alice} -X POST {base}/transfers -H 'Content-Type: application/json'"
             f" -H 'Idempotency-Key: demo-1' -d '{body}'",
-            f"  curl -s {alice} {base}/transfers/<id from the answer above>",
+            f"  curl -s {alice} -H 'Prefer: wait=30' {base}/transfers/<id from the answer above>",
             # -g: the brackets are the API's, not one of curl's URL patterns.
             f"  curl -s -g {alice} '{base}/transfers?limit=10&metadata[order_id]=demo-1'",
+            f"  curl -s {alice} '{base}/events?limit=10'",
             f"  curl -s {operator} {base}/accounts/{demo.bob_account_id}",
             f"  curl -s {operator} {base}/metrics",
             f"  curl -s {base}/openapi.json",

@@ -117,7 +117,7 @@ class Page:
 
 
 def render(row: Mapping[str, Any]) -> Row:
-    """An event row of `_select` as the API answers it."""
+    """An event row of `events_sql` as the API answers it."""
     return {
         "id": row["event_id"],
         "type": row["event_type"],
@@ -179,22 +179,6 @@ def events_sql(query: EventQuery, accounts: Sequence[int] | None) -> sql.Compose
     ).format(_COLUMNS, _ids_sql(query, accounts))
 
 
-def _accounts(conn: psycopg.Connection, by: Principal) -> list[int] | None:
-    """The accounts whose transfers' events `by` sees (None: all)."""
-    if by.user_id is None:
-        return None
-    rows = conn.execute(
-        "SELECT id FROM accounts WHERE user_id = %s ORDER BY id", (by.user_id,)
-    ).fetchall()
-    return [int(row[0]) for row in rows]
-
-
-def deleted_through(conn: psycopg.Connection) -> int:
-    """The id up to which retention deleted every event (0: none deleted)."""
-    row = conn.execute("SELECT deleted_through FROM transfer_event_retention").fetchone()
-    return int(row[0]) if row else 0
-
-
 def read_page(
     conn: psycopg.Connection, query: EventQuery, *, by: Principal, retention_days: int
 ) -> Page:
@@ -202,7 +186,19 @@ def read_page(
 
     Raises `CursorExpired` when events after `query.after` were deleted by retention
     (kept `retention_days` days). Without `after`, reads from the oldest event kept."""
-    gone = deleted_through(conn)
+    # One round trip for what the page depends on: the retention mark, the horizon (computed
+    # before the events are read, in a later statement and so a later snapshot) and, for a
+    # user's key, its user's accounts.
+    row = conn.execute(
+        "SELECT r.deleted_through, transfer_events_horizon(),"
+        " (SELECT coalesce(array_agg(a.id ORDER BY a.id), '{}') FROM accounts a"
+        "   WHERE a.user_id = %s)"
+        " FROM transfer_event_retention r",
+        (by.user_id,),
+    ).fetchone()
+    assert row is not None
+    gone, upto = int(row[0]), int(row[1] or 0)
+    accounts: list[int] | None = None if by.user_id is None else [int(a) for a in row[2]]
     after = gone if query.after is None else query.after
     if after < gone:
         raise CursorExpired(
@@ -210,9 +206,6 @@ def read_page(
             f" {retention_days} days; those up to {gone} were deleted): read the current state"
             f" of the transfers you follow with GET /transfers, then continue with after={gone}"
         )
-    # The horizon first, then the events, in a later statement and so a later snapshot.
-    upto = horizon(conn)
-    accounts = _accounts(conn, by)
     if accounts == [] or after >= upto:
         return Page([], max(after, upto), False, upto)
     params = {

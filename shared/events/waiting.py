@@ -8,13 +8,9 @@ EVENT_WAITERS requests wait at once in a process (each holds a waitress thread):
 that, and once the watch is closed (the process is stopping), a request is answered at once
 with what exists.
 
-Why the watch reads rather than listens: LISTEN/NOTIFY would need a NOTIFY in each
-transaction that writes an event, and Postgres serializes the commits of all transactions
-that notify (across the whole server) under one lock held through the commit's flush. On this
-project's machine that lock cut single-row inserts from 4,400 to 1,900 per second (pgbench,
-8 clients); every POST /transfers and every settlement would pay it. One small read per poll
-interval per waiting process costs nothing comparable, needs no session of its own (so it
-works through PgBouncer in transaction mode) and wakes a waiter within one interval.
+The watch reads rather than LISTENs: NOTIFY in every transaction that writes an event would
+serialize their commits under one server-wide lock, and a read needs no session of its own,
+so it works through PgBouncer in transaction mode (docs/decisions/event-horizon.md).
 
 `read_events` and `read_transfer` are the two long-polls; both take the pool and raise what
 `shared.db.pool.connection` and the use cases raise.

@@ -1,5 +1,5 @@
 """The lines `settle run` prints for a newcomer: the amount they send reads in its currency,
-the lists they can try are there, and passwords are not."""
+the lists and the waits they can try are there, and passwords are not."""
 
 from __future__ import annotations
 
@@ -20,8 +20,14 @@ def test_the_banner_says_what_its_amount_is_in_the_demo_currency_and_offers_the_
     text = banner()
     assert "1250 is 12.50 EUR" in text
     assert '"amount": 1250' in text and '"metadata": {"order_id": "demo-1"}' in text
-    for path in ("/users/me", "/accounts", "/transfers?limit=10&metadata[order_id]=demo-1"):
+    for path in (
+        "/users/me",
+        "/accounts",
+        "/transfers?limit=10&metadata[order_id]=demo-1",
+        "/events?limit=10",
+    ):
         assert f"http://127.0.0.1:5000{path}" in text
+    assert "-H 'Prefer: wait=30' http://127.0.0.1:5000/transfers/" in text
 
 
 def test_the_banner_names_the_database_and_the_broker_with_their_passwords_hidden() -> None:
