@@ -62,7 +62,10 @@ class Status:
         dead = [c["dead"] for c in self.queues.values() if "dead" in c]
         out.append(dead_letters.count_line(self.transfers.dead_lettered, sum(dead)))
         out.append(f"being retried: {self.retrying_text()}")
-        alive = ", ".join(f"{self.leases.processes.get(role, 0)} {role}" for role in ROLES)
+        # An event watch is a connection of a web process, not a process of its own.
+        alive = ", ".join(
+            f"{self.leases.processes.get(role, 0)} {role}" for role in ROLES if role != "events"
+        )
         out.append(f"processes alive (live leases): {alive}")
         header = ("connections", "plan", "leased", "in use")
         rows = [header]
