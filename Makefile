@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint install lock bench bench-tools clean
+.PHONY: run test lint install lock bench bench-tools clean docs-settings
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Settle needs Python 3.11 or newer; set PYTHON=python3.11 or similar")'
@@ -30,6 +30,11 @@ lint: install
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# docs/configuration.md's settings table, written from the declarations in
+# shared/config/settings.py (a unit test fails while the two disagree).
+docs-settings: install
+	$(BIN)/python -m shared.config --write docs/configuration.md
 
 # The benchmark suite (a few minutes; BENCH_QUICK=1 for a smoke pass), never part of `test`.
 # It needs wrk, pgbench and node besides Python: missing ones are installed with apt-get.

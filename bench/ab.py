@@ -202,7 +202,7 @@ def tree_database(tree: str, server_url: str, name: str) -> Iterator[str]:
 
 def settle_round(tree: str, env: dict[str, str], logs: Path, url: str, ids: list[int]) -> float:
     """One tree's `settle worker` draining `ids`, queued before it starts: transfers/s."""
-    from shared.runtime.settings import Settings
+    from shared.config import Settings
     from worker import actors
 
     broker = actors.install(Settings.from_env(env))

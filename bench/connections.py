@@ -28,10 +28,10 @@ from bench.harness import (
     wait_terminal,
     wait_until,
 )
+from shared.config import Settings
 from shared.db.activity import Sampler
 from shared.db.budget import Capacity, make_plan
 from shared.runtime.embedded import free_port
-from shared.runtime.settings import Settings
 
 
 @dataclass

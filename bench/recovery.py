@@ -40,10 +40,10 @@ import redis
 
 from bench.harness import bench_servers
 from shared.broker.sending import sender as sender_for
+from shared.config import Settings
 from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_vhost
 from worker.actors import create_broker
 

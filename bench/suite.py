@@ -55,9 +55,9 @@ from bench.harness import (
 )
 from bench.load import Offered, Wrk, libpq_env, offer_transfers, pgbench, require, wrk
 from bench.memory import RssSampler, cpu_seconds
+from shared.config import Settings
 from shared.db.budget import capacity, make_plan
 from shared.runtime.embedded import free_port
-from shared.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT / "bench" / "peers" / "express"

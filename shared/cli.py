@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psycopg
 
+from shared.config import Settings
 from shared.db.migrate import migrate, session_defaults
 from shared.db.pool import connect_once, redact
 from shared.errors import first_line
@@ -37,7 +38,6 @@ from shared.runtime.lifecycle import (
     plan_or_exit,
     stop_signals,
 )
-from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle")
 

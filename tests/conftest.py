@@ -29,9 +29,9 @@ import redis
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.ledger.audit import find_violations
 from shared.runtime.embedded import Embedded, start_embedded
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database, scratch_vhost
 from tests.pgbouncer import PgBouncer, running_pgbouncer
 

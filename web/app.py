@@ -18,11 +18,11 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
+from shared.config import Settings
 from shared.errors import SettleError
 from shared.events.waiting import EventWatch
 from shared.ledger.auth import PrincipalCache
 from shared.runtime.metrics import OverviewCollector
-from shared.runtime.settings import Settings
 from web import errors, openapi, resources
 from web.auth import RequireApiKey
 from web.dashboard import add_dashboard

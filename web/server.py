@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from shared.config import Settings
 from shared.db.budget import Plan
 from shared.errors import Overloaded
 from shared.events.waiting import EventWatch
@@ -45,7 +46,6 @@ from shared.runtime.lifecycle import (
     takes_no_arguments,
     wait_for_boot,
 )
-from shared.runtime.settings import Settings
 from web.waitress_adapter import WaitressServer, WSGIApp
 
 log = logging.getLogger("settle.web")

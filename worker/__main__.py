@@ -18,6 +18,7 @@ import os
 import sys
 
 from shared.broker.messages import TRANSFER_QUEUE
+from shared.config import Settings
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
     configure_logging,
@@ -28,7 +29,6 @@ from shared.runtime.lifecycle import (
     takes_no_arguments,
     wait_for_boot,
 )
-from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.worker")
 

@@ -33,9 +33,9 @@ from shared.broker.messages import (
     TRANSFER_QUEUE,
     chunks,
 )
+from shared.config import Settings
 from shared.db.pool import connection
 from shared.ledger import operations as ledger
-from shared.runtime.settings import Settings
 from worker.metrics import SETTLE_LATENCY, TRANSFER_RETRIES, Telemetry, count_finished
 from worker.middleware import (
     DeadLetterMarks,

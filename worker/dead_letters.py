@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 import psycopg
 
 from shared.broker.base import SettleBroker
+from shared.config import Settings
 from shared.db.pool import connect_once
 from shared.errors import BrokerUnavailable, InvalidRequest, first_line
 from shared.ledger import attention, dead_letters, operator_actions
@@ -32,7 +33,6 @@ from shared.ledger.attention import TransferFilter
 from shared.ledger.auth import SYSTEM
 from shared.ledger.currencies import format_amount
 from shared.runtime.lifecycle import load_settings
-from shared.runtime.settings import Settings
 from worker import actors
 
 log = logging.getLogger("settle.dead_letters")

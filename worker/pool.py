@@ -19,6 +19,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.db.budget import BudgetExceeded
 from shared.errors import DependencyDown
 from shared.runtime.lifecycle import (
@@ -29,7 +30,6 @@ from shared.runtime.lifecycle import (
     make_plan_for,
     stop_signals,
 )
-from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ import time
 from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
+from shared.config import Settings
 from shared.db.budget import Plan
 from shared.db.pool import connection
 from shared.events import retention
@@ -45,7 +46,6 @@ from shared.runtime.lifecycle import (
     takes_no_arguments,
     wait_for_boot,
 )
-from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.sweeper")
 

@@ -7,8 +7,7 @@
   `shared.errors.BrokerUnavailable`;
 - `redis_broker`, `rabbitmq_broker`: the interface on dramatiq's Redis and RabbitMQ brokers,
   with what each needs of dramatiq's internals and of its client;
-- `urls`: which broker a URL names;
-- `factory`: the broker a URL names, built, and the boot check;
+- `factory`: the broker a URL names (`shared.config.brokers`), built, and the boot check;
 - `sending`: web's grouping sender.
 
 The worker's actors and its dramatiq middleware live in `worker/`; they are declared on, and

@@ -8,7 +8,7 @@ from dramatiq.middleware import Middleware
 
 from shared.broker import rabbitmq_broker, redis_broker
 from shared.broker.base import SettleBroker
-from shared.broker.urls import TITLES, broker_name
+from shared.config.brokers import TITLES, broker_name
 from shared.db.pool import redact
 from shared.errors import BrokerUnavailable, DependencyDown, first_line
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from shared.config.settings import PGBOUNCER_CLIENT_LIMIT, PGBOUNCER_POOL_SIZE, Settings
 from shared.db.pool import connect_once
 from shared.errors import SettleError
-from shared.runtime.settings import PGBOUNCER_CLIENT_LIMIT, PGBOUNCER_POOL_SIZE, Settings
 
 
 class BudgetExceeded(SettleError):

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from shared.config import Settings
 from shared.db.pool import application_name, connect_once
 from shared.db.psycopg_pool_adapter import ElasticPool
-from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
+from shared.config import Settings
 from shared.db.pool import pool_timeouts
-from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

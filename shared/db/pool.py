@@ -18,9 +18,9 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from shared.config import Settings
 from shared.db.psycopg_pool_adapter import ElasticPool
 from shared.errors import DatabaseBusy, DatabaseUnavailable, DependencyDown, first_line
-from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import secrets
 
 import psycopg
 
+from shared.config import Settings
 from shared.db.pool import redact
 from shared.errors import DependencyDown, PoolerUndeclared, first_line
-from shared.runtime.settings import Settings
 
 #: Rounds of the probe: each needs another client to slip in at exactly the wrong moment to
 #: miss a pooler.

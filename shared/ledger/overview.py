@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg.rows import dict_row
 
+from shared.config import Settings
 from shared.db import Row
 from shared.db.activity import ROLES, connections_by_role
 from shared.db.budget import BudgetExceeded, Capacity, capacity_on, make_plan
-from shared.runtime.settings import Settings
 
 
 def last_hour(conn: psycopg.Connection, *, since: datetime.datetime | None = None) -> list[Row]:

@@ -45,13 +45,13 @@ from typing import NoReturn
 import psycopg
 
 from shared.broker.factory import check_broker
+from shared.config import Settings
 from shared.db.budget import BudgetExceeded, Plan, capacity, make_plan
 from shared.db.leases import LeaseKeeper
 from shared.db.pool import ElasticPool, application_name, check_postgres, create_pool
 from shared.db.pooler import check_pooler
 from shared.errors import DependencyDown, InvalidSetting, PoolerUndeclared, first_line
 from shared.runtime import logs
-from shared.runtime.settings import Settings
 
 log = logging.getLogger("settle.runtime")
 

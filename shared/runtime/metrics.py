@@ -44,13 +44,13 @@ from prometheus_client.registry import Collector
 
 from shared.broker.base import QueueCounts
 from shared.broker.messages import TRANSFER_QUEUE
+from shared.config import Settings
 from shared.db.budget import BudgetExceeded, capacity_on, make_plan
 from shared.db.pool import connection
 from shared.errors import BrokerUnavailable, SettleError
 from shared.ledger import vitals
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import on_restart, on_unreachable
-from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

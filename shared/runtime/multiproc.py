@@ -27,7 +27,7 @@ import os
 import re
 import sys
 
-from shared.runtime.settings import Settings
+from shared.config import Settings
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PID = re.compile(r"_(\d+)\.db$")

@@ -18,10 +18,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from shared.broker.base import STATES, QueueCounts
 from shared.broker.messages import TRANSFER_QUEUE
+from shared.config import Settings
 from shared.db.activity import ROLES, connections_by_role
 from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_on, make_plan
 from shared.ledger import dead_letters, vitals
-from shared.runtime.settings import Settings
 
 QUEUES = (TRANSFER_QUEUE,)
 

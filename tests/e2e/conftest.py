@@ -11,8 +11,8 @@ import pytest
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
+from shared.config import Settings
 from shared.ledger import auth
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.e2e.processes import Process, process_env, report, start, wait_until_ready
 from tests.pgbouncer import PgBouncer, pooled_env

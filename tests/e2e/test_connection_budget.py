@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
+from shared.config import Settings
 from shared.db.activity import Sampler, connections_by_role
 from shared.db.budget import Capacity, Plan, make_plan
-from shared.runtime.settings import Settings
 from tests.e2e.api import Client
 from tests.e2e.conftest import Service
 from tests.e2e.processes import wait_until

@@ -24,9 +24,9 @@ import pytest
 import redis
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from shared.config import Settings
 from shared.db.budget import Capacity, make_plan
 from shared.ledger import auth
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.e2e.processes import ROOT, SETTLE, Process, process_env, report
 from tests.faults.load import Load, accounts_with_money, random_plan

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
+from shared.config import Settings
 from shared.ledger.audit import find_violations
-from shared.runtime.settings import Settings
 from tests.e2e.api import Client
 from tests.e2e.conftest import PooledService, Service
 from tests.e2e.processes import wait_until

@@ -11,10 +11,10 @@ import uuid
 import psycopg
 import pytest
 
+from shared.config import Settings
 from shared.db.activity import connections_by_role
 from shared.db.budget import capacity as budget_capacity
 from shared.db.budget import make_plan
-from shared.runtime.settings import Settings
 from tests.e2e.api import Client
 from tests.e2e.conftest import Service
 from tests.helpers import make_account, wait_until

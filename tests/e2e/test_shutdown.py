@@ -13,8 +13,8 @@ from collections import Counter
 import psycopg
 import pytest
 
+from shared.config import Settings
 from shared.db.pool import application_name
-from shared.runtime.settings import Settings
 from tests.e2e.api import Answer, Client
 from tests.e2e.conftest import Service
 from tests.e2e.processes import wait_until

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 import redis
 
-from shared.broker.urls import broker_name
+from shared.config import Settings
+from shared.config.brokers import broker_name
 from shared.ledger import auth
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.e2e.conftest import Service
 from tests.e2e.processes import process_env, report, wait_until

@@ -11,7 +11,7 @@ import dramatiq
 import psycopg
 import pytest
 
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from tests.faults.conftest import Faults, FaultsFactory
 from tests.faults.load import accounts_with_money, random_plan
 from tests.helpers import join_queue, submit

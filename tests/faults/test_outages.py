@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from shared.testing.scratch import scratch_database
 from tests.e2e.processes import Process, wait_until
 from tests.faults.conftest import Faults, FaultsFactory

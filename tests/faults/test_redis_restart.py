@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from tests.e2e.processes import wait_until
 from tests.faults.conftest import FaultsFactory
 from tests.faults.load import Load, accounts_with_money, random_plan

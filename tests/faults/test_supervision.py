@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from tests.e2e.processes import descendants, http_status
 from tests.faults.conftest import Faults, FaultsFactory
 from tests.faults.load import HealthSampler, Load, accounts_with_money, random_plan

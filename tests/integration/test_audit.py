@@ -13,10 +13,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from shared.config import Settings
 from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
 from shared.ledger.audit import audit, find_violations
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.helpers import fund, make_account, submit
 from tests.scratch import settle

@@ -16,8 +16,8 @@ import pytest
 from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.ledger import auth
-from shared.runtime.settings import Settings
 from tests.contract import documented
 from tests.helpers import (
     CountingInput,

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from falcon.testing import TestClient
 
+from shared.config import Settings
 from shared.ledger.commands import MAX_DEPTH
 from shared.ledger.money import BIGINT_MAX, MAX_AMOUNT
-from shared.runtime.settings import Settings
 from tests.helpers import (
     CountingInput,
     fund,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.config import Settings
 from shared.errors import InvalidSetting
-from shared.runtime.settings import Settings
 from tests.e2e.processes import start
 from tests.scratch import settle
 

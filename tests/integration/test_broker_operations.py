@@ -15,9 +15,9 @@ from psycopg_pool import ConnectionPool
 from shared.broker.base import SettleBroker
 from shared.broker.messages import TRANSFER_QUEUE
 from shared.broker.redis_broker import SettleRedisBroker
-from shared.broker.urls import broker_name
+from shared.config import Settings
+from shared.config.brokers import broker_name
 from shared.errors import BrokerUnavailable
-from shared.runtime.settings import Settings
 from tests.helpers import wait_until
 from tests.scratch import settle
 from web.app import create_app

@@ -20,9 +20,9 @@ from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
 from shared.broker.sending import sender
-from shared.broker.urls import broker_name
+from shared.config import Settings
+from shared.config.brokers import broker_name
 from shared.ledger import auth
-from shared.runtime.settings import Settings
 from tests.dashboard import Browser, dead_lettered
 from tests.helpers import transfer_row
 

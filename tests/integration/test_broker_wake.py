@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.broker.redis_broker import WAKE_TOKENS, SettleRedisBroker, wake_key
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from worker.actors import create_broker, settle_transfer
 
 #: A back-off no test waits out: a consumer that returns was woken.

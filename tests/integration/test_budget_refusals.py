@@ -11,8 +11,8 @@ from pathlib import Path
 import dramatiq
 import pytest
 
+from shared.config import Settings
 from shared.runtime.embedded import free_port
-from shared.runtime.settings import Settings
 from worker.pool import LendConnections
 
 SETTLE = Path(sys.executable).with_name("settle")

@@ -16,8 +16,8 @@ from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
+from shared.config import Settings
 from shared.ledger import auth
-from shared.runtime.settings import Settings
 from tests.dashboard import COOKIE, Browser, dead_lettered, log_in, many_dead_lettered
 from tests.helpers import make_user, row_counts, transfer_row
 

@@ -17,8 +17,8 @@ import redis
 from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.errors import BrokerUnavailable
-from shared.runtime.settings import Settings
 from tests.dashboard import COOKIE, Browser, dead_lettered
 from tests.helpers import transfer_row
 from tests.integration.test_dashboard import dash, keys, sent_ids  # noqa: F401 (fixtures)

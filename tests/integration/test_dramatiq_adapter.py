@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from shared.broker.redis_broker import _BEAT, SettleRedisBroker
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from tests.helpers import wait_until
 
 QUEUE = "adapter-check"

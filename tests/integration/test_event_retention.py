@@ -12,13 +12,13 @@ import pytest
 from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.events import retention
 from shared.ledger import auth
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
 from shared.runtime.lifecycle import StopRequest
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.contract import Recorder
 from tests.helpers import fund, make_account, submit

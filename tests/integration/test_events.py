@@ -18,6 +18,7 @@ import pytest
 from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.events import feed
 from shared.ledger import auth, dead_letters, operator_actions
@@ -25,7 +26,6 @@ from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewTransfer
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.contract import Recorder
 from tests.helpers import fund, make_account, make_user, submit

@@ -21,13 +21,13 @@ import psycopg
 import pytest
 import schemathesis
 
+from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.ledger import auth
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from web.app import create_app
 from web.openapi import DOCUMENT

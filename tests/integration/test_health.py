@@ -11,8 +11,8 @@ import redis
 from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.db.pool import create_pool
-from shared.runtime.settings import Settings
 from web.app import create_app
 
 #: Nothing listens on TCP port 1 here: connecting is refused at once.

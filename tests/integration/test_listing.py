@@ -19,6 +19,7 @@ import pytest
 from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.ledger import auth, listing
 from shared.ledger import operations as ledger
@@ -26,7 +27,6 @@ from shared.ledger.audit import find_violations
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewTransfer
 from shared.ledger.paging import encode_cursor
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.contract import Recorder
 from tests.helpers import make_account, make_user, row_counts

@@ -19,9 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from shared.config import Settings
 from shared.ledger import listing
 from shared.ledger.paging import encode_cursor, microseconds
-from shared.runtime.settings import Settings
 from shared.testing.bulk import Bulk, load
 from shared.testing.scratch import scratch_database
 

@@ -18,11 +18,11 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
+from shared.config import Settings
 from shared.ledger import dead_letters, operator_actions
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
 from shared.ledger.auth import SYSTEM
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.helpers import fund, make_account, submit, wait_until
 

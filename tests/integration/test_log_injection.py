@@ -10,9 +10,9 @@ import logging
 import falcon.testing
 import pytest
 
+from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.runtime import logs
-from shared.runtime.settings import Settings
 from web.app import create_app
 
 FORGED = "2024-01-01 00:00:00,000 web[1] INFO web.dashboard.pages: dashboard: key 1 logged in"

@@ -23,12 +23,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.events.waiting import EventWatch
 from shared.ledger import auth
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.helpers import make_account, make_user, submit, wait_until
 from tests.pgbouncer import PgBouncer, pooled_env

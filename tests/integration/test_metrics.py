@@ -18,11 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.broker.redis_broker import SettleRedisBroker
+from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.ledger import auth, dead_letters
 from shared.runtime import logs
 from shared.runtime.metrics import ROLES, PoolStats, QueueDepth
-from shared.runtime.settings import Settings
 from tests.contract import Recorder
 from tests.helpers import make_account, make_user, submit
 from web.app import create_app

@@ -16,7 +16,7 @@ from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
 from shared import errors
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from tests import contract
 from web.app import create_app
 from web.errors import STATUS, status_of

@@ -15,10 +15,10 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from shared.config import Settings
 from shared.db.pool import connect_once, create_pool
 from shared.db.pooler import check_pooler, transaction_pooled
 from shared.errors import PoolerUndeclared
-from shared.runtime.settings import Settings
 from tests.pgbouncer import CLIENT_LIMIT, POOL_SIZE, PgBouncer, pooled_env, running_pgbouncer
 from tests.scratch import settle
 

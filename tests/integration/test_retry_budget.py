@@ -23,9 +23,9 @@ from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
 from shared.broker.redis_broker import SettleRedisBroker
+from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.ledger.audit import find_violations
-from shared.runtime.settings import Settings
 from shared.testing.scratch import scratch_database
 from tests.helpers import (
     fund,

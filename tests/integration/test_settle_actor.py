@@ -16,8 +16,8 @@ import pytest
 from dramatiq.middleware import Middleware, TimeLimit
 
 from shared.broker.messages import transfer_ids
+from shared.config import Settings
 from shared.ledger import operations as ledger
-from shared.runtime.settings import Settings
 from tests.helpers import (
     balance,
     entry_amounts,

@@ -10,8 +10,8 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.broker.messages import TRANSFER_QUEUE
+from shared.config import Settings
 from shared.db.pool import create_pool
-from shared.runtime.settings import Settings
 from tests.helpers import (
     entry_amounts,
     fund,

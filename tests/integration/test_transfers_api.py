@@ -11,8 +11,8 @@ import pytest
 from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.ledger import operations as ledger
-from shared.runtime.settings import Settings
 from tests.helpers import balance, fund, make_account, new_key, row_counts, submit
 
 TRANSFER_FIELDS = {

@@ -131,8 +131,8 @@ def test_a_key_cannot_be_trusted_longer_than_the_revocation_contract(ttl: float)
 
 @pytest.mark.parametrize("raw", ["-1", "1.5", "soon"])
 def test_api_key_cache_seconds_outside_zero_to_one_is_a_bad_setting(raw: str) -> None:
+    from shared.config import Settings
     from shared.errors import InvalidSetting
-    from shared.runtime.settings import Settings
 
     with pytest.raises(InvalidSetting, match="API_KEY_CACHE_SECONDS"):
         Settings.from_env({"API_KEY_CACHE_SECONDS": raw})

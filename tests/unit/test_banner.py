@@ -4,8 +4,8 @@ the lists and the waits they can try are there, and passwords are not."""
 from __future__ import annotations
 
 from shared.cli import Banner
+from shared.config import Settings
 from shared.ledger.seed import Demo, DemoKeys
-from shared.runtime.settings import Settings
 
 
 def banner(**env: str) -> str:

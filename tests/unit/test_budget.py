@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.config import Settings
 from shared.db.budget import (
     BudgetExceeded,
     Capacity,
@@ -10,7 +11,6 @@ from shared.db.budget import (
     make_plan,
 )
 from shared.db.pool import connect_kwargs
-from shared.runtime.settings import Settings
 
 
 def plan_for(available: int, **env: str):

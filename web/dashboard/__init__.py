@@ -10,7 +10,7 @@ import falcon
 from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from web.dashboard import api, pages
 from web.dashboard.access import Access
 from web.dashboard.actions import BrokerCalls, Enqueue

@@ -17,12 +17,12 @@ import falcon
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.db.pool import connection
 from shared.errors import ApiKeyMissing, CsrfRefused
 from shared.ledger import auth, sessions
 from shared.ledger.auth import Principal
 from shared.ledger.sessions import Session
-from shared.runtime.settings import Settings
 from web.auth import bearer_key
 
 COOKIE = "settle_dashboard"

@@ -15,11 +15,11 @@ from psycopg_pool import ConnectionPool
 
 from shared.broker.base import SettleBroker
 from shared.broker.messages import TRANSFER_QUEUE
+from shared.config import Settings
 from shared.db import Row
 from shared.db.pool import connection
 from shared.errors import BrokerUnavailable
 from shared.ledger import dead_letters, overview, vitals
-from shared.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

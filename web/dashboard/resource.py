@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from psycopg_pool import ConnectionPool
 
-from shared.runtime.settings import Settings
+from shared.config import Settings
 from web.dashboard.access import Access
 from web.dashboard.actions import BrokerCalls
 from web.dashboard.data import OverviewSource
