@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.ab reads  TREE_A TREE_B [--rounds 4] [--seconds 5]
     .venv/bin/python -m bench.ab intake TREE_A TREE_B [--rounds 2] [--rate 300] [--seconds 15]
     .venv/bin/python -m bench.ab settle TREE_A TREE_B [--rounds 4] [--transfers 10000]
+    .venv/bin/python -m bench.ab saturation TREE_A TREE_B [--rounds 4] [--seconds 15]
 
 Each tree is a checkout of Settle (a worktree of main for A, say); its code runs with this
 environment's packages (PYTHONPATH=tree), so the trees must need the same dependencies.
@@ -14,7 +15,10 @@ accepted -> settled (created_at -> settled_at) p50/p99 from the database. `settl
 tree on a database of its own, migrated by that tree's `settle migrate` (so a schema change
 is measured too), `transfers` pending transfers queued before its `settle worker` starts;
 transfers settled per second from the first to the last settlement (as `make bench`'s
-settlement section counts them).
+settlement section counts them). `saturation`: web, worker and sweeper of one tree at a time
+under `make bench`'s closed-loop burst (`bench.saturation`: wrk -c32 POSTing transfers as fast
+as they are answered): accepted/s, settled/s during the burst against accepted/s, accepted ->
+settled p99, the CPU time per transfer of web and worker.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from bench import saturation as bench_saturation
 from bench.harness import (
     SETTLE,
     bench_servers,
@@ -114,6 +119,22 @@ def reads(trees: tuple[str, str], rounds: int, seconds: float) -> None:
     ratios("CPU ms/request", cpu[0], cpu[1])
 
 
+@contextmanager
+def serving(tree: str, env: dict[str, str], logs: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`tree`'s web, worker and sweeper, once web is ready and the worker consumes."""
+    port = int(env["PORT"])
+    log = logs / f"{Path(tree).name}-worker.log"
+    booted = log.read_text().count("ready for action") if log.exists() else 0
+    with running(tree, ["web", "worker", "sweeper"], env, logs) as procs:
+        wait_until(lambda: ready(port), timeout=60, what="web is ready")
+        wait_until(
+            lambda: log.read_text().count("ready for action") >= booted + 2,
+            timeout=60,
+            what="the worker is ready",
+        )
+        yield procs
+
+
 def intake_round(
     tree: str,
     env: dict[str, str],
@@ -126,15 +147,7 @@ def intake_round(
 ) -> tuple[float, float, str]:
     """One tree's web, worker and sweeper under the offered load: (p50, p99, a summary)."""
     port = int(env["PORT"])
-    log = logs / f"{Path(tree).name}-worker.log"
-    booted = log.read_text().count("ready for action") if log.exists() else 0
-    with running(tree, ["web", "worker", "sweeper"], env, logs) as procs:
-        wait_until(lambda: ready(port), timeout=60, what="web is ready")
-        wait_until(
-            lambda: log.read_text().count("ready for action") >= booted + 2,
-            timeout=60,
-            what="the worker is ready",
-        )
+    with serving(tree, env, logs) as procs:
         offered = offer_transfers(port, headers, lambda k: pairs[k], rate=rate, seconds=seconds)
         wait_terminal(url, offered.accepted, timeout=120)
         assert all(p.poll() is None for p in procs)
@@ -175,6 +188,48 @@ def intake(trees: tuple[str, str], rounds: int, rate: float, seconds: float) -> 
                     flush=True,
                 )
     ratios("accepted -> settled p99", p99[0], p99[1])
+
+
+def saturation(trees: tuple[str, str], rounds: int, seconds: float) -> None:
+    figures = ("accepted_per_s", "settled_per_s", "settled_vs_accepted", "settle_p99_ms")
+    got: list[dict[str, list[float]]] = [{f: [] for f in figures} for _ in trees]
+    cpu: list[list[float]] = [[], []]
+    with (
+        bench_servers() as (url, name, redis_url),
+        tempfile.TemporaryDirectory() as tmp,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        _, accounts = bulk_accounts(conn, 2000, balance=10_000_000)
+        key = operator_headers(conn)["Authorization"].removeprefix("Bearer ")
+        for n in range(rounds):
+            for i in (0, 1) if n % 2 == 0 else (1, 0):
+                env = service_env(url, f"{name}-{n}-{i}", redis_url)
+                with serving(trees[i], env, Path(tmp)) as (web, worker, _):
+                    b = bench_saturation.burst(
+                        port=int(env["PORT"]),
+                        key=key,
+                        conn=conn,
+                        accounts=accounts,
+                        seconds=seconds,
+                        pids={"web": web.pid, "worker": worker.pid},
+                    )
+                for f in figures:
+                    got[i][f].append(b[f])
+                cpu[i].append(sum(b["cpu_ms_per_transfer"].values()))
+                print(
+                    f"round {n} {'AB'[i]}: accepted {b['accepted_per_s']:.0f}/s (refused"
+                    f" {b['refused'] or 'none'}), settled during the burst"
+                    f" {b['settled_per_s']:.0f}/s ({b['settled_vs_accepted']:.2f}x),"
+                    f" accepted -> settled p50 {b['settle_p50_ms']:.0f} p99"
+                    f" {b['settle_p99_ms']:.0f} ms, last settlement"
+                    f" {b['last_settled_after_last_accepted_s']:.2f} s after the last POST,"
+                    " CPU ms/transfer "
+                    + ", ".join(f"{r} {v:.2f}" for r, v in b["cpu_ms_per_transfer"].items()),
+                    flush=True,
+                )
+    for f in figures:
+        ratios(f, got[0][f], got[1][f])
+    ratios("web + worker CPU ms per transfer", cpu[0], cpu[1])
 
 
 @contextmanager
@@ -248,7 +303,7 @@ def settlement(trees: tuple[str, str], rounds: int, transfers: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
-    parser.add_argument("what", choices=["reads", "intake", "settle"])
+    parser.add_argument("what", choices=["reads", "intake", "settle", "saturation"])
     parser.add_argument("tree_a")
     parser.add_argument("tree_b")
     parser.add_argument("--rounds", type=int, default=None)
@@ -261,6 +316,8 @@ def main() -> None:
         reads(trees, args.rounds or 4, args.seconds or 5.0)
     elif args.what == "settle":
         settlement(trees, args.rounds or 4, args.transfers)
+    elif args.what == "saturation":
+        saturation(trees, args.rounds or 4, args.seconds or 15.0)
     else:
         intake(trees, args.rounds or 2, args.rate, args.seconds or 15.0)
 

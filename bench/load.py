@@ -18,6 +18,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "reads.lua"
+WRK_TRANSFERS = Path(__file__).resolve().parent / "wrk" / "transfers.lua"
 
 
 def require(tool: str, package: str) -> str:
@@ -39,6 +40,7 @@ class Wrk:
     requests: int
     non_2xx: int
     socket_errors: int
+    statuses: dict[int, int] = field(default_factory=dict)  # answers by status (POST script)
 
 
 def wrk(port: int, prefix: str, ids: tuple[int, int], key: str | None, seconds: float) -> Wrk:
@@ -66,6 +68,11 @@ def wrk(port: int, prefix: str, ids: tuple[int, int], key: str | None, seconds: 
         timeout=seconds + 30,
         check=True,
     ).stdout
+    return _figures(out)
+
+
+def _figures(out: str) -> Wrk:
+    """The figures of the WRK_JSON line our wrk scripts print at the end."""
     match = re.search(r"^WRK_JSON (.*)$", out, re.MULTILINE)
     if match is None:
         raise SystemExit(f"bench: wrk printed no figures:\n{out}")
@@ -78,7 +85,39 @@ def wrk(port: int, prefix: str, ids: tuple[int, int], key: str | None, seconds: 
         requests=raw["requests"],
         non_2xx=raw["non_2xx"],
         socket_errors=raw["socket_errors"],
+        statuses={int(k): v for k, v in raw.get("statuses", {}).items()},
     )
+
+
+def wrk_transfers(
+    port: int, accounts: tuple[int, int], key: str, tag: str, seconds: float, connections: int
+) -> Wrk:
+    """POST /transfers on 127.0.0.1:`port` in a closed loop for `seconds`: wrk -t2 with
+    `connections` connections, each sending its next transfer (between two random accounts
+    in `accounts`, Idempotency-Key `<tag>-<thread>-<n>`) as soon as the last is answered."""
+    out = subprocess.run(
+        [
+            require("wrk", "wrk"),
+            "-t2",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(WRK_TRANSFERS),
+            f"http://127.0.0.1:{port}",
+            "--",
+            str(accounts[0]),
+            str(accounts[1]),
+            key,
+            tag,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    return _figures(out)
 
 
 def libpq_env(url: str) -> dict[str, str]:

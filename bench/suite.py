@@ -5,9 +5,11 @@
 
 Sections: 1 reads (wrk against `settle web` and the Express peer), 2 settlement (`settle
 worker` draining pending transfers, against pgbench tpcb-like), 3 intake and end-to-end
-(POST /transfers at a fixed offered rate), 4 the cost of not pooling (pgbench with and
-without a new connection per transaction), 5 GET /transfers on a million transfers beside
-GET /transfers/{id} (bench.listing), peak RSS per process, 6 the connection budget
+(POST /transfers at a fixed offered rate), 3b saturation (POST /transfers flat out in wrk's
+closed loop and whether settlement keeps up, against pgbench; bench.saturation), 4 the cost
+of not pooling (pgbench with and without a new connection per transaction), 5 GET /transfers
+on a million transfers beside GET /transfers/{id} (bench.listing), peak RSS per process, 6
+the connection budget
 (bench.connections). Baseline and subject alternate, A B A B, and medians are quoted, since
 absolute figures drift on a shared machine. Everything runs on scratch databases and a
 broker namespace of its own (DATABASE_URL / REDIS_URL's servers, or embedded ones), dropped
@@ -42,6 +44,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import connections
 from bench import listing as bench_listing
+from bench import saturation as bench_saturation
 from bench.harness import (
     SETTLE,
     Processes,
@@ -76,6 +79,7 @@ class Config:
     pgbench_seconds: float = 8.0
     intake_rate: float = 300.0
     intake_seconds: float = 30.0
+    saturation_seconds: float = 15.0
     pool_seconds: float = 5.0
     pool_clients: int = 8
     budget_transfers: int = 1000
@@ -93,6 +97,7 @@ class Config:
                 pgbench_seconds=2,
                 intake_rate=100,
                 intake_seconds=5,
+                saturation_seconds=5,
                 rounds=2,
                 pool_seconds=2,
                 budget_transfers=200,
@@ -512,6 +517,21 @@ def run(cfg: Config) -> dict:
                     what="settle worker is ready",
                 )
                 results["intake"] = intake(cfg, port, headers, url, conn, accounts)
+                print(
+                    f"3b. saturation: POST /transfers flat out, wrk -t2 -c32 for"
+                    f" {cfg.saturation_seconds:.0f} s, beside pgbench tpcb-like -c 8"
+                )
+                results["saturation"] = bench_saturation.run_section(
+                    port=port,
+                    key=key,
+                    url=url,
+                    conn=conn,
+                    accounts=accounts,
+                    seconds=cfg.saturation_seconds,
+                    rounds=cfg.rounds,
+                    pgbench_seconds=cfg.pgbench_seconds,
+                    pids={"web": web.pid, "worker": worker.pid},
+                )
             finally:
                 results["exit_codes"] = procs.stop_all()
             audit = subprocess.run(
@@ -611,6 +631,7 @@ def table(r: dict) -> str:
             "p99 <= 50 ms",
         )
     )
+    rows.extend(bench_saturation.rows(r["saturation"]))
     rows.extend(bench_listing.rows(r["listing"]))
     rows.append(
         (
