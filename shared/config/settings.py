@@ -1,8 +1,9 @@
 """Settle's settings: one declaration per environment variable, read once by each process's
 composition root.
 
-`Settings.from_env` is the only reader of `os.environ` for configuration; everything else
-receives a `Settings`, or the few values of it that it uses. A malformed value raises
+`Settings` is the only reader of `os.environ` for configuration (`from_env`, and `one` for
+the log format a process sets up before the rest); everything else receives a `Settings`, or
+the few values of it that it uses. A malformed value raises
 `InvalidSetting` naming the variable. docs/configuration.md's table is generated from the
 declarations below (`make docs-settings`), and a test holds the two together.
 """
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from shared.config.brokers import broker_name
-from shared.config.spec import read, setting
+from shared.config.spec import read, read_one, setting
 from shared.errors import InvalidSetting
 
 DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/postgres"
@@ -327,6 +328,14 @@ class Settings:
         settings = read(cls, os.environ if env is None else env)
         _check_waiters(settings)
         return settings
+
+    @classmethod
+    def one(cls, name: str, env: Mapping[str, str] | None = None) -> object:
+        """The setting whose field is `name` alone, from `env` (default: the process
+        environment), for what a process needs before it reads the rest: its log format,
+        so that even a bad setting is refused in it. Raises `InvalidSetting` as `from_env`
+        does, and `KeyError` for an undeclared name."""
+        return read_one(cls, name, os.environ if env is None else env)
 
     @property
     def waiters(self) -> int:

@@ -133,6 +133,20 @@ def read(cls: Callable[..., D], env: Mapping[str, str]) -> D:
     return cls(**values)
 
 
+def read_one(cls: type, name: str, env: Mapping[str, str]) -> object:
+    """The setting of `cls` whose field is `name`, from `env` as `read` would give it.
+    Raises `InvalidSetting` naming the variable when its value does not parse."""
+    for f, spec, kind in declared(cls):
+        if f.name == name:
+            raw = env.get(spec.env, "").strip()
+            if raw:
+                return parse(spec, kind, raw)
+            return (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
+    raise KeyError(name)
+
+
 def parse(spec: Spec, kind: type, raw: str) -> object:
     """`raw` (not empty) as a value of `kind` that fits `spec`, or `InvalidSetting`."""
     name = spec.env

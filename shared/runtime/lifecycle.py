@@ -70,8 +70,13 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 def configure_logging(role: str) -> str:
     """Logging for this process root (see `shared.runtime.logs`), in LOG_FORMAT; returns the
-    format chosen, for children whose stderr is not this one's terminal."""
-    return logs.configure(role, os.environ.get("LOG_FORMAT", "auto"))
+    format chosen, for children whose stderr is not this one's terminal. A malformed
+    LOG_FORMAT exits 2 with one line naming it, as `load_settings` would."""
+    try:
+        fmt = str(Settings.one("log_format"))
+    except InvalidSetting as exc:
+        exit_with(role, exc.message, EXIT_REFUSED)
+    return logs.configure(role, fmt)
 
 
 def exit_with(role: str, message: str, code: int) -> NoReturn:

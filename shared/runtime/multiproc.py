@@ -29,6 +29,8 @@ import sys
 
 from shared.config import Settings
 
+#: prometheus-client's own variable, not a setting: `prepare` sets it for this process and
+#: the children it starts, and the rest of this module reads it back as that process state.
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PID = re.compile(r"_(\d+)\.db$")
 

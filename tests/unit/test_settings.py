@@ -4,6 +4,9 @@ in docs/configuration.md all come from that declaration."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from shared.config.spec import declared, markdown_table, replace_table
 from shared.errors import InvalidSetting
 
 CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+SETTLE = Path(sys.executable).with_name("settle")
 
 
 def test_the_docs_table_is_the_one_the_declarations_generate() -> None:
@@ -92,3 +96,24 @@ def test_a_secret_that_is_too_short_is_not_repeated_in_the_error() -> None:
     with pytest.raises(InvalidSetting) as refused:
         Settings.from_env({"DASHBOARD_SESSION_SECRET": "hunter2-and-more"})
     assert "hunter2" not in str(refused.value)
+
+
+def test_one_setting_is_read_alone_as_from_env_reads_it() -> None:
+    assert Settings.one("log_format", {"LOG_FORMAT": "Text"}) == "text"
+    assert Settings.one("log_format", {}) == "auto"
+    assert Settings.one("hostname", {}) == Settings().hostname
+    with pytest.raises(InvalidSetting, match="LOG_FORMAT='xml'"):
+        Settings.one("log_format", {"LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize("role", ["web", "worker", "sweeper"])
+def test_a_bad_log_format_stops_every_process_before_it_starts(role: str) -> None:
+    done = subprocess.run(
+        [str(SETTLE), role],
+        env={**os.environ, "LOG_FORMAT": "xml", "DATABASE_URL": "postgresql://nowhere:1/x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"settle {role}: LOG_FORMAT='xml' must be one of auto, json, text"
