@@ -251,7 +251,7 @@ def main() -> None:
         wait_until,
     )
     from bench.suite import service_env, worker_ready
-    from shared.runtime.settings import Settings
+    from shared.config import Settings
 
     parser = argparse.ArgumentParser(prog="python -m bench.saturation", description=__doc__)
     parser.add_argument("--seconds", type=float, default=15.0)
