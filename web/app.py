@@ -23,7 +23,7 @@ from shared.errors import SettleError
 from shared.events.waiting import EventWatch
 from shared.ledger.auth import PrincipalCache
 from shared.runtime.metrics import OverviewCollector
-from web import errors, openapi, resources
+from web import errors, openapi, resources, webhooks
 from web.auth import RequireApiKey
 from web.dashboard import add_dashboard
 from web.metrics import MetricsResource, RequestTelemetry
@@ -84,6 +84,12 @@ def create_app(
     app.add_route(
         "/events",
         resources.Events(pool, watch=watch, retention_days=settings.event_retention_days, **body),
+    )
+    app.add_route("/webhook-endpoints", webhooks.WebhookEndpoints(pool, settings))
+    app.add_route("/webhook-endpoints/{endpoint_id}", webhooks.WebhookEndpoint(pool, settings))
+    app.add_route(
+        "/webhook-endpoints/{endpoint_id}/rotate-secret",
+        webhooks.WebhookEndpointSecret(pool, settings),
     )
     app.add_route("/healthz", resources.Health())
     app.add_route("/readyz", resources.Ready(pool, ping_broker, broker=settings.broker))

@@ -34,7 +34,9 @@ STATUS: list[tuple[type[errors.SettleError], str]] = [
     (errors.NotFound, falcon.HTTP_404),
     (errors.CursorExpired, falcon.HTTP_410),
     (errors.EmailTaken, falcon.HTTP_409),
+    (errors.TooManyWebhookEndpoints, falcon.HTTP_409),
     (errors.Unavailable, falcon.HTTP_503),
+    (errors.WebhooksUnconfigured, falcon.HTTP_503),
 ]
 
 

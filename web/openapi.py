@@ -21,6 +21,7 @@ from shared.ledger.commands import (
     MAX_METADATA_VALUE_LENGTH,
 )
 from shared.ledger.currencies import EXPONENTS, PUBLISHED
+from web import openapi_webhooks as webhooks
 from web.dashboard import openapi as dashboard
 from web.openapi_parts import (
     AMOUNT,
@@ -689,6 +690,10 @@ PATHS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The webhooks' paths and schemas are the API's, written in a module of their own.
+PATHS.update(webhooks.PATHS)
+SCHEMAS.update(webhooks.SCHEMAS)
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -706,6 +711,7 @@ DOCUMENT: dict[str, Any] = {
     },
     "security": [{"apiKey": []}],
     "paths": {**PATHS, **dashboard.PATHS},
+    "webhooks": webhooks.WEBHOOKS,
     "components": {
         "schemas": {**SCHEMAS, **dashboard.SCHEMAS},
         "securitySchemes": {

@@ -317,6 +317,25 @@ class Settings:
         " unless given `--pending-threshold`)",
         above=0,
     )
+    secret_key: str | None = setting(
+        "SECRET_KEY",
+        None,
+        "webhook signing secrets are derived from it and never stored, so a copy of the"
+        " database cannot sign. Unset, webhooks are off: creating an endpoint or rotating its"
+        " secret answers 503 `webhooks_unconfigured`, and deliveries wait. Changing it"
+        " invalidates every endpoint's secret (rotate each to make a new one); keep it as you"
+        " keep a database password",
+        min_length=32,
+        shown="unset (`make run`: made once, kept in `.settle/secret_key`)",
+    )
+    webhook_allow_private: bool = setting(
+        "WEBHOOK_ALLOW_PRIVATE",
+        False,
+        "let webhook endpoints lead to private, loopback, link-local, multicast and reserved"
+        " addresses (a receiver on your own machine); off, such URLs are refused when created"
+        " and when delivered to",
+        shown="`false` (`make run` and the tests: `true`)",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -267,3 +267,11 @@ def limit(raw: str | None, *, default: int = 100, maximum: int = 1000) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= maximum):
         raise InvalidRequest(f"limit must be an integer from 1 to {maximum}")
     return int(raw)
+
+
+def body_fields(
+    body: object, required: Set[str], optional: Set[str] = frozenset()
+) -> Mapping[str, Any]:
+    """`body` as a JSON object's members, refusing anything but an object, unknown members
+    and missing ones with `InvalidRequest` naming them (for bodies parsed outside here)."""
+    return _fields(body, required, optional)

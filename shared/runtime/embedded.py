@@ -7,6 +7,8 @@ no DATABASE_URL / REDIS_URL is given. Data lives under a project-local folder.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import socket
 import subprocess
 import time
@@ -61,6 +63,21 @@ def start_embedded(root: Path, *, postgres: bool, redis: bool) -> Embedded:
         embedded.redis_url = valkey.url
         log.info("embedded Valkey at %s", embedded.redis_url)
     return embedded
+
+
+def local_secret_key(root: Path) -> str:
+    """The SECRET_KEY of a local run: made once, kept in `root/secret_key` (readable by its
+    owner only), so that webhook secrets made in one `make run` still sign in the next."""
+    path = root / "secret_key"
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as out:
+        key = secrets.token_urlsafe(32)
+        out.write(key + "\n")
+    return key
 
 
 def free_port() -> int:
