@@ -43,9 +43,12 @@ class Wrk:
     statuses: dict[int, int] = field(default_factory=dict)  # answers by status (POST script)
 
 
-def wrk(port: int, prefix: str, ids: tuple[int, int], key: str | None, seconds: float) -> Wrk:
+def wrk(
+    port: int, prefix: str, ids: tuple[int, int] | None, key: str | None, seconds: float
+) -> Wrk:
     """GET `prefix`<random id in ids> on 127.0.0.1:`port` for `seconds` with wrk -t2 -c32
-    (a `prefix` holding `{id}` gets the id there instead, e.g. `/transfers?account_id={id}`)."""
+    (a `prefix` holding `{id}` gets the id there instead, e.g. `/transfers?account_id={id}`;
+    with `ids` None, `prefix` is the whole path)."""
     out = subprocess.run(
         [
             require("wrk", "wrk"),
@@ -59,8 +62,8 @@ def wrk(port: int, prefix: str, ids: tuple[int, int], key: str | None, seconds: 
             f"http://127.0.0.1:{port}",
             "--",
             prefix,
-            str(ids[0]),
-            str(ids[1]),
+            "" if ids is None else str(ids[0]),
+            "" if ids is None else str(ids[1]),
             key or "",
         ],
         capture_output=True,

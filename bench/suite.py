@@ -3,13 +3,14 @@
     make bench                 # or: .venv/bin/python -m bench.suite [--quick] [--rate 300]
     BENCH_QUICK=1 make bench   # a short smoke pass (small counts, a few seconds per round)
 
-Sections: 1 reads (wrk against `settle web` and the Express peer), 2 settlement (`settle
-worker` draining pending transfers, against pgbench tpcb-like), 3 intake and end-to-end
-(POST /transfers at a fixed offered rate), 3b saturation (POST /transfers flat out in wrk's
-closed loop and whether settlement keeps up, against pgbench; bench.saturation), 4 the cost
-of not pooling (pgbench with and without a new connection per transaction), 5 GET /transfers
-on a million transfers beside GET /transfers/{id} (bench.listing), peak RSS per process, 6
-the connection budget
+Sections: 1 reads (`bench.reads`: a ladder of reads by wrk against `settle web`, each rung
+beside the Express peer, and the spread of connections over the web processes), 2 settlement
+(`settle worker` draining pending transfers, against pgbench tpcb-like), 3 intake and
+end-to-end (POST /transfers at a fixed offered rate), 3b saturation (POST /transfers flat out
+in wrk's closed loop and whether settlement keeps up, against pgbench; bench.saturation), 4
+the cost of not pooling (pgbench with and without a new connection per transaction), 5 GET
+/transfers on a million transfers beside GET /transfers/{id} (bench.listing), peak RSS per
+process, 6 the connection budget
 (bench.connections). Baseline and subject alternate, A B A B, and medians are quoted, since
 absolute figures drift on a shared machine. Everything runs on scratch databases and a
 broker namespace of its own (DATABASE_URL / REDIS_URL's servers, or embedded ones), dropped
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import connections
 from bench import listing as bench_listing
+from bench import reads as bench_reads
 from bench import saturation as bench_saturation
 from bench.harness import (
     SETTLE,
@@ -56,8 +58,8 @@ from bench.harness import (
     wait_terminal,
     wait_until,
 )
-from bench.load import Offered, Wrk, libpq_env, offer_transfers, pgbench, require, wrk
-from bench.memory import RssSampler, cpu_seconds
+from bench.load import Offered, libpq_env, offer_transfers, pgbench, require
+from bench.memory import RssSampler
 from shared.config import Settings
 from shared.db.budget import capacity, make_plan
 from shared.runtime.embedded import free_port
@@ -137,6 +139,8 @@ def service_env(url: str, name: str, redis_url: str) -> dict[str, str]:
         HOST="127.0.0.1",
         PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
+        # The read ladder's middle rungs (web/ladder.py); never set in production.
+        BENCH_ROUTES="true",
     )
     return env
 
@@ -203,66 +207,6 @@ def answers(port: int, path: str) -> int | None:
         return None
     finally:
         conn.close()
-
-
-# 1. Reads ------------------------------------------------------------------------------------
-
-
-def reads(
-    cfg: Config,
-    web: tuple[int, int],
-    peer: tuple[int, int],
-    users: range,
-    accounts: range,
-    key: str,
-) -> dict:
-    """wrk against each target in turn, `cfg.rounds` times; `web` and `peer` are (port, pid):
-    the pid's process tree is charged the CPU time each run costs."""
-    (web_port, web_pid), (peer_port, peer_pid) = web, peer
-    targets: dict[str, tuple[int, Callable[[float], Wrk]]] = {
-        "express GET /users/{id}": (
-            peer_pid,
-            lambda s: wrk(peer_port, "/users/", (users[0], users[-1]), None, s),
-        ),
-        "settle GET /users/{id}": (
-            web_pid,
-            lambda s: wrk(web_port, "/users/", (users[0], users[-1]), key, s),
-        ),
-        "settle GET /accounts/{id}": (
-            web_pid,
-            lambda s: wrk(web_port, "/accounts/", (accounts[0], accounts[-1]), key, s),
-        ),
-    }
-    for _, run in targets.values():  # warm-up: pools filled, code paths hot; not counted
-        run(1)
-    runs: dict[str, list[Wrk]] = {label: [] for label in targets}
-    cpu_ms: dict[str, list[float]] = {label: [] for label in targets}
-    for _ in range(cfg.rounds):
-        for label, (pid, run) in targets.items():
-            before = cpu_seconds(pid)
-            w = run(cfg.read_seconds)
-            runs[label].append(w)
-            cpu_ms[label].append((cpu_seconds(pid) - before) * 1000 / max(1, w.requests))
-            print(
-                f"  {label:28} {w.rps:8.0f} req/s  p50 {w.p50_ms:6.1f} ms  p99 {w.p99_ms:6.1f} ms"
-                f"  {cpu_ms[label][-1]:5.2f} CPU ms/request"
-            )
-    peer_runs = runs["express GET /users/{id}"]
-    out: dict[str, Any] = {"wrk": "-t2 -c32", "seconds_per_round": cfg.read_seconds}
-    for label, done in runs.items():
-        out[label] = {
-            "rps": median([w.rps for w in done]),
-            "p50_ms": median([w.p50_ms for w in done]),
-            "p99_ms": median([w.p99_ms for w in done]),
-            "requests": sum(w.requests for w in done),
-            "non_2xx": sum(w.non_2xx for w in done),
-            "socket_errors": sum(w.socket_errors for w in done),
-            "app_cpu_ms_per_request": median(cpu_ms[label]),
-            "ratio_vs_express": median(
-                [ratio(w.rps, p.rps) for w, p in zip(done, peer_runs, strict=True)]
-            ),
-        }
-    return out
 
 
 # 2. Settlement -------------------------------------------------------------------------------
@@ -502,7 +446,16 @@ def run(cfg: Config) -> dict:
                 wait_until(lambda: ready(port), timeout=60, what="settle web is ready")
                 with express_peer(url, logs, rss) as peer:
                     print(f"1. reads: wrk -t2 -c32, {cfg.read_seconds:.0f} s per round")
-                    results["reads"] = reads(cfg, (port, web.pid), peer, users, accounts, key)
+                    results["reads"] = bench_reads.run_section(
+                        web=(port, web.pid),
+                        peer=peer,
+                        users=users,
+                        accounts=accounts,
+                        key=key,
+                        rounds=cfg.rounds,
+                        seconds=cfg.read_seconds,
+                        web_processes_count=Settings.from_env(env).web_processes,
+                    )
                 print(f"2. settlement: {cfg.settle_transfers} pending among {len(accounts)}")
                 results["settlement"] = settlement(cfg, env, procs, rss, url, conn, accounts)
                 print(f"3. intake: POST /transfers at {cfg.intake_rate:.0f}/s")
@@ -565,7 +518,7 @@ def run(cfg: Config) -> dict:
 
 def table(r: dict) -> str:
     """The figures as a Markdown table (printed, and pasted into bench/README.md)."""
-    rd, st, it, pl = r["reads"], r["settlement"], r["intake"], r["pooling"]
+    st, it, pl = r["settlement"], r["intake"], r["pooling"]
     refused = (
         ", ".join(
             f"{n} x {status if status != '0' else 'no answer'}"
@@ -573,24 +526,8 @@ def table(r: dict) -> str:
         )
         or "none"
     )
-    ex = rd["express GET /users/{id}"]
     rows: list[tuple[str, ...]] = [("figure", "Settle", "baseline", "ratio", "goal")]
-
-    def read_row(label: str) -> tuple[str, ...]:
-        s = rd[label]
-        return (
-            f"{label.removeprefix('settle ')}, authenticated (wrk -t2 -c32)",
-            f"{s['rps']:.0f} req/s, p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms,"
-            f" {s['non_2xx']} non-2xx, {s['app_cpu_ms_per_request']:.2f} CPU ms/req",
-            f"Express + pg (no auth) {ex['rps']:.0f} req/s, p50 {ex['p50_ms']:.1f} /"
-            f" p99 {ex['p99_ms']:.1f} ms, {ex['non_2xx']} non-2xx,"
-            f" {ex['app_cpu_ms_per_request']:.2f} CPU ms/req",
-            f"{s['ratio_vs_express']:.2f}x",
-            ">= 1.0x",
-        )
-
-    rows.append(read_row("settle GET /users/{id}"))
-    rows.append(read_row("settle GET /accounts/{id}"))
+    rows.extend(bench_reads.rows(r["reads"]))
     rows.append(
         (
             f"settlement, {st['transfers_per_round']} pending among {st['accounts']} accounts,"

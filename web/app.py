@@ -23,7 +23,7 @@ from shared.errors import SettleError
 from shared.events.waiting import EventWatch
 from shared.ledger.auth import PrincipalCache
 from shared.runtime.metrics import OverviewCollector
-from web import errors, openapi, resources, webhooks
+from web import errors, ladder, openapi, resources, webhooks
 from web.auth import RequireApiKey
 from web.dashboard import add_dashboard
 from web.metrics import MetricsResource, RequestTelemetry
@@ -98,6 +98,8 @@ def create_app(
     overview = OverviewCollector(settings, pool, queue_counts=queue_counts)
     app.add_route("/metrics", MetricsResource(overview))
     add_dashboard(app, settings, pool=pool, enqueue=enqueue, ping_broker=ping_broker, queues=queues)
+    if settings.bench_routes:
+        ladder.add_ladder(app, pool)
 
     app.add_error_handler(Exception, errors.handle_unexpected)
     app.add_error_handler(psycopg.Error, errors.handle_database_error)

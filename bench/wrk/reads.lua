@@ -1,8 +1,9 @@
 -- GET <prefix><a random id in [lo, hi]> (or, when the prefix holds "{id}", the prefix with
--- the id put there instead), with "Authorization: Bearer <key>" when a key is given; at the
+-- the id put there instead; or, without LO and HI, the prefix alone), with "Authorization: Bearer <key>" when a key is given; at the
 -- end, one line "WRK_JSON {...}" with the figures bench/load.py reads.
 --   wrk -t2 -c32 -d10s -s bench/wrk/reads.lua http://127.0.0.1:PORT -- /users/ LO HI [KEY]
 --   ... -- '/transfers?limit=100&account_id={id}' LO HI KEY
+--   ... -- /healthz '' '' [KEY]
 local threads = 0
 
 function setup(thread)
@@ -22,6 +23,9 @@ function init(args)
 end
 
 function request()
+  if lo == nil then
+    return wrk.format("GET", prefix, headers)
+  end
   local id = tostring(math.random(lo, hi))
   local path
   if string.find(prefix, "{id}", 1, true) then

@@ -336,6 +336,13 @@ class Settings:
         " and when delivered to",
         shown="`false` (`make run` and the tests: `true`)",
     )
+    bench_routes: bool = setting(
+        "BENCH_ROUTES",
+        False,
+        "`true` adds `GET /bench/key` and `GET /bench/select-1`, the middle rungs of `make"
+        " bench`'s read ladder (an API key checked and nothing else; the key and a pooled"
+        " `SELECT 1`); for the bench only, never in production (see bench/README.md)",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
