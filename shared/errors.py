@@ -64,6 +64,19 @@ class BodyTooLarge(SettleError):
     code = "body_too_large"
 
 
+class InvalidBatch(InvalidRequest):
+    """Raised when the body of POST /transfers/batch is not a batch at all (no `transfers`
+    list, an empty one, unknown members); a defect of one transfer is that item's error."""
+
+    code = "invalid_batch"
+
+
+class BatchTooLarge(InvalidBatch):
+    """Raised when POST /transfers/batch holds more transfers than one batch may."""
+
+    code = "batch_too_large"
+
+
 class InvalidCursor(InvalidRequest):
     """Raised when a list cursor was not issued by this service."""
 
@@ -92,13 +105,15 @@ class WebhookAddressRefused(InvalidRequest):
 
 
 class IdempotencyKeyMissing(InvalidRequest):
-    """Raised when POST /transfers comes without an Idempotency-Key header."""
+    """Raised when POST /transfers comes without an Idempotency-Key header, or an item of a
+    batch without its `idempotency_key`."""
 
     code = "idempotency_key_missing"
 
 
 class IdempotencyKeyReused(SettleError):
-    """Raised when an Idempotency-Key is replayed with a different body."""
+    """Raised when an Idempotency-Key is replayed with a different body (or a batch item's
+    `idempotency_key` with a different transfer)."""
 
     code = "idempotency_key_reused"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import falcon
@@ -46,6 +46,14 @@ def dumps(media: object) -> bytes:
         return json.dumps(media, default=_json_default, separators=(",", ":")).encode()
 
 
+def _one_at_a_time(enqueue: resources.Enqueue) -> resources.EnqueueMany:
+    def enqueue_many(transfer_ids: Sequence[int]) -> None:
+        for transfer_id in transfer_ids:
+            enqueue(transfer_id)
+
+    return enqueue_many
+
+
 def create_app(
     settings: Settings,
     *,
@@ -55,16 +63,20 @@ def create_app(
     queues: SettleBroker | None = None,
     keys: PrincipalCache | None = None,
     watch: EventWatch | None = None,
+    enqueue_many: resources.EnqueueMany | None = None,
 ) -> falcon.App:
     """A WSGI app serving the HTTP contract with `pool` for reads and writes (and API key
     lookups), `enqueue` to hand a transfer id to the workers and `ping_broker` for readiness;
     `/metrics` and the dashboard read the broker's queues through `queues` when given, and
     the dashboard drops the dead letters of transfers it sends again through it (without
     it, it shows no queue, and dead letters expire on their own). Long-polls wait on `watch`
-    (without it, they are answered at once).
+    (without it, they are answered at once). A batch's transfers are queued through
+    `enqueue_many` (without it, one `enqueue` at a time).
     Every route but /healthz, /readyz and /openapi.json needs an API key; the dashboard's
     pages (/dashboard) need an operator's session instead. A key looked up is
     remembered in `keys` (default: a cache of its own, `settings.api_key_cache_seconds`)."""
+    if enqueue_many is None:
+        enqueue_many = _one_at_a_time(enqueue)
     if keys is None:
         keys = PrincipalCache(settings.api_key_cache_seconds)
     # Telemetry first: it times and counts every answer, refusals by RequireApiKey included.
@@ -80,6 +92,10 @@ def create_app(
     app.add_route("/accounts/{account_id}", resources.Account(pool, **body))
     app.add_route("/accounts/{account_id}/entries", resources.AccountEntries(pool, **body))
     app.add_route("/transfers", resources.Transfers(pool, enqueue=enqueue, **body))
+    batch = resources.TransferBatch(
+        pool, enqueue_many=enqueue_many, max_body_bytes=settings.max_batch_body_bytes
+    )
+    app.add_route("/transfers/batch", batch)
     app.add_route("/transfers/{transfer_id}", resources.Transfer(pool, watch=watch, **body))
     app.add_route(
         "/events",

@@ -16,6 +16,7 @@ from typing import Any
 
 from shared.events.feed import MAX_WAIT_SECONDS, TYPES
 from shared.ledger.commands import (
+    MAX_BATCH_ITEMS,
     MAX_METADATA_KEY_LENGTH,
     MAX_METADATA_KEYS,
     MAX_METADATA_VALUE_LENGTH,
@@ -44,6 +45,7 @@ from web.openapi_parts import (
     data,
     error,
     header,
+    json_content,
     obj,
     ok,
     page_of,
@@ -68,6 +70,15 @@ METADATA_VALUE: Schema = {
     "maxLength": MAX_METADATA_VALUE_LENGTH,
     "pattern": "^[^\\u0000]*$",
 }
+#: The error codes of one refused item of a batch.
+BATCH_ITEM_CODES = (
+    "invalid_request",
+    "idempotency_key_missing",
+    "account_not_found",
+    "currency_mismatch",
+    "same_account",
+    "idempotency_key_reused",
+)
 #: A currency as asked for: one of the ISO 4217 codes Settle accepts.
 NEW_CURRENCY: Schema = {"$ref": "#/components/schemas/Currency"}
 
@@ -201,6 +212,49 @@ SCHEMAS: dict[str, Schema] = {
         },
         optional=("currency", "metadata"),
     ),
+    "BatchTransfer": {
+        **obj(
+            {
+                "from_account_id": ID,
+                "to_account_id": ID,
+                "amount": AMOUNT,
+                "currency": {
+                    **NEW_CURRENCY,
+                    "description": "when given, both accounts must hold it",
+                },
+                "metadata": ref("Metadata"),
+                "idempotency_key": {
+                    "type": "string",
+                    "pattern": "^[!-~]{1,255}$",
+                    "description": "this item's own key, scoped like the Idempotency-Key"
+                    " header of POST /transfers: the same key with the same transfer is a"
+                    " replay (answered the transfer recorded then), with another transfer"
+                    " it is refused (`idempotency_key_reused`)",
+                },
+            },
+            optional=("currency", "metadata"),
+        ),
+        "description": "one transfer of a batch: a NewTransfer with its own idempotency key",
+    },
+    "BatchItemResult": {
+        "oneOf": [
+            obj({"status": {"const": 202}, "data": ref("Transfer")}),
+            obj(
+                {
+                    "status": {"enum": [400, 422]},
+                    "error": obj(
+                        {
+                            "code": {"enum": sorted(BATCH_ITEM_CODES)},
+                            "message": {"type": "string", "minLength": 1},
+                        }
+                    ),
+                }
+            ),
+        ],
+        "description": "the result of one item: 202 with the transfer (new, or the one its"
+        " idempotency key recorded before), or the status and error the item would get as a"
+        " POST /transfers of its own; nothing of a refused item is recorded",
+    },
 }
 
 LOCATION = header("where the new resource can be read")
@@ -471,6 +525,71 @@ PATHS: dict[str, dict[str, Any]] = {
                     "idempotency_key_reused",
                 ),
                 "503": TRANSFER_UNAVAILABLE,
+            },
+        },
+    },
+    "/transfers/batch": {
+        "post": {
+            "operationId": "submitTransferBatch",
+            "summary": "Submit up to 1,000 transfers in one request, each answered on its own",
+            "description": "Each item is a transfer with its own `idempotency_key`; the answer"
+            " lists one result per item, in request order: 202 with the pending transfer, or"
+            " the 4xx status and error the item would get as a POST /transfers of its own."
+            " Items are independent: a refused item records nothing and refuses nothing"
+            " else. Retrying the whole batch answers the same results and records nothing"
+            " twice. A body that is not a batch at all (not JSON, not an object, `transfers`"
+            " missing, empty or longer than 1,000, over MAX_BATCH_BODY_BYTES) is refused"
+            " whole. The batch counts as one request for rate limits.",
+            "requestBody": {
+                "required": True,
+                "content": json_content(
+                    obj(
+                        {
+                            "transfers": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_BATCH_ITEMS,
+                                # An item that is not a BatchTransfer is answered by its own
+                                # 4xx result, not by refusing the batch.
+                                "items": {
+                                    "anyOf": [
+                                        ref("BatchTransfer"),
+                                        {"description": "anything else: refused alone"},
+                                    ]
+                                },
+                            },
+                        }
+                    )
+                ),
+            },
+            "responses": {
+                "200": ok(
+                    "one result per item, in request order",
+                    data({"type": "array", "items": ref("BatchItemResult")}),
+                ),
+                "400": error(
+                    "the body is not a batch: not JSON (invalid_json), not an object with a"
+                    " non-empty `transfers` array and nothing else (invalid_batch), or more"
+                    f" than {MAX_BATCH_ITEMS} transfers (batch_too_large)",
+                    *BAD_BODY,
+                    "invalid_batch",
+                    "batch_too_large",
+                ),
+                "401": UNAUTHENTICATED,
+                "403": READ_ONLY,
+                "413": error("the body is larger than MAX_BATCH_BODY_BYTES", "body_too_large"),
+                "415": NOT_JSON,
+                "503": error(
+                    "the database or the web process is saturated or unreachable, or the"
+                    " batch's transfers were recorded but the message broker could not queue"
+                    " them (broker_unavailable: they are settled once the broker is back);"
+                    " retry the same batch after Retry-After",
+                    "database_busy",
+                    "database_unavailable",
+                    "overloaded",
+                    "broker_unavailable",
+                    **{"Retry-After": RETRY_AFTER},
+                ),
             },
         },
     },

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import falcon
 from psycopg_pool import ConnectionPool
 
+from shared.db import Row
 from shared.db.pool import connection
 from shared.errors import (
     AccountNotFound,
@@ -22,19 +23,23 @@ from shared.errors import (
     BrokerUnavailable,
     NotFound,
     NotReady,
+    SettleError,
     TransferNotFound,
     UnsupportedMediaType,
     UserNotFound,
 )
 from shared.events import feed, waiting
 from shared.events.waiting import EventWatch
-from shared.ledger import auth, commands, listing, money
+from shared.ledger import auth, batches, commands, listing, money
 from shared.ledger import operations as ledger
+from web import errors
 from web.auth import principal
 
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[int], None]
+#: Queues many transfer ids at once (in messages of many ids).
+EnqueueMany = Callable[[Sequence[int]], object]
 
 
 def read_json(req: falcon.Request, max_bytes: int) -> object:
@@ -192,6 +197,61 @@ class Transfers(_Resource):
                 f"transfer {transfer_id} is recorded but could not be queued; retry with the"
                 " same Idempotency-Key (it will also be settled once the broker is back)"
             ) from exc
+
+
+class TransferBatch(_Resource):
+    """`POST /transfers/batch`: up to `MAX_BATCH_ITEMS` transfers, each answered on its own in
+    request order (`batches.submit_transfers`); the accepted ones are queued in messages of
+    many ids (`enqueue_many`). A batch counts as one request, whatever it holds."""
+
+    def __init__(
+        self, pool: ConnectionPool, *, max_body_bytes: int, enqueue_many: EnqueueMany
+    ) -> None:
+        super().__init__(pool, max_body_bytes=max_body_bytes)
+        self._enqueue_many = enqueue_many
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        by = principal(req)
+        auth.require_writer(by)  # before the body, as for POST /transfers
+        batch = commands.batch_request(read_json(req, self._max_body_bytes))
+        with connection(self._pool) as conn:
+            results = batches.submit_transfers(conn, batch.items, by=by)
+        pending = sorted(
+            {
+                r["id"]
+                for r in results
+                if not isinstance(r, SettleError) and r["status"] == "pending"
+            }
+        )
+        if pending:
+            self._send(pending)
+        resp.media = {"data": [item_result(result) for result in results]}
+
+    def _send(self, transfer_ids: list[int]) -> None:
+        # As for one transfer: recorded and pending, so the sweeper sends them once the
+        # broker is back; a retry of the same batch answers the same transfers and queues
+        # them again.
+        try:
+            self._enqueue_many(transfer_ids)
+        except BrokerUnavailable as exc:
+            log.warning("batch of %d transfers: not queued: %s", len(transfer_ids), exc.message)
+            raise BrokerUnavailable(
+                f"the batch's {len(transfer_ids)} transfers are recorded but could not be"
+                " queued; retry the same batch (they will also be settled once the broker"
+                " is back)"
+            ) from exc
+
+
+def item_result(result: Row | SettleError) -> dict[str, object]:
+    """One item of a batch's answer: `{"status": 202, "data": transfer}` or
+    `{"status": 4xx, "error": {"code", "message"}}`, the status the error would have as the
+    answer to a single request."""
+    if isinstance(result, SettleError):
+        return {
+            "status": falcon.http_status_to_code(errors.status_of(result)),
+            **errors.body_of(result),
+        }
+    return {"status": 202, "data": result}
 
 
 def preferred_wait(req: falcon.Request) -> int | None:

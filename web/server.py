@@ -159,6 +159,7 @@ def _serve_app(
         settings,
         pool=pool,
         enqueue=sender(broker),
+        enqueue_many=broker.send_batches,
         ping_broker=broker.ping,
         queues=broker,
         watch=watch,

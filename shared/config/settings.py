@@ -142,6 +142,12 @@ class Settings:
     max_body_bytes: int = setting(
         "MAX_BODY_BYTES", 16 * 1024, "larger request bodies get 413", at_least=256
     )
+    max_batch_body_bytes: int = setting(
+        "MAX_BATCH_BODY_BYTES",
+        1024 * 1024,
+        "the same for `POST /transfers/batch` (1,000 transfers of about 1 KB each)",
+        at_least=256,
+    )
     worker_processes: int = setting("WORKER_PROCESSES", 2, "dramatiq worker processes", at_least=1)
     worker_threads: int = setting(
         "WORKER_THREADS",

@@ -17,7 +17,14 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import IdempotencyKeyMissing, InvalidJSON, InvalidRequest
+from shared.errors import (
+    BatchTooLarge,
+    IdempotencyKeyMissing,
+    InvalidBatch,
+    InvalidJSON,
+    InvalidRequest,
+    SettleError,
+)
 from shared.ledger import money
 
 #: Deeper documents are refused before they reach the parser's recursion.
@@ -258,6 +265,69 @@ def transfer_fields(fields: Mapping[str, Any], idempotency_key: str) -> NewTrans
         idempotency_key=idempotency_key,
         metadata=metadata(fields.get("metadata", {})),
     )
+
+
+#: Most transfers in one `POST /transfers/batch`.
+MAX_BATCH_ITEMS = 1000
+
+#: The members of one item of a batch: a transfer plus its own idempotency key (checked
+#: first, so that an item without one is told so).
+BATCH_ITEM_REQUIRED = frozenset({"from_account_id", "to_account_id", "amount"})
+BATCH_ITEM_OPTIONAL = TRANSFER_OPTIONAL | {"idempotency_key"}
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """A batch as parsed: one entry per item in request order, the transfer it asks for or
+    the error that refuses that item alone; `atomic` makes the batch all-or-nothing."""
+
+    items: tuple[NewTransfer | SettleError, ...]
+    atomic: bool
+
+
+def idempotency_key(value: object, name: str = "Idempotency-Key") -> str:
+    """An idempotency key: 1 to 255 visible ASCII characters. Raises `IdempotencyKeyMissing`
+    for none (or a blank one) and `InvalidRequest` for any other value; `name` is how the
+    errors call it."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise IdempotencyKeyMissing(f"{name} is required")
+    if not isinstance(value, str) or not _KEY.fullmatch(value):
+        raise InvalidRequest(f"{name} must be 1 to 255 visible ASCII characters")
+    return value
+
+
+def batch_request(body: object) -> BatchRequest:
+    """`{"transfers": [item, ...], "atomic"?}` -> `BatchRequest`, where each item is a
+    transfer's JSON object with its own `idempotency_key`. A body that is not such a batch
+    (not an object, `transfers` missing, not a list or empty) raises `InvalidBatch`, one
+    longer than `MAX_BATCH_ITEMS` `BatchTooLarge`; a defect of one item is that item's error
+    (`InvalidRequest` or `IdempotencyKeyMissing`), the others still parsed."""
+    try:
+        fields = _fields(body, {"transfers"}, {"atomic"})
+    except InvalidRequest as exc:
+        raise InvalidBatch(f'{exc.message} (a batch is {{"transfers": [...]}})') from None
+    transfers = fields["transfers"]
+    if not isinstance(transfers, list) or not transfers:
+        raise InvalidBatch("transfers must be a non-empty JSON array of transfers")
+    if len(transfers) > MAX_BATCH_ITEMS:
+        raise BatchTooLarge(
+            f"a batch holds at most {MAX_BATCH_ITEMS} transfers; this one has {len(transfers)}"
+        )
+    atomic = fields.get("atomic", False)
+    if not isinstance(atomic, bool):
+        raise InvalidBatch("atomic must be true or false")
+    return BatchRequest(items=tuple(_batch_item(item) for item in transfers), atomic=atomic)
+
+
+def _batch_item(item: object) -> NewTransfer | SettleError:
+    if not isinstance(item, dict):
+        return InvalidRequest("each transfer of a batch must be a JSON object")
+    try:
+        key = idempotency_key(item.get("idempotency_key"), "idempotency_key")
+        fields = _fields(item, BATCH_ITEM_REQUIRED, BATCH_ITEM_OPTIONAL)
+        return transfer_fields(fields, key)
+    except InvalidRequest as exc:
+        return exc
 
 
 def limit(raw: str | None, *, default: int = 100, maximum: int = 1000) -> int:

@@ -158,27 +158,8 @@ def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal
     require_writer(by)
     if new.from_account_id == new.to_account_id:
         raise SameAccount("from_account_id and to_account_id must differ")
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT id, currency, user_id FROM accounts WHERE id = ANY(%s)",
-            ([new.from_account_id, new.to_account_id],),
-        )
-        found = {row["id"]: row for row in cur.fetchall()}
-    source = found.get(new.from_account_id)
-    # Money leaves only an account of the key's user: someone else's looks like no account.
-    if source is None or not by.owns(source["user_id"]):
-        raise UnknownTransferAccount(f"from_account_id {new.from_account_id} does not exist")
-    target = found.get(new.to_account_id)
-    if target is None:
-        raise UnknownTransferAccount(f"to_account_id {new.to_account_id} does not exist")
-    currency = source["currency"]
-    if target["currency"] != currency:
-        raise CurrencyMismatch(
-            f"account {new.from_account_id} holds {currency},"
-            f" account {new.to_account_id} holds {target['currency']}"
-        )
-    if new.currency is not None and new.currency != currency:
-        raise CurrencyMismatch(f"the accounts hold {currency}, not {new.currency}")
+    found = transfer_accounts(conn, [new])
+    currency = transfer_currency(new, found, by)
     row = _one(
         conn,
         sql.SQL(
@@ -204,6 +185,37 @@ def submit_transfer(conn: psycopg.Connection, new: NewTransfer, *, by: Principal
     existing = _by_key(conn, new, by.idempotency_scope)
     assert existing is not None
     return existing
+
+
+def transfer_accounts(conn: psycopg.Connection, transfers: Sequence[NewTransfer]) -> dict[int, Row]:
+    """{id: account (id, currency, user_id)} of every account `transfers` name that exists."""
+    ids = {t.from_account_id for t in transfers} | {t.to_account_id for t in transfers}
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT id, currency, user_id FROM accounts WHERE id = ANY(%s)", (sorted(ids),))
+        return {row["id"]: row for row in cur.fetchall()}
+
+
+def transfer_currency(new: NewTransfer, found: dict[int, Row], by: Principal) -> str:
+    """The currency of `new`, whose accounts (when they exist) are in `found`. Raises
+    `SameAccount`, `UnknownTransferAccount` or `CurrencyMismatch` as `submit_transfer`."""
+    if new.from_account_id == new.to_account_id:
+        raise SameAccount("from_account_id and to_account_id must differ")
+    source = found.get(new.from_account_id)
+    # Money leaves only an account of the key's user: someone else's looks like no account.
+    if source is None or not by.owns(source["user_id"]):
+        raise UnknownTransferAccount(f"from_account_id {new.from_account_id} does not exist")
+    target = found.get(new.to_account_id)
+    if target is None:
+        raise UnknownTransferAccount(f"to_account_id {new.to_account_id} does not exist")
+    currency = str(source["currency"])
+    if target["currency"] != currency:
+        raise CurrencyMismatch(
+            f"account {new.from_account_id} holds {currency},"
+            f" account {new.to_account_id} holds {target['currency']}"
+        )
+    if new.currency is not None and new.currency != currency:
+        raise CurrencyMismatch(f"the accounts hold {currency}, not {new.currency}")
+    return currency
 
 
 def _by_key(conn: psycopg.Connection, new: NewTransfer, scope: str) -> Row | None:
