@@ -201,6 +201,7 @@ def _serve_app(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Serve the HTTP API and the dashboard (WEB_PROCESSES processes x WEB_THREADS threads)."""
     takes_no_arguments("web", __doc__, argv)
     configure_logging("web")
     with stop_signals() as stop:

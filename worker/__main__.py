@@ -58,6 +58,7 @@ def dramatiq_command(settings: Settings, threads: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Settle transfers: dramatiq's worker processes (WORKER_PROCESSES), kept running."""
     takes_no_arguments("worker", __doc__, argv)
     # dramatiq's processes log into a pipe: decide json or text here, against our stderr.
     os.environ["LOG_FORMAT"] = configure_logging("worker")

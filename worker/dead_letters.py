@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterator, Sequence
 import psycopg
 
 from shared.broker.base import SettleBroker
+from shared.commands.failures import reported
 from shared.config import Settings
 from shared.db.pool import connect_once
-from shared.errors import BrokerUnavailable, InvalidRequest, first_line
+from shared.errors import BrokerUnavailable, InvalidRequest
 from shared.ledger import attention, dead_letters, operator_actions
 from shared.ledger.attention import TransferFilter
 from shared.ledger.auth import SYSTEM
@@ -259,6 +260,7 @@ def _selecting(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """List, retry or cancel transfers whose retries ran out."""
     logging.basicConfig(level=logging.WARNING)
     parser = argparse.ArgumentParser(
         prog="settle dead-letters",
@@ -280,19 +282,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(exc.message)
     settings = load_settings("dead-letters")
     broker = actors.install(settings)
-    try:
+    with reported("dead-letters", "Postgres failed"):
         if chosen is None:
             code = list_command(settings, broker)
         elif args.action == "retry":
             code = retry_command(settings, broker, chosen)
         else:
             code = cancel_command(settings, broker, chosen, confirmed=args.yes)
-    except psycopg.Error as exc:
-        print(f"settle dead-letters: Postgres failed: {first_line(exc)}", file=sys.stderr)
-        code = 1
-    except BrokerUnavailable as exc:
-        print(f"settle dead-letters: the broker failed: {exc}", file=sys.stderr)
-        code = 1
     raise SystemExit(code)
 
 

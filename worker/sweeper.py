@@ -159,6 +159,7 @@ def _child(settings: Settings, plan: Plan) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Re-send stranded pending transfers, expire old events, drop cleared dead letters."""
     takes_no_arguments("sweeper", __doc__, argv)
     configure_logging("sweeper")
     with stop_signals() as stop:

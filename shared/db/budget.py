@@ -29,6 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 from shared.config.settings import PGBOUNCER_CLIENT_LIMIT, PGBOUNCER_POOL_SIZE, Settings
 from shared.db.pool import connect_once
 from shared.errors import SettleError
+from shared.text_table import text_table
 
 
 class BudgetExceeded(SettleError):
@@ -195,15 +196,7 @@ class Plan:
             )
             for r in self.roles
         ]
-        widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
-
-        def fmt(line: tuple[str, ...]) -> str:
-            return "  ".join(
-                cell.rjust(w) if i else cell.ljust(w)
-                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-            )
-
-        lines = [fmt(header), *(fmt(row) for row in rows)]
+        lines = text_table([header, *rows], right=range(1, len(header)))
         lines.append(
             f"total {self.total} of {self.capacity.available} available"
             f" ({self.capacity.source}); headroom {self.headroom}"

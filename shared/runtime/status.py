@@ -22,6 +22,7 @@ from shared.config import Settings
 from shared.db.activity import ROLES, connections_by_role
 from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_on, make_plan
 from shared.ledger import dead_letters, vitals
+from shared.text_table import text_table
 
 QUEUES = (TRANSFER_QUEUE,)
 
@@ -87,14 +88,7 @@ class Status:
                 str(sum(self.connections.get(role, 0) for role in ROLES)),
             )
         )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        for row in rows:
-            out.append(
-                "  ".join(
-                    cell.ljust(w) if i == 0 else cell.rjust(w)
-                    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-                )
-            )
+        out += text_table(rows, right=range(1, len(header)))
         out.append(f"budget: {self.capacity.available} ({self.capacity.source})")
         out += [f"ATTENTION: {line}" for line in self.attention]
         return out

@@ -3,7 +3,7 @@ the lists and the waits they can try are there, and passwords are not."""
 
 from __future__ import annotations
 
-from shared.cli import Banner
+from shared.commands.run import Banner
 from shared.config import Settings
 from shared.ledger.seed import Demo, DemoKeys
 
