@@ -8,7 +8,7 @@ import argparse
 from shared.commands import Subparsers
 from shared.config import Settings
 from shared.db.migrate import migrate, session_defaults
-from shared.db.pool import connect_once
+from shared.db.pool import connect_once, pool_timeouts
 from shared.ledger.seed import seed_demo
 from shared.runtime.lifecycle import boot_check, load_settings, plan_or_exit
 
@@ -27,7 +27,7 @@ def migrate_schema(settings: Settings) -> list[str]:
         applied = migrate(conn)
     if settings.pooled:
         with connect_once(settings, "migrate") as conn:
-            session_defaults(conn, settings)
+            session_defaults(conn, pool_timeouts(settings))
     return applied
 
 

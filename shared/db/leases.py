@@ -159,7 +159,7 @@ class LeaseKeeper:
         self._role = role
         self._wanted = wanted
         self._budget = budget
-        self.holder = application_name(settings, role)
+        self.holder = application_name(role, settings.hostname)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: ElasticPool | None = None

@@ -8,13 +8,11 @@ other instead of applying a file twice; a failing file rolls back whole and rais
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from importlib import resources
 
 import psycopg
 from psycopg import sql
-
-from shared.config import Settings
-from shared.db.pool import pool_timeouts
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +50,17 @@ def migrate(conn: psycopg.Connection) -> list[str]:
     return applied_now
 
 
-def session_defaults(conn: psycopg.Connection, settings: Settings) -> None:
-    """Make the pools' timeouts the defaults of the connected role in the connected database
-    (`ALTER ROLE CURRENT_USER IN DATABASE ... SET`), for use behind a transaction-mode pooler:
+def session_defaults(conn: psycopg.Connection, timeouts: Iterable[tuple[str, int]]) -> None:
+    """Make `timeouts` (the pools' `shared.db.pool.pool_timeouts`, in ms) the defaults of the
+    connected role in the connected database (`ALTER ROLE CURRENT_USER IN DATABASE ... SET`),
+    for use behind a transaction-mode pooler:
     Postgres applies them to every server connection the pooler opens, and they cost no round
     trip per transaction. Run it over DATABASE_URL, so that the role is the one the pooler
     logs in as. Server connections opened earlier keep their old values until the pooler
     replaces them. Raises `psycopg.Error` (for example without the right to alter the role)."""
     dbname = conn.execute("SELECT current_database()").fetchone()
     assert dbname is not None
-    for name, value in pool_timeouts(settings):
+    for name, value in timeouts:
         conn.execute(
             sql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} SET {} = {}").format(
                 sql.Identifier(dbname[0]), sql.Identifier(name), sql.Literal(value)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -35,13 +35,13 @@ TRANSIENT = (
 )
 
 
-def application_name(settings: Settings, role: str) -> str:
+def application_name(role: str, hostname: str) -> str:
     """`settle:<role>:<host>:<pid>`, so pg_stat_activity shows who holds each connection.
     Postgres keeps 63 characters: a long host name is cut, never the pid, which tells
     processes (and their connection leases) apart."""
     pid = str(os.getpid())
     room = 63 - len(f"settle:{role}::{pid}")
-    return f"settle:{role}:{settings.hostname[: max(room, 0)]}:{pid}"
+    return f"settle:{role}:{hostname[: max(room, 0)]}:{pid}"
 
 
 def connect_kwargs(settings: Settings, role: str) -> dict[str, object]:
@@ -59,7 +59,7 @@ def connect_kwargs(settings: Settings, role: str) -> dict[str, object]:
     """
     kwargs: dict[str, object] = {
         "autocommit": True,
-        "application_name": application_name(settings, role),
+        "application_name": application_name(role, settings.hostname),
         "connect_timeout": 5,
     }
     if settings.pooled:
@@ -72,7 +72,7 @@ def connect_kwargs(settings: Settings, role: str) -> dict[str, object]:
 
 
 def pool_timeouts(settings: Settings) -> list[tuple[str, int]]:
-    """The Postgres timeouts (in ms) every pooled connection runs with."""
+    """The Postgres timeouts (in ms) every pooled connection runs with, by Postgres's name."""
     return [
         ("statement_timeout", settings.statement_timeout_ms),
         ("lock_timeout", settings.lock_timeout_ms),
@@ -98,7 +98,7 @@ def connect_once(
         kwargs = {
             "autocommit": True,
             "connect_timeout": 5,
-            "application_name": application_name(settings, role),
+            "application_name": application_name(role, settings.hostname),
         }
         if settings.pooled and url == settings.database_url:
             kwargs["prepare_threshold"] = None
@@ -112,8 +112,8 @@ class TimeoutsCheck:
     connection older than the last `settle migrate`). A warning, not a refusal: the service
     works, only unbounded."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._want = {name: f"{value}ms" for name, value in pool_timeouts(settings)}
+    def __init__(self, timeouts: Iterable[tuple[str, int]]) -> None:
+        self._want = {name: f"{value}ms" for name, value in timeouts}
         self._warned = False
 
     def __call__(self, conn: psycopg.Connection) -> None:
@@ -157,7 +157,7 @@ def create_pool(
     return ElasticPool(
         settings.database_url,
         kwargs=connect_kwargs(settings, role),
-        configure=TimeoutsCheck(settings) if settings.pooled else None,
+        configure=TimeoutsCheck(pool_timeouts(settings)) if settings.pooled else None,
         min_size=size,
         max_size=size,
         open=False,

@@ -105,7 +105,7 @@ def boot_check(settings: Settings, role: str) -> None:
     connection to RabbitMQ), or exit 1 with one line naming the one that cannot be reached;
     a transaction pooler in front of DATABASE_URL that DB_POOLER does not declare is a
     refused setting (`shared.db.pooler`): exit 2 with one line naming DB_POOLER."""
-    name = application_name(settings, f"{role}-boot")
+    name = application_name(f"{role}-boot", settings.hostname)
     try:
         check_postgres(settings.database_url, name=name)
         check_pooler(settings, name=name)
@@ -169,7 +169,7 @@ def wait_for_boot(settings: Settings, role: str, stop: StopRequest) -> Plan | No
     or an undeclared pooler, exits 2 at once with its one line. Returns None when a stop is
     requested meanwhile (the caller exits 0, having started nothing)."""
     backoff = Backoff(Supervisor.BACKOFF_BASE, settings.restart_backoff_max_seconds)
-    name = application_name(settings, f"{role}-boot")
+    name = application_name(f"{role}-boot", settings.hostname)
     while not stop.is_set():
         try:
             check_postgres(settings.database_url, name=name)

@@ -152,7 +152,7 @@ def test_sigterm_mid_load_loses_no_transfer_and_leaves_no_connection_behind(
 
     assert (replacement.stop(), sweeper.stop()) == (0, 0)
 
-    own = {application_name(settings, role) for role in ("web-test", "worker", "sweeper")}
+    own = {application_name(role, settings.hostname) for role in ("web-test", "worker", "sweeper")}
     left: list[str] = []
 
     def none_left() -> bool:
