@@ -10,14 +10,14 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shared.errors import InvalidSetting
 
 T = TypeVar("T")
-D = TypeVar("D")
+D = TypeVar("D", bound=Hashable)
 
 #: The key of a field's metadata that holds its `Spec`.
 SPEC = "setting"
@@ -121,12 +121,12 @@ def _value_type(hint: Any) -> type:
     return typing.cast(type, hint)
 
 
-def read(cls: Callable[..., D], env: Mapping[str, str]) -> D:
+def read(cls: type[D], env: Mapping[str, str]) -> D:
     """An instance of the settings dataclass `cls` from `env`: each declared variable that is
     set parsed by its type and checked against its declaration, the rest left at their
     defaults. Raises `InvalidSetting` naming the variable when a value does not parse."""
     values = {}
-    for f, spec, kind in declared(typing.cast(type, cls)):
+    for f, spec, kind in declared(cls):
         raw = env.get(spec.env, "").strip()
         if raw:
             values[f.name] = parse(spec, kind, raw)
