@@ -228,6 +228,19 @@ class SameAccount(TransferRejected):
     code = "same_account"
 
 
+class BatchRefused(SettleError):
+    """Raised when an atomic batch is refused whole because some of its transfers were."""
+
+    code = "batch_refused"
+
+
+class NotAttempted(SettleError):
+    """Raised (as an item's result) for a transfer of an atomic batch that was not recorded
+    because another transfer of the batch was refused."""
+
+    code = "not_attempted"
+
+
 # Server-side conditions: the request may succeed later.
 
 

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 STATUS: list[tuple[type[errors.SettleError], str]] = [
     (errors.TransferRejected, falcon.HTTP_422),
     (errors.IdempotencyKeyReused, falcon.HTTP_422),
+    (errors.BatchRefused, falcon.HTTP_422),
     (errors.InvalidRequest, falcon.HTTP_400),
     (errors.Unauthenticated, falcon.HTTP_401),
     (errors.OperatorOnly, falcon.HTTP_403),

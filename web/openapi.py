@@ -78,6 +78,7 @@ BATCH_ITEM_CODES = (
     "currency_mismatch",
     "same_account",
     "idempotency_key_reused",
+    "not_attempted",
 )
 #: A currency as asked for: one of the ISO 4217 codes Settle accepts.
 NEW_CURRENCY: Schema = {"$ref": "#/components/schemas/Currency"}
@@ -124,7 +125,12 @@ SCHEMAS: dict[str, Schema] = {
                     "insufficient_funds",
                     "balance_limit_exceeded",
                     "cancelled_by_operator",
-                ]
+                    "linked_transfer_failed",
+                ],
+                "description": "why it failed: `insufficient_funds`, `balance_limit_exceeded`"
+                " (a balance would leave the int64 range), `cancelled_by_operator`, or"
+                " `linked_transfer_failed`: a transfer of the same atomic batch failed (that"
+                " one carries its own code), so every transfer of the batch failed with it",
             },
             "attempts": {"type": "integer", "minimum": 0},
             "created_at": TIMESTAMP,
@@ -241,7 +247,7 @@ SCHEMAS: dict[str, Schema] = {
             obj({"status": {"const": 202}, "data": ref("Transfer")}),
             obj(
                 {
-                    "status": {"enum": [400, 422]},
+                    "status": {"enum": [400, 422, 424]},
                     "error": obj(
                         {
                             "code": {"enum": sorted(BATCH_ITEM_CODES)},
@@ -253,7 +259,9 @@ SCHEMAS: dict[str, Schema] = {
         ],
         "description": "the result of one item: 202 with the transfer (new, or the one its"
         " idempotency key recorded before), or the status and error the item would get as a"
-        " POST /transfers of its own; nothing of a refused item is recorded",
+        " POST /transfers of its own; nothing of a refused item is recorded. In an atomic"
+        " batch refused whole, the items refused for another item's sake are 424"
+        " `not_attempted`",
     },
 }
 
@@ -539,7 +547,8 @@ PATHS: dict[str, dict[str, Any]] = {
             " else. Retrying the whole batch answers the same results and records nothing"
             " twice. A body that is not a batch at all (not JSON, not an object, `transfers`"
             " missing, empty or longer than 1,000, over MAX_BATCH_BODY_BYTES) is refused"
-            " whole. The batch counts as one request for rate limits.",
+            " whole. With `atomic: true` the batch is all or nothing, at intake and at"
+            " settlement. The batch counts as one request for rate limits.",
             "requestBody": {
                 "required": True,
                 "content": json_content(
@@ -558,7 +567,18 @@ PATHS: dict[str, dict[str, Any]] = {
                                     ]
                                 },
                             },
-                        }
+                            "atomic": {
+                                "type": "boolean",
+                                "default": False,
+                                "description": "true: all or nothing. Either every transfer"
+                                " is accepted and they are settled together, in one"
+                                " transaction, or failed together (the one that could not be"
+                                " settled with its own failure_code, the others"
+                                " `linked_transfer_failed`); or none is recorded and the"
+                                " answer is 422 `batch_refused`",
+                            },
+                        },
+                        optional=("atomic",),
                     )
                 ),
             },
@@ -577,6 +597,22 @@ PATHS: dict[str, dict[str, Any]] = {
                 ),
                 "401": UNAUTHENTICATED,
                 "403": READ_ONLY,
+                "422": ok(
+                    "an atomic batch refused whole: nothing was recorded; `data` has one"
+                    " result per item, the refused ones with their errors and the others 424"
+                    " `not_attempted`",
+                    obj(
+                        {
+                            "error": obj(
+                                {
+                                    "code": {"enum": ["batch_refused"]},
+                                    "message": {"type": "string", "minLength": 1},
+                                }
+                            ),
+                            "data": {"type": "array", "items": ref("BatchItemResult")},
+                        }
+                    ),
+                ),
                 "413": error("the body is larger than MAX_BATCH_BODY_BYTES", "body_too_large"),
                 "415": NOT_JSON,
                 "503": error(

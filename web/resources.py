@@ -19,8 +19,10 @@ from shared.db import Row
 from shared.db.pool import connection
 from shared.errors import (
     AccountNotFound,
+    BatchRefused,
     BodyTooLarge,
     BrokerUnavailable,
+    NotAttempted,
     NotFound,
     NotReady,
     SettleError,
@@ -215,17 +217,28 @@ class TransferBatch(_Resource):
         auth.require_writer(by)  # before the body, as for POST /transfers
         batch = commands.batch_request(read_json(req, self._max_body_bytes))
         with connection(self._pool) as conn:
-            results = batches.submit_transfers(conn, batch.items, by=by)
+            outcome = batches.submit_transfers(conn, batch.items, by=by, atomic=batch.atomic)
+        answer = [item_result(result) for result in outcome.results]
+        if not outcome.recorded:
+            refused = sum(r["status"] != NOT_ATTEMPTED_STATUS for r in answer)
+            error = BatchRefused(
+                f"{refused} of the batch's {len(answer)} transfers were refused, so none was"
+                " recorded (the batch is atomic); each item says why"
+            )
+            resp.status = errors.status_of(error)
+            resp.media = {**errors.body_of(error), "data": answer}
+            return
         pending = sorted(
             {
                 r["id"]
-                for r in results
+                for r in outcome.results
                 if not isinstance(r, SettleError) and r["status"] == "pending"
             }
         )
         if pending:
-            self._send(pending)
-        resp.media = {"data": [item_result(result) for result in results]}
+            # A chain is settled whole from any one of its legs.
+            self._send(pending[:1] if batch.atomic else pending)
+        resp.media = {"data": answer}
 
     def _send(self, transfer_ids: list[int]) -> None:
         # As for one transfer: recorded and pending, so the sweeper sends them once the
@@ -242,10 +255,17 @@ class TransferBatch(_Resource):
             ) from exc
 
 
+#: The status of an item of an atomic batch that was refused for another item's sake.
+NOT_ATTEMPTED_STATUS = 424
+
+
 def item_result(result: Row | SettleError) -> dict[str, object]:
     """One item of a batch's answer: `{"status": 202, "data": transfer}` or
     `{"status": 4xx, "error": {"code", "message"}}`, the status the error would have as the
-    answer to a single request."""
+    answer to a single request (an item of a refused atomic batch that was not attempted:
+    424, Failed Dependency, which no single request answers)."""
+    if isinstance(result, NotAttempted):
+        return {"status": NOT_ATTEMPTED_STATUS, **errors.body_of(result)}
     if isinstance(result, SettleError):
         return {
             "status": falcon.http_status_to_code(errors.status_of(result)),

@@ -69,6 +69,7 @@ OUTCOMES = (
     ("settled", ""),
     ("failed", "insufficient_funds"),
     ("failed", "balance_limit_exceeded"),
+    ("failed", "linked_transfer_failed"),
 )
 SETTLE_LATENCY = Histogram(
     "settle_transfer_settle_latency_seconds",

@@ -105,8 +105,9 @@ def statuses(conn: psycopg.Connection, transfer_ids: Sequence[int]) -> dict[int,
 
 def release(conn: psycopg.Connection, transfer_ids: Sequence[int] | None) -> list[int]:
     """Clear the mark of the given dead-lettered transfers (all of them when `transfer_ids`
-    is None), give them a fresh retry budget and count them as sent now; return the ids
-    released, in order. Locks them in ascending id order (waiting for each, up to the lock
+    is None) and of the other legs of their chains (a chain is released whole, as it is
+    dead-lettered whole), give them a fresh retry budget and count them as sent now; return
+    the ids released, in order. Locks them in ascending id order (waiting for each, up to the lock
     timeout) before it writes.
 
     The caller sends each one a message next; should that fail, the sweeper sends it once
@@ -116,8 +117,10 @@ def release(conn: psycopg.Connection, transfer_ids: Sequence[int] | None) -> lis
         "UPDATE transfers SET dead_lettered_at = NULL, enqueued_at = now(),"
         " failed_attempts = 0, next_attempt_at = NULL, retry_message = NULL"
         " WHERE id IN (SELECT id FROM transfers WHERE dead_lettered_at IS NOT NULL"
-        " AND (%s::bigint[] IS NULL OR id = ANY(%s::bigint[])) ORDER BY id FOR NO KEY UPDATE)"
+        " AND (%s::bigint[] IS NULL OR id = ANY(%s::bigint[]) OR chain_id IN ("
+        "SELECT c.chain_id FROM transfers c WHERE c.id = ANY(%s::bigint[])))"
+        " ORDER BY id FOR NO KEY UPDATE)"
         " RETURNING id",
-        (None if transfer_ids is None else list(transfer_ids),) * 2,
+        (None if transfer_ids is None else list(transfer_ids),) * 3,
     ).fetchall()
     return sorted(int(row[0]) for row in rows)

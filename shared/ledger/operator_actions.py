@@ -92,10 +92,13 @@ def _shown(wanted: TransferFilter) -> str:
 
 
 #: Ends a dead-lettered transfer `failed` as cancelled, for each id of a locked set.
+#: A leg of a chain (an atomic batch) is cancelled with its chain: the chain fails together.
 _CANCEL = (
     "UPDATE transfers SET status = 'failed', failure_code = %s, dead_lettered_at = NULL,"
     " next_attempt_at = NULL, retry_message = NULL, finished_at = now()"
-    " WHERE id = ANY(%s) AND dead_lettered_at IS NOT NULL RETURNING id"
+    " WHERE (id = ANY(%s) OR chain_id IN ("
+    "SELECT c.chain_id FROM transfers c WHERE c.id = ANY(%s::bigint[])))"
+    " AND dead_lettered_at IS NOT NULL RETURNING id"
 )
 
 
@@ -103,7 +106,7 @@ def cancel(conn: psycopg.Connection, transfer_id: int, *, by: Acting) -> bool:
     """End a dead-lettered transfer `failed` (`cancelled_by_operator`), moving no money, and
     record it. False when it was not dead-lettered (nothing changed)."""
     with conn.transaction():
-        row = conn.execute(_CANCEL, (CANCELLED, [transfer_id])).fetchone()
+        row = conn.execute(_CANCEL, (CANCELLED, [transfer_id], [transfer_id])).fetchone()
         if row is not None:
             record(conn, by, "cancel", [transfer_id], "cancelled a dead-lettered transfer")
     return row is not None
@@ -118,7 +121,7 @@ def cancel_batch(
     another transaction holds."""
     with conn.transaction():
         ids = dead_lettered_ids(conn, wanted, after=after, limit=BATCH)
-        rows = conn.execute(_CANCEL, (CANCELLED, ids)).fetchall() if ids else []
+        rows = conn.execute(_CANCEL, (CANCELLED, ids, ids)).fetchall() if ids else []
         cancelled = sorted(int(row[0]) for row in rows)
         if cancelled:
             record(
