@@ -154,8 +154,14 @@ def _settle(ids: list[int]) -> None:
         # Autocommit: each call of the SQL function is its own transaction.
         with connection(current_pool()) as conn:
             for chunk in chunks(ids, BATCH_MAX):
+                # Topped up to a full batch with the longest-waiting pending transfers:
+                # under load, web's messages carry an id or two each, and a transaction
+                # per message let the queue grow (docs/architecture.md, "Settlement in
+                # batches").
                 outcomes.update(
-                    ledger.settle_transfers(conn, chunk, retry=policy, message_id=message_id)
+                    ledger.settle_transfers(
+                        conn, chunk, retry=policy, message_id=message_id, fill=BATCH_MAX
+                    )
                 )
     except Exception as exc:
         if not is_transient(exc):

@@ -311,30 +311,64 @@ def settle_transfer(conn: psycopg.Connection, transfer_id: int) -> tuple[str, st
     return outcome.status, outcome.failure_code
 
 
+#: The ids `settle_transfers(..., fill=n)` settles: the given ones, and up to n of them
+#: in all with the other pending transfers sent longest ago that the given message may
+#: attempt (the SQL function's own rule) and no other transaction holds, locked here so
+#: that concurrent settlements take disjoint ones. Only transfers with two attempts left or
+#: more: a failed attempt never spends the budget of a transfer its message does not
+#: carry, so a message dead-letters only its own (its last attempt comes from a message
+#: that carries it, its own or the sweeper's). The partial index `transfers_pending` serves
+#: it; the locks belong to the function's transaction, which is the same statement.
+_FILLED_IDS = sql.SQL("""
+    %(ids)s::bigint[] || ARRAY(
+        SELECT tr.id FROM transfers tr
+         WHERE tr.status = 'pending' AND tr.dead_lettered_at IS NULL
+           AND (tr.next_attempt_at IS NULL OR tr.next_attempt_at <= now()
+                OR tr.retry_message = %(message)s)
+           AND tr.failed_attempts < %(max)s - 1
+           AND tr.id <> ALL (%(ids)s::bigint[])
+         ORDER BY tr.enqueued_at
+         LIMIT %(more)s
+           FOR NO KEY UPDATE SKIP LOCKED)
+""")
+_SETTLE = sql.SQL(
+    "SELECT id, status, failure_code, latency, retry_ms, detail"
+    " FROM settle_transfers({ids}, %(message)s, %(max)s, %(min)s, %(max_backoff)s)"
+)
+
+
 def settle_transfers(
     conn: psycopg.Connection,
     transfer_ids: Sequence[int],
     *,
     retry: RetryPolicy = DEFAULT_RETRY,
     message_id: str | None = None,
+    fill: int = 0,
 ) -> dict[int, Outcome]:
     """Settle a batch of pending transfers in one transaction and one round trip (the SQL
     function `settle_transfers`), each with its own outcome, within their retry budget.
 
     `message_id` names the message making the attempt: a transfer whose retry another
-    message is to make is skipped until that retry is due. Returns an `Outcome` for every
-    distinct id; failures are decided in ascending id order, so a transfer sees the balances
-    the earlier ones left. A lock timeout or deadlock on the accounts is no error: the
-    transfers whose accounts are free settle, a failed attempt is counted on the others
-    ('retry', or 'dead-lettered' once the budget is spent), in the same transaction. Other
-    driver errors (lost connection, statement timeout) propagate and nothing is written.
+    message is to make is skipped until that retry is due. With `fill`, a batch of fewer
+    ids is topped up to `fill` with the other pending transfers that have waited longest
+    and that no other settlement holds, so that a backlog of small messages is settled in
+    full batches, oldest first (docs/architecture.md, "Settlement in batches"); their
+    outcomes are returned too, and a failed attempt on them is this message's to retry.
+
+    Returns an `Outcome` for every distinct id; failures are decided in ascending id order,
+    so a transfer sees the balances the earlier ones left. A lock timeout or deadlock on
+    the accounts is no error: the transfers whose accounts are free settle, a failed
+    attempt is counted on the others ('retry', or 'dead-lettered' once the budget is
+    spent), in the same transaction. Other driver errors (lost connection, statement
+    timeout) propagate and nothing is written.
     """
+    ids = list(transfer_ids)
+    more = fill - len(set(ids))
+    params = {"ids": ids, "message": message_id, "more": more}
+    policy = dict(zip(("max", "min", "max_backoff"), retry.params(), strict=True))
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT id, status, failure_code, latency, retry_ms, detail"
-            " FROM settle_transfers(%s::bigint[], %s, %s, %s, %s)",
-            (list(transfer_ids), message_id, *retry.params()),
-        )
+        ids_sql = _FILLED_IDS if more > 0 else sql.SQL("%(ids)s::bigint[]")
+        cur.execute(_SETTLE.format(ids=ids_sql), {**params, **policy})
         return {
             int(tid): Outcome(
                 str(status), code, None if latency is None else float(latency), delay, detail

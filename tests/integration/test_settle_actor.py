@@ -494,3 +494,94 @@ def test_a_batch_that_keeps_failing_settles_what_it_can_then_dead_letters_the_re
         assert "lock timeout" in str(row["last_error"])
     row = transfer_row(db, done)
     assert (row["status"], row["attempts"], row["dead_lettered_at"]) == ("settled", 1, None)
+
+
+def _sent_long_ago(db: psycopg.Connection, transfer_ids: list[int]) -> None:
+    """Make `transfer_ids` the pending transfers sent longest ago, in their order: older
+    than anything earlier tests of the session left pending."""
+    db.execute(
+        "UPDATE transfers t SET enqueued_at = now() - interval '1 day' + n * interval '1 second'"
+        " FROM unnest(%s::bigint[]) WITH ORDINALITY AS x(id, n) WHERE t.id = x.id",
+        (transfer_ids,),
+    )
+
+
+def test_a_batch_is_topped_up_with_the_pending_transfers_sent_longest_ago(
+    db: psycopg.Connection, treasury: int
+) -> None:
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 10_000)
+    oldest, older, old = (submit(db, payer, payee, 100) for _ in range(3))
+    _sent_long_ago(db, [oldest, older, old])
+    new = submit(db, payer, payee, 100)
+
+    outcomes = ledger.settle_transfers(db, [new], fill=3)
+
+    # Its own id, and the two that waited longest; the third is left for the next batch.
+    assert statuses(outcomes) == {
+        new: ("settled", None),
+        oldest: ("settled", None),
+        older: ("settled", None),
+    }
+    assert all(outcome.latency is not None for outcome in outcomes.values())
+    assert transfer_row(db, old)["status"] == "pending"
+    assert (balance(db, payer), balance(db, payee)) == (9_700, 300)
+    assert statuses(ledger.settle_transfers(db, [old])) == {old: ("settled", None)}
+
+
+def test_topping_up_skips_what_another_settlement_holds_or_another_message_is_to_retry(
+    db: psycopg.Connection, settings: Settings, treasury: int
+) -> None:
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 10_000)
+    held, retried, last_chance, free = (submit(db, payer, payee, 100) for _ in range(4))
+    _sent_long_ago(db, [held, retried, last_chance, free])
+    max_attempts = ledger.DEFAULT_RETRY.max_attempts
+    # Another message's retry is due later; another transfer has one attempt left, which
+    # only a message carrying it may spend (so that the message dead-lettering it is its).
+    db.execute(
+        "UPDATE transfers SET failed_attempts = 1, next_attempt_at = now() + interval '1 hour',"
+        " retry_message = 'another-message' WHERE id = %s",
+        (retried,),
+    )
+    db.execute(
+        "UPDATE transfers SET failed_attempts = %s WHERE id = %s", (max_attempts - 1, last_chance)
+    )
+    new = submit(db, payer, payee, 100)
+
+    with psycopg.connect(settings.database_url) as other:
+        other.execute("SELECT 1 FROM transfers WHERE id = %s FOR NO KEY UPDATE", (held,))
+        outcomes = ledger.settle_transfers(db, [new], fill=100, message_id="this-message")
+        other.rollback()
+
+    assert {new, free} <= set(outcomes)
+    assert not {held, retried, last_chance} & set(outcomes)
+    assert [transfer_row(db, tid)["status"] for tid in (held, retried, last_chance)] == [
+        "pending"
+    ] * 3
+    # Each still settles when its own message comes.
+    assert statuses(
+        ledger.settle_transfers(db, [held, retried, last_chance], message_id="another-message")
+    ) == dict.fromkeys((held, retried, last_chance), ("settled", None))
+
+
+def test_one_message_of_one_id_settles_the_backlog_it_finds(
+    db: psycopg.Connection, treasury: int, outcomes: RecordedOutcomes
+) -> None:
+    payer, payee = make_account(db), make_account(db)
+    fund(db, treasury, payer, 10_000)
+    # Accepted, never sent: as a backlog of web's messages looks to the message behind it.
+    backlog = [submit(db, payer, payee, 100) for _ in range(5)]
+    _sent_long_ago(db, backlog)
+    last = submit(db, payer, payee, 100)
+
+    settle_transfers.send([last])
+    join_queue(broker)
+
+    for tid in [*backlog, last]:
+        assert (transfer_row(db, tid)["status"], entry_amounts(db, tid)) == (
+            "settled",
+            [(payer, -100), (payee, 100)],
+        )
+    assert (balance(db, payer), balance(db, payee)) == (9_400, 600)
+    assert outcomes.of(last) == [None]
