@@ -282,6 +282,13 @@ class Overloaded(Unavailable):
     code = "overloaded"
 
 
+class SettlementBehind(Overloaded):
+    """Raised when a new transfer would join a settlement backlog whose oldest transfer was
+    accepted longer ago than TRANSFER_BACKLOG_MAX_MS; nothing is recorded."""
+
+    code = "overloaded"
+
+
 class WebhooksUnconfigured(SettleError):
     """Raised when a webhook secret must be made or used and SECRET_KEY is not set (or is not
     the key the endpoint's secret was made with)."""

@@ -64,6 +64,11 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(
         DATABASE_URL=database_url,
         BROKER_NAMESPACE=f"settle-test-{uuid.uuid4().hex[:10]}",
+        # The session's tests share one database and leave pending transfers behind on
+        # purpose, which would soon hold every POST /transfers off as settlement's backlog:
+        # admission control is off here, and its own tests turn it on, each on a database
+        # of its own (tests/integration/test_admission.py).
+        TRANSFER_BACKLOG_MAX_MS="0",
         # Webhook secrets are derived from it; receivers in tests listen on 127.0.0.1.
         SECRET_KEY=secrets.token_urlsafe(32),
         WEBHOOK_ALLOW_PRIVATE="1",

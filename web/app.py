@@ -22,6 +22,7 @@ from shared.config import Settings
 from shared.errors import SettleError
 from shared.events.waiting import EventWatch
 from shared.ledger.auth import PrincipalCache
+from shared.ledger.backlog import BacklogGate
 from shared.runtime.metrics import OverviewCollector
 from web import errors, ladder, openapi, resources, webhooks
 from web.auth import RequireApiKey
@@ -64,6 +65,7 @@ def create_app(
     keys: PrincipalCache | None = None,
     watch: EventWatch | None = None,
     enqueue_many: resources.EnqueueMany | None = None,
+    backlog: BacklogGate | None = None,
 ) -> falcon.App:
     """A WSGI app serving the HTTP contract with `pool` for reads and writes (and API key
     lookups), `enqueue` to hand a transfer id to the workers and `ping_broker` for readiness;
@@ -71,7 +73,8 @@ def create_app(
     the dashboard drops the dead letters of transfers it sends again through it (without
     it, it shows no queue, and dead letters expire on their own). Long-polls wait on `watch`
     (without it, they are answered at once). A batch's transfers are queued through
-    `enqueue_many` (without it, one `enqueue` at a time).
+    `enqueue_many` (without it, one `enqueue` at a time). New transfers are admitted by
+    `backlog` (default: a gate of `settings.transfer_backlog_max_ms`).
     Every route but /healthz, /readyz and /openapi.json needs an API key; the dashboard's
     pages (/dashboard) need an operator's session instead. A key looked up is
     remembered in `keys` (default: a cache of its own, `settings.api_key_cache_seconds`)."""
@@ -91,9 +94,14 @@ def create_app(
     app.add_route("/accounts", resources.Accounts(pool, **body))
     app.add_route("/accounts/{account_id}", resources.Account(pool, **body))
     app.add_route("/accounts/{account_id}/entries", resources.AccountEntries(pool, **body))
-    app.add_route("/transfers", resources.Transfers(pool, enqueue=enqueue, **body))
+    if backlog is None:
+        backlog = BacklogGate(settings.transfer_backlog_max_ms / 1000)
+    app.add_route("/transfers", resources.Transfers(pool, enqueue=enqueue, backlog=backlog, **body))
     batch = resources.TransferBatch(
-        pool, enqueue_many=enqueue_many, max_body_bytes=settings.max_batch_body_bytes
+        pool,
+        enqueue_many=enqueue_many,
+        backlog=backlog,
+        max_body_bytes=settings.max_batch_body_bytes,
     )
     app.add_route("/transfers/batch", batch)
     app.add_route("/transfers/{transfer_id}", resources.Transfer(pool, watch=watch, **body))

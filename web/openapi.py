@@ -275,9 +275,11 @@ READ_ONLY = error(
     "the API key is a read-only operator key; it may not change anything", "read_only_key"
 )
 TRANSFER_UNAVAILABLE = error(
-    "the database or the web process is saturated or unreachable, or the transfer was recorded"
-    " but the message broker could not queue it (broker_unavailable: it is settled once the"
-    " broker is back); retry with the same Idempotency-Key after Retry-After",
+    "the database or the web process is saturated or unreachable, or settlement is behind"
+    " (overloaded: the transfer waiting longest was accepted more than TRANSFER_BACKLOG_MAX_MS"
+    " ago; nothing was recorded), or the transfer was recorded but the message broker could"
+    " not queue it (broker_unavailable: it is settled once the broker is back); retry with"
+    " the same Idempotency-Key after Retry-After",
     "database_busy",
     "database_unavailable",
     "overloaded",
@@ -616,8 +618,11 @@ PATHS: dict[str, dict[str, Any]] = {
                 "413": error("the body is larger than MAX_BATCH_BODY_BYTES", "body_too_large"),
                 "415": NOT_JSON,
                 "503": error(
-                    "the database or the web process is saturated or unreachable, or the"
-                    " batch's transfers were recorded but the message broker could not queue"
+                    "the database or the web process is saturated or unreachable, or"
+                    " settlement is behind (overloaded: the transfer waiting longest was"
+                    " accepted more than TRANSFER_BACKLOG_MAX_MS ago; nothing was recorded),"
+                    " or the batch's transfers were recorded but the message broker could not"
+                    " queue"
                     " them (broker_unavailable: they are settled once the broker is back);"
                     " retry the same batch after Retry-After",
                     "database_busy",

@@ -26,6 +26,7 @@ from shared.errors import (
     NotFound,
     NotReady,
     SettleError,
+    SettlementBehind,
     TransferNotFound,
     UnsupportedMediaType,
     UserNotFound,
@@ -34,6 +35,7 @@ from shared.events import feed, waiting
 from shared.events.waiting import EventWatch
 from shared.ledger import auth, batches, commands, listing, money
 from shared.ledger import operations as ledger
+from shared.ledger.backlog import BacklogGate, Verdict
 from web import errors
 from web.auth import principal
 
@@ -164,10 +166,40 @@ class AccountEntries(_Resource):
         resp.media = {"data": page.items, "next_cursor": page.next_cursor}
 
 
+def settlement_behind(
+    backlog: BacklogGate, verdict: Verdict, send: EnqueueMany
+) -> SettlementBehind:
+    """The refusal of new transfers while settlement is behind (`verdict`), after sending
+    again what the gate claimed for it (see `BacklogGate`). Should that send fail, the
+    sweeper sends them once its grace period has passed, as after any failed send."""
+    if verdict.resend:
+        try:
+            send(verdict.resend)
+        except BrokerUnavailable as exc:
+            log.warning("transfers %s: not sent again: %s", verdict.resend, exc.message)
+    return SettlementBehind(
+        f"settlement is behind: the transfer waiting longest was accepted"
+        f" {verdict.waited:.1f} s ago (the bound is {backlog.max_seconds:g} s); nothing was"
+        " recorded, retry after Retry-After"
+    )
+
+
 class Transfers(_Resource):
-    def __init__(self, pool: ConnectionPool, *, max_body_bytes: int, enqueue: Enqueue) -> None:
+    """`POST /transfers` records a transfer and queues it, unless settlement is behind
+    (`backlog`: 503 `overloaded`, nothing recorded; docs/operations.md, "Admission
+    control")."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        max_body_bytes: int,
+        enqueue: Enqueue,
+        backlog: BacklogGate | None = None,
+    ) -> None:
         super().__init__(pool, max_body_bytes=max_body_bytes)
         self._enqueue = enqueue
+        self._backlog = backlog or BacklogGate(0)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         query = listing.transfer_query(query_params(req))
@@ -180,12 +212,20 @@ class Transfers(_Resource):
         body = read_json(req, self._max_body_bytes)
         new = commands.transfer_request(body, req.get_header("Idempotency-Key"))
         with connection(self._pool) as conn:
-            transfer = ledger.submit_transfer(conn, new, by=principal(req))
+            verdict = self._backlog.check(conn)
+            if verdict.admit:
+                transfer = ledger.submit_transfer(conn, new, by=principal(req))
+        if not verdict.admit:
+            raise settlement_behind(self._backlog, verdict, self._enqueue_each)
         if transfer["status"] == "pending":
             self._send(transfer["id"])
         resp.status = falcon.HTTP_202
         resp.location = f"/transfers/{transfer['id']}"
         resp.media = {"data": transfer}
+
+    def _enqueue_each(self, transfer_ids: Sequence[int]) -> None:
+        for transfer_id in transfer_ids:
+            self._enqueue(transfer_id)
 
     def _send(self, transfer_id: int) -> None:
         # The transfer is committed and stays pending: the sweeper sends it once the broker
@@ -207,17 +247,27 @@ class TransferBatch(_Resource):
     many ids (`enqueue_many`). A batch counts as one request, whatever it holds."""
 
     def __init__(
-        self, pool: ConnectionPool, *, max_body_bytes: int, enqueue_many: EnqueueMany
+        self,
+        pool: ConnectionPool,
+        *,
+        max_body_bytes: int,
+        enqueue_many: EnqueueMany,
+        backlog: BacklogGate | None = None,
     ) -> None:
         super().__init__(pool, max_body_bytes=max_body_bytes)
         self._enqueue_many = enqueue_many
+        self._backlog = backlog or BacklogGate(0)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         by = principal(req)
         auth.require_writer(by)  # before the body, as for POST /transfers
         batch = commands.batch_request(read_json(req, self._max_body_bytes))
         with connection(self._pool) as conn:
-            outcome = batches.submit_transfers(conn, batch.items, by=by, atomic=batch.atomic)
+            verdict = self._backlog.check(conn)
+            if verdict.admit:
+                outcome = batches.submit_transfers(conn, batch.items, by=by, atomic=batch.atomic)
+        if not verdict.admit:
+            raise settlement_behind(self._backlog, verdict, self._enqueue_many)
         answer = [item_result(result) for result in outcome.results]
         if not outcome.recorded:
             refused = sum(r["status"] != NOT_ATTEMPTED_STATUS for r in answer)

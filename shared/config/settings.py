@@ -133,6 +133,13 @@ class Settings:
         "requests waiting for a thread beyond which web answers 503 + Retry-After at once",
         at_least=1,
     )
+    transfer_backlog_max_ms: int = setting(
+        "TRANSFER_BACKLOG_MAX_MS",
+        1000,
+        "POST /transfers answers 503 `overloaded` + Retry-After, recording nothing, while the"
+        " transfer waiting longest to settle was accepted longer ago than this; 0: never",
+        at_least=0,
+    )
     web_shutdown_timeout: float = setting(
         "WEB_SHUTDOWN_TIMEOUT",
         30.0,
