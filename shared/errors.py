@@ -185,6 +185,12 @@ class WebhookEndpointNotFound(NotFound):
     code = "webhook_endpoint_not_found"
 
 
+class WebhookDeliveryNotFound(NotFound):
+    """Raised when no webhook delivery has the given id (or not of the endpoint named)."""
+
+    code = "webhook_delivery_not_found"
+
+
 class ApiKeyNotFound(NotFound):
     """Raised when no API key has the given id."""
 

@@ -1,17 +1,18 @@
-"""What the dashboard's tests share: log in through the real form, read CSRF tokens, and
-make dead-lettered transfers in bulk."""
+"""What the dashboard's tests share: log in through the real form, read CSRF tokens, make
+dead-lettered transfers in bulk, and webhook endpoints with deliveries in any state."""
 
 from __future__ import annotations
 
 import base64
 import re
 import uuid
+from collections.abc import Sequence
 
 import psycopg
 from falcon.testing import Result, TestClient
 
 from shared.ledger import dead_letters, sessions
-from tests.helpers import make_account, submit
+from tests.helpers import make_account, make_user, submit
 
 COOKIE = "settle_dashboard"
 LOGIN_COOKIE = "settle_dashboard_login"
@@ -98,3 +99,57 @@ def many_dead_lettered(conn: psycopg.Connection, count: int, *, error: str) -> l
         (uuid.uuid4().hex, source, target, error, count),
     ).fetchall()
     return sorted(int(r[0]) for r in rows)
+
+
+def webhook_endpoint(conn: psycopg.Connection, url: str = "http://127.0.0.1:9/hook") -> int:
+    """A live endpoint of a fresh user, written as the table holds it (its secret material is
+    not used here: nothing is delivered)."""
+    row = conn.execute(
+        "INSERT INTO webhook_endpoints (user_id, url, event_types, secret_salt, secret_key_check)"
+        " VALUES (%s, %s, ARRAY['transfer.settled', 'transfer.failed'], '\\x00', '\\x00')"
+        " RETURNING id",
+        (make_user(conn), url),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def webhook_delivery(
+    conn: psycopg.Connection,
+    endpoint: int,
+    status: str,
+    answers: Sequence[tuple[int | None, str | None]] = (),
+) -> int:
+    """A delivery to `endpoint` in `status`, with one attempt per (status code, error) of
+    `answers`, as the delivery workers record them; a finished one's window is over. Its
+    next attempt is an hour ahead and a message is marked sent, so that a retry's changes
+    show."""
+    last_code, last_error = answers[-1] if answers else (None, None)
+    row = conn.execute(
+        "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, status,"
+        " attempts, last_status_code, last_error, next_attempt_at, retry_until, finished_at,"
+        " enqueued_at)"
+        " VALUES (%(e)s, %(event)s, 'transfer.settled', %(body)s, %(status)s, %(n)s, %(code)s,"
+        "  %(error)s, now() + interval '1 hour',"
+        "  CASE WHEN %(status)s = 'pending' THEN now() + interval '3 days'"
+        "   ELSE now() - interval '1 minute' END,"
+        "  CASE WHEN %(status)s = 'pending' THEN NULL ELSE now() END, now() - interval '1 hour')"
+        " RETURNING id",
+        {
+            "e": endpoint,
+            "event": uuid.uuid4().int % 2**62,
+            "body": '{"type": "transfer.settled"}',
+            "status": status,
+            "n": len(answers),
+            "code": last_code,
+            "error": last_error,
+        },
+    ).fetchone()
+    assert row is not None
+    for code, error in answers:
+        conn.execute(
+            "INSERT INTO webhook_attempts (delivery_id, status_code, latency_ms, error)"
+            " VALUES (%s, %s, 12, %s)",
+            (row[0], code, error),
+        )
+    return int(row[0])

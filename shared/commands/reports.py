@@ -96,17 +96,26 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
     ):
         rows = recent(conn, limit=args.limit, transfer_id=args.transfer)
     for row in rows:
-        ids = row["transfer_ids"]
-        shown = ", ".join(str(i) for i in ids[:10]) + (
-            f" and {len(ids) - 10} more" if len(ids) > 10 else ""
-        )
-        if row["key_id"] is None:  # `settle dead-letters`, run by someone with the URLs
+        if row["key_id"] is None:  # `settle dead-letters|webhooks`, run with the URLs
             who = "the command line"
         else:
             who = f"key {row['key_id']}" + (f" ({row['key_label']})" if row["key_label"] else "")
+        if row["webhook_endpoint_id"] is not None:
+            ids = row["webhook_delivery_ids"]
+            subject = f"{len(ids)} delivery(ies) of webhook endpoint {row['webhook_endpoint_id']}"
+        else:
+            ids = row["transfer_ids"]
+            subject = f"{len(ids)} transfer(s)"
         print(
             f"{row['created_at']:%Y-%m-%d %H:%M:%S%z}  {who}  {row['action']}"
-            f" {len(ids)} transfer(s): {shown}  -- {row['detail']}"
+            f" {subject}: {_few(ids)}  -- {row['detail']}"
         )
     print(f"settle audit-log: {len(rows)} action(s) shown")
     return 0
+
+
+def _few(ids: list[int]) -> str:
+    """The first ten of `ids`, and how many more."""
+    return ", ".join(str(i) for i in ids[:10]) + (
+        f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+    )

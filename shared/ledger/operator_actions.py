@@ -1,4 +1,5 @@
-"""What operators do to transfers from the dashboard, and the record of it.
+"""What operators do to transfers from the dashboard, and the record of it (which also
+keeps the retries of webhook deliveries, `shared.webhooks.operator`).
 
 Retrying is what `settle dead-letters retry` does: clear a dead-lettered transfer's mark
 (`shared.ledger.dead_letters.release`) and let the caller send it a fresh message after the
@@ -47,13 +48,28 @@ def require_acting(by: Principal) -> Acting:
 
 
 def record(
-    conn: psycopg.Connection, by: Acting, action: str, transfer_ids: Sequence[int], detail: str
+    conn: psycopg.Connection,
+    by: Acting,
+    action: str,
+    transfer_ids: Sequence[int],
+    detail: str,
+    *,
+    webhook_endpoint_id: int | None = None,
+    webhook_delivery_ids: Sequence[int] = (),
 ) -> None:
-    """Add one row to the operator action record."""
+    """Add one row to the operator action record: `retry` or `cancel` of transfers, or
+    `retry_webhook` of deliveries of one webhook endpoint (`shared.webhooks.operator`)."""
     conn.execute(
-        "INSERT INTO operator_actions (key_id, action, transfer_ids, detail)"
-        " VALUES (%s, %s, %s, %s)",
-        (by.principal.key_id, action, list(transfer_ids), detail),
+        "INSERT INTO operator_actions (key_id, action, transfer_ids, detail,"
+        " webhook_endpoint_id, webhook_delivery_ids) VALUES (%s, %s, %s, %s, %s, %s)",
+        (
+            by.principal.key_id,
+            action,
+            list(transfer_ids),
+            detail,
+            webhook_endpoint_id,
+            list(webhook_delivery_ids),
+        ),
     )
 
 
@@ -143,11 +159,12 @@ def recent(
 ) -> list[Row]:
     """The latest operator actions, newest first (`before`: only those with a smaller id;
     `transfer_id`: only those naming it): id, key_id, key_label, action, transfer_ids,
-    detail, created_at."""
+    detail, created_at, webhook_endpoint_id, webhook_delivery_ids."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             "SELECT a.id, a.key_id, k.label AS key_label, a.action, a.transfer_ids, a.detail,"
-            " a.created_at FROM operator_actions a LEFT JOIN api_keys k ON k.id = a.key_id"
+            " a.created_at, a.webhook_endpoint_id, a.webhook_delivery_ids"
+            " FROM operator_actions a LEFT JOIN api_keys k ON k.id = a.key_id"
             " WHERE a.id < %s AND (%s::bigint IS NULL OR a.transfer_ids @> ARRAY[%s::bigint])"
             " ORDER BY a.id DESC LIMIT %s",
             (before if before is not None else 2**63 - 1, transfer_id, transfer_id, limit),

@@ -4,7 +4,9 @@
   the `Settle-Signature` header (one `v1=` per secret in use, two during a rotation);
 - `addresses`: which URLs may be subscribed and which addresses may be connected to (no
   private, loopback, link-local, multicast or reserved ones unless WEBHOOK_ALLOW_PRIVATE);
-- `endpoints`: the endpoints' use cases (create, list, read, delete, rotate the secret).
+- `endpoints`: the endpoints' use cases (create, list, read, delete, rotate the secret);
+- `operator`: what operators see of deliveries (failing endpoints first, attempts) and
+  retrying failed ones (the dashboard's webhooks pages, `settle webhooks`).
 
 The tables are described in migration 0013; docs/api.md's webhooks section is the caller's guide.
 """

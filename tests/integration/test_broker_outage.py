@@ -1,8 +1,9 @@
 """The dashboard through a broker outage, on a broker the test stops itself (a Redis of its
 own, or a RabbitMQ vhost of its own, deleted): every page and every action, as HTML and as
 the JSON twin. Pages that read only Postgres answer as usual and the overview shows its
-queues as unavailable; every action answers 503 `broker_unavailable` with Retry-After and
-changes nothing; nothing answers 500."""
+queues as unavailable; every action on transfers answers 503 `broker_unavailable` with
+Retry-After and changes nothing, while retrying webhook deliveries (Postgres alone) works;
+nothing answers 500."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from shared.broker.sending import sender
 from shared.config import Settings
 from shared.config.brokers import broker_name
 from shared.ledger import auth
-from tests.dashboard import Browser, dead_lettered
+from tests.dashboard import Browser, dead_lettered, webhook_delivery, webhook_endpoint
 from tests.helpers import transfer_row
 
 
@@ -118,7 +119,13 @@ def test_a_broker_outage_answers_every_dashboard_page_and_action_without_a_500(
         browser = Browser(client, key)
         tag = uuid.uuid4().hex
         retried, cancelled, bulk = (dead_lettered(db, error=f"outage {tag}") for _ in range(3))
-        actions_before = db.execute("SELECT count(*) FROM operator_actions").fetchone()
+        endpoint = webhook_endpoint(db)
+        hook_one, hook_all = (
+            webhook_delivery(db, endpoint, "failed", [(500, f"outage {tag}")]) for _ in range(2)
+        )
+        actions_before = db.execute(
+            "SELECT count(*) FROM operator_actions WHERE webhook_endpoint_id IS NULL"
+        ).fetchone()
 
         stop_broker()
 
@@ -130,6 +137,9 @@ def test_a_broker_outage_answers_every_dashboard_page_and_action_without_a_500(
             f"/dashboard/transfers/{retried}",
             f"/dashboard/transfers/{cancelled}/cancel",  # the confirmation
             "/dashboard/actions",
+            "/dashboard/webhooks",
+            f"/dashboard/webhooks/{endpoint}",
+            f"/dashboard/webhooks/{endpoint}/deliveries/{hook_one}",
         ):
             page = browser.get(path)
             assert page.status_code == 200, (path, page.status_code, page.text[:300])
@@ -139,6 +149,10 @@ def test_a_broker_outage_answers_every_dashboard_page_and_action_without_a_500(
             f"/dashboard/api/transfers/count?error={tag}",
             f"/dashboard/api/transfers/{retried}",
             "/dashboard/api/actions",
+            "/dashboard/api/webhooks",
+            f"/dashboard/api/webhooks/{endpoint}",
+            f"/dashboard/api/webhooks/{endpoint}/deliveries",
+            f"/dashboard/api/webhooks/{endpoint}/deliveries/{hook_one}",
         ):
             answer = client.simulate_get(path, headers=bearer)
             assert answer.status_code == 200, (path, answer.status_code, answer.text[:300])
@@ -170,7 +184,34 @@ def test_a_broker_outage_answers_every_dashboard_page_and_action_without_a_500(
         for transfer in (retried, cancelled, bulk):
             row = transfer_row(db, transfer)
             assert row["status"] == "pending" and row["dead_lettered_at"] is not None
-        assert db.execute("SELECT count(*) FROM operator_actions").fetchone() == actions_before
+        assert (
+            db.execute(
+                "SELECT count(*) FROM operator_actions WHERE webhook_endpoint_id IS NULL"
+            ).fetchone()
+            == actions_before
+        )
+
+        # Retrying webhook deliveries needs Postgres only (the dispatcher sends them once the
+        # broker is back): it works, and is recorded.
+        one = browser.post(f"/dashboard/webhooks/{endpoint}/deliveries/{hook_one}/retry")
+        assert one.status_code == 303, one.text[:300]
+        every = client.simulate_post(f"/dashboard/api/webhooks/{endpoint}/retry", headers=bearer)
+        assert every.status_code == 200 and every.json["data"]["retried"] == 1, every.text
+        statuses = db.execute(
+            "SELECT array_agg(status ORDER BY id) FROM webhook_deliveries WHERE endpoint_id = %s",
+            (endpoint,),
+        ).fetchone()
+        assert statuses == (["pending", "pending"],)
+        assert db.execute(
+            "SELECT count(*) FROM operator_actions WHERE webhook_endpoint_id = %s", (endpoint,)
+        ).fetchone() == (2,)
+        # Nothing is to be delivered to this endpoint by another test's workers.
+        db.execute("UPDATE webhook_endpoints SET deleted_at = now() WHERE id = %s", (endpoint,))
+        db.execute(
+            "UPDATE webhook_deliveries SET status = 'cancelled', finished_at = now()"
+            " WHERE endpoint_id = %s",
+            (endpoint,),
+        )
 
         assert browser.post("/dashboard/logout").status_code == 303
 

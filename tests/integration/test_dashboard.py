@@ -28,6 +28,7 @@ GET_PAGES = [
     "/dashboard/transfers/retry",
     "/dashboard/transfers/{id}",
     "/dashboard/actions",
+    "/dashboard/webhooks",
 ]
 POST_ACTIONS = [
     "/dashboard/transfers/{id}/retry",

@@ -300,7 +300,13 @@ TYPOS = [("acount=1", "acount"), ("state=dead&curency=EUR", "curency"), ("limt=5
 
 
 @pytest.mark.parametrize(
-    "path", ["/dashboard/api/transfers/count", "/dashboard/api/transfers", "/dashboard/api/actions"]
+    "path",
+    [
+        "/dashboard/api/transfers/count",
+        "/dashboard/api/transfers",
+        "/dashboard/api/actions",
+        "/dashboard/api/webhooks",
+    ],
 )
 @pytest.mark.parametrize(("query", "named"), TYPOS)
 def test_an_unknown_parameter_on_the_json_twin_is_400_naming_it(
@@ -319,7 +325,13 @@ def test_an_unknown_parameter_on_the_json_twin_is_400_naming_it(
 
 
 @pytest.mark.parametrize(
-    "path", ["/dashboard/transfers", "/dashboard/transfers/retry", "/dashboard/actions"]
+    "path",
+    [
+        "/dashboard/transfers",
+        "/dashboard/transfers/retry",
+        "/dashboard/actions",
+        "/dashboard/webhooks",
+    ],
 )
 @pytest.mark.parametrize(("query", "named"), TYPOS)
 def test_an_unknown_parameter_on_a_page_is_a_400_page_naming_it(
@@ -442,6 +454,7 @@ PAGES = [
     "/dashboard/transfers/{id}",
     "/dashboard/transfers/{id}/cancel",
     "/dashboard/actions",
+    "/dashboard/webhooks",
     "/dashboard/transfers/999999999",  # a 404 page
     "/dashboard/transfers?state=nope",  # a 400 page
 ]

@@ -51,6 +51,13 @@ def add_dashboard(
         "/dashboard/transfers/{transfer_id}/retry": pages.RetryOne(d),
         "/dashboard/transfers/{transfer_id}/cancel": pages.Cancel(d),
         "/dashboard/actions": pages.Actions(d),
+        "/dashboard/webhooks": pages.Webhooks(d),
+        "/dashboard/webhooks/{endpoint_id}": pages.WebhookEndpoint(d),
+        "/dashboard/webhooks/{endpoint_id}/retry": pages.WebhookRetryFailed(d),
+        "/dashboard/webhooks/{endpoint_id}/deliveries/{delivery_id}": pages.WebhookDelivery(d),
+        "/dashboard/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry": (
+            pages.WebhookRetryOne(d)
+        ),
         "/dashboard/api/overview": api.Overview(d),
         "/dashboard/api/transfers": api.Transfers(d),
         "/dashboard/api/transfers/count": api.TransferCount(d),
@@ -59,6 +66,14 @@ def add_dashboard(
         "/dashboard/api/transfers/{transfer_id}/retry": api.RetryOne(d),
         "/dashboard/api/transfers/{transfer_id}/cancel": api.Cancel(d),
         "/dashboard/api/actions": api.Actions(d),
+        "/dashboard/api/webhooks": api.Webhooks(d),
+        "/dashboard/api/webhooks/{endpoint_id}": api.WebhookEndpoint(d),
+        "/dashboard/api/webhooks/{endpoint_id}/retry": api.WebhookRetryFailed(d),
+        "/dashboard/api/webhooks/{endpoint_id}/deliveries": api.WebhookDeliveries(d),
+        "/dashboard/api/webhooks/{endpoint_id}/deliveries/{delivery_id}": api.WebhookDelivery(d),
+        "/dashboard/api/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry": (
+            api.WebhookRetryOne(d)
+        ),
     }
     for template, resource in routes.items():
         app.add_route(template, resource)

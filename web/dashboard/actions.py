@@ -1,11 +1,13 @@
-"""What the dashboard's pages and its JSON twin do to transfers, in one place: retry one,
+"""What the dashboard's pages and its JSON twin do, in one place: to transfers, retry one,
 cancel one, retry all matching a filter, then send the released transfers and drop the
-dead-letter messages none of whose transfers is dead-lettered any more. Each takes the
+dead-letter messages none of whose transfers is dead-lettered any more; to webhook
+deliveries, retry one failed delivery or all of an endpoint's. Each takes the
 `Acting` of `operator_actions.require_acting` (whoever acts was checked once, before), and
 raises the ledger's errors (`TransferNotFound`, ...) and driver errors.
 
-Every action needs the broker, so each first checks that it answers: while it is down the
-action raises `BrokerUnavailable` (503 `broker_unavailable`) and changes nothing. A broker
+Every action on transfers needs the broker, so each first checks that it answers: while it
+is down the action raises `BrokerUnavailable` (503 `broker_unavailable`) and changes
+nothing. A broker
 that fails after the database change has committed is a notice beside the result, never an
 error: the change stands, and the notice says what is left to whom.
 """
@@ -21,10 +23,18 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from shared.db.pool import connection
-from shared.errors import BrokerUnavailable, TransferNotFound, Unavailable, first_line
+from shared.errors import (
+    BrokerUnavailable,
+    TransferNotFound,
+    Unavailable,
+    WebhookDeliveryNotFound,
+    WebhookEndpointNotFound,
+    first_line,
+)
 from shared.ledger import attention, operator_actions
 from shared.ledger.attention import TransferFilter
 from shared.ledger.operator_actions import Acting
+from shared.webhooks import operator
 from web.dashboard.data import ClearDead
 from web.resources import path_id
 
@@ -74,6 +84,16 @@ def require_broker(broker: BrokerCalls) -> None:
 def transfer_id(raw: str) -> int:
     """The transfer id of a path segment. Raises `TransferNotFound`."""
     return path_id(raw, TransferNotFound, "transfer")
+
+
+def endpoint_id(raw: str) -> int:
+    """The webhook endpoint id of a path segment. Raises `WebhookEndpointNotFound`."""
+    return path_id(raw, WebhookEndpointNotFound, "webhook endpoint")
+
+
+def delivery_id(raw: str) -> int:
+    """The webhook delivery id of a path segment. Raises `WebhookDeliveryNotFound`."""
+    return path_id(raw, WebhookDeliveryNotFound, "webhook delivery")
 
 
 def send_released(broker: BrokerCalls, ids: Sequence[int], *, drop: bool = True) -> str | None:
@@ -166,3 +186,28 @@ def bulk_retry(
     if notice is None and all_released:
         notice = drop_dead_letters(broker)
     return sent, batches, notice
+
+
+# Retrying webhook deliveries needs no broker: it sets them pending in Postgres, and the
+# dispatcher sends their messages (once the broker answers, if it does not now).
+
+
+def retry_delivery(pool: ConnectionPool, endpoint: int, delivery: int, by: Acting) -> bool:
+    """Retry delivery `delivery` of endpoint `endpoint` if it failed: whether it did (and is
+    pending again). Raises `WebhookDeliveryNotFound` for one not of that endpoint."""
+    with connection(pool) as conn:
+        retried = operator.retry_deliveries(
+            conn,
+            [delivery],
+            by=by,
+            window=operator.RETRY_WINDOW,
+            endpoint_id=endpoint,
+        )
+    return bool(retried)
+
+
+def retry_endpoint(pool: ConnectionPool, endpoint: int, by: Acting) -> int:
+    """Retry every failed delivery of endpoint `endpoint`: how many are pending again. Raises
+    `WebhookEndpointNotFound` for an unknown or deleted endpoint."""
+    with connection(pool) as conn:
+        return operator.retry_failed(conn, endpoint, by=by, window=operator.RETRY_WINDOW)

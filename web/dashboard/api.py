@@ -14,6 +14,7 @@ from shared.db.pool import connection
 from shared.errors import InvalidCursor
 from shared.ledger import attention, commands, operator_actions
 from shared.ledger.operations import decode_cursor, encode_cursor
+from shared.webhooks import operator
 from web.dashboard import actions, pages
 from web.dashboard.resource import Resource
 from web.resources import read_json
@@ -155,3 +156,66 @@ class Actions(_Api):
             "data": rows,
             "next_cursor": encode_cursor(rows[-1]["id"]) if more else None,
         }
+
+
+class Webhooks(_Api):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._access.api_principal(req, changes=False)
+        pages.query_params(req, ("limit",))
+        limit = commands.limit(req.get_param("limit"), default=100)
+        with connection(self._pool) as conn:
+            rows, total = operator.endpoints(conn, limit=limit)
+        resp.media = {"data": rows, "total": total}
+
+
+class WebhookEndpoint(_Api):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, endpoint_id: str) -> None:
+        self._access.api_principal(req, changes=False)
+        pages.query_params(req, ())
+        eid = actions.endpoint_id(endpoint_id)
+        with connection(self._pool) as conn:
+            resp.media = {"data": operator.endpoint(conn, eid)}
+
+
+class WebhookDeliveries(_Api):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, endpoint_id: str) -> None:
+        self._access.api_principal(req, changes=False)
+        params = pages.query_params(req, ("status", *pages.PAGING))
+        eid = actions.endpoint_id(endpoint_id)
+        status = operator.status_filter(params.get("status"))
+        limit = commands.limit(req.get_param("limit"))
+        before = pages.before_of(params.get("cursor"))
+        with connection(self._pool) as conn:
+            found = operator.deliveries(conn, eid, status=status, limit=limit, before=before)
+        resp.media = {"data": found.items, "next_cursor": found.next_cursor}
+
+
+class WebhookDelivery(_Api):
+    def on_get(
+        self, req: falcon.Request, resp: falcon.Response, endpoint_id: str, delivery_id: str
+    ) -> None:
+        self._access.api_principal(req, changes=False)
+        pages.query_params(req, ())
+        eid, did = actions.endpoint_id(endpoint_id), actions.delivery_id(delivery_id)
+        with connection(self._pool) as conn:
+            resp.media = {"data": operator.delivery(conn, did, endpoint_id=eid)}
+
+
+class WebhookRetryOne(_Api):
+    def on_post(
+        self, req: falcon.Request, resp: falcon.Response, endpoint_id: str, delivery_id: str
+    ) -> None:
+        by = self._acting(req)
+        pages.query_params(req, ())
+        eid, did = actions.endpoint_id(endpoint_id), actions.delivery_id(delivery_id)
+        retried = actions.retry_delivery(self._pool, eid, did, by)
+        resp.media = {"data": {"id": did, "retried": retried}}
+
+
+class WebhookRetryFailed(_Api):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, endpoint_id: str) -> None:
+        by = self._acting(req)
+        pages.query_params(req, ())
+        eid = actions.endpoint_id(endpoint_id)
+        retried = actions.retry_endpoint(self._pool, eid, by)
+        resp.media = {"data": {"endpoint_id": eid, "retried": retried}}

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.events.feed import TYPES
 from shared.ledger.money import MAX_AMOUNT
+from shared.webhooks.operator import STATUSES
 from web.openapi_parts import (
     AMOUNT,
     BAD_BODY,
@@ -73,10 +75,19 @@ SCHEMAS: dict[str, Schema] = {
             "id": ID,
             "key_id": {"type": ["integer", "null"]},
             "key_label": {"type": ["string", "null"]},
-            "action": {"enum": ["retry", "cancel"]},
+            "action": {"enum": ["retry", "cancel", "retry_webhook"]},
             "transfer_ids": {"type": "array", "items": ID},
             "detail": {"type": "string"},
             "created_at": TIMESTAMP,
+            "webhook_endpoint_id": {
+                "type": ["integer", "null"],
+                "description": "the endpoint of a retry_webhook (null for the others)",
+            },
+            "webhook_delivery_ids": {
+                "type": "array",
+                "items": ID,
+                "description": "the deliveries a retry_webhook set pending again",
+            },
         }
     ),
     "TransferFilter": obj(
@@ -111,6 +122,77 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 COUNT: Schema = {"type": "integer", "minimum": 0}
+NULLABLE_TIMESTAMP: Schema = {"oneOf": [TIMESTAMP, {"type": "null"}]}
+NULLABLE_TEXT: Schema = {"type": ["string", "null"]}
+NULLABLE_STATUS_CODE: Schema = {"type": ["integer", "null"]}
+EVENT_TYPE: Schema = {"enum": list(TYPES)}
+DELIVERY_STATUS: Schema = {"enum": list(STATUSES)}
+SCHEMAS["WebhookEndpointHealth"] = obj(
+    {
+        "id": ID,
+        "url": {"type": "string"},
+        "user_id": {"type": ["integer", "null"], "description": "null: an operator's endpoint"},
+        "event_types": {"type": "array", "items": EVENT_TYPE},
+        "created_at": TIMESTAMP,
+        "failed": {**COUNT, "description": "deliveries given up (no 2xx in the retry window)"},
+        "retrying": {**COUNT, "description": "pending deliveries with a failed attempt"},
+        "pending": {**COUNT, "description": "deliveries not yet made (retrying included)"},
+        "last_attempt_at": NULLABLE_TIMESTAMP,
+        "last_attempt_status_code": NULLABLE_STATUS_CODE,
+        "last_status_code": {
+            **NULLABLE_STATUS_CODE,
+            "description": "of the newest pending or failed delivery attempted",
+        },
+        "last_error": {
+            **NULLABLE_TEXT,
+            "description": "of the newest pending or failed delivery attempted",
+        },
+    }
+)
+SCHEMAS["WebhookEndpointDetail"] = obj(
+    {
+        "id": ID,
+        "url": {"type": "string"},
+        "user_id": {"type": ["integer", "null"]},
+        "event_types": {"type": "array", "items": EVENT_TYPE},
+        "created_at": TIMESTAMP,
+        "deleted_at": NULLABLE_TIMESTAMP,
+        "counts": obj({status: COUNT for status in STATUSES}),
+    }
+)
+_DELIVERY: dict[str, Schema] = {
+    "id": ID,
+    "endpoint_id": ID,
+    "event_id": ID,
+    "event_type": EVENT_TYPE,
+    "status": DELIVERY_STATUS,
+    "attempts": COUNT,
+    "next_attempt_at": TIMESTAMP,
+    "retry_until": TIMESTAMP,
+    "last_status_code": NULLABLE_STATUS_CODE,
+    "last_error": NULLABLE_TEXT,
+    "created_at": TIMESTAMP,
+    "finished_at": NULLABLE_TIMESTAMP,
+}
+SCHEMAS["WebhookDelivery"] = obj(_DELIVERY)
+SCHEMAS["WebhookDeliveryDetail"] = obj(
+    {
+        **_DELIVERY,
+        "body": {"type": "string", "description": "the JSON sent, as sent"},
+        "attempts_made": {
+            "type": "array",
+            "items": obj(
+                {
+                    "id": ID,
+                    "attempted_at": TIMESTAMP,
+                    "status_code": NULLABLE_STATUS_CODE,
+                    "latency_ms": COUNT,
+                    "error": NULLABLE_TEXT,
+                }
+            ),
+        },
+    }
+)
 NULLABLE_COUNT: Schema = {"type": ["integer", "null"], "minimum": 0}
 NULLABLE_NUMBER: Schema = {"type": ["number", "null"]}
 SCHEMAS["TransferDetail"] = {
@@ -411,3 +493,155 @@ PATHS: dict[str, dict[str, Any]] = {
         }
     },
 }
+
+
+ENDPOINT_404 = error("no such webhook endpoint", "webhook_endpoint_not_found")
+DELIVERY_404 = error(
+    "no such webhook endpoint, or no such delivery of it",
+    "webhook_endpoint_not_found",
+    "webhook_delivery_not_found",
+)
+NO_PARAMETERS = error("a query parameter was sent (this takes none)", "invalid_request")
+ENDPOINT_ID = path_id("endpoint_id", "webhook endpoint")
+DELIVERY_ID = path_id("delivery_id", "webhook delivery")
+#: Retrying needs Postgres only (the dispatcher sends the messages), never the broker.
+RETRY_UNAVAILABLE = UNAVAILABLE
+
+PATHS.update(
+    {
+        "/dashboard/api/webhooks": {
+            "get": {
+                "operationId": "dashboardWebhooks",
+                "summary": "Live webhook endpoints, failing first, with their deliveries counted",
+                "description": "Ordered by failed deliveries, then deliveries being retried,"
+                " then the latest attempt; `total` counts every live endpoint.",
+                "security": SECURITY,
+                "parameters": [PAGE_PARAMETERS[0]],
+                "responses": {
+                    "200": ok(
+                        "the endpoints",
+                        obj(
+                            {
+                                "data": {
+                                    "type": "array",
+                                    "items": ref("WebhookEndpointHealth"),
+                                },
+                                "total": COUNT,
+                            }
+                        ),
+                    ),
+                    "400": error(
+                        "limit is out of range, or a parameter is unknown or repeated",
+                        "invalid_request",
+                    ),
+                    "401": UNAUTHENTICATED,
+                    "403": READ_FORBIDDEN,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/dashboard/api/webhooks/{endpoint_id}": {
+            "get": {
+                "operationId": "dashboardWebhookEndpoint",
+                "summary": "One webhook endpoint (deleted ones too), its deliveries by status",
+                "security": SECURITY,
+                "parameters": [ENDPOINT_ID],
+                "responses": {
+                    "200": ok("the endpoint", data(ref("WebhookEndpointDetail"))),
+                    "400": NO_PARAMETERS,
+                    "401": UNAUTHENTICATED,
+                    "403": READ_FORBIDDEN,
+                    "404": ENDPOINT_404,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/dashboard/api/webhooks/{endpoint_id}/deliveries": {
+            "get": {
+                "operationId": "dashboardWebhookDeliveries",
+                "summary": "A webhook endpoint's deliveries, newest first",
+                "security": SECURITY,
+                "parameters": [
+                    ENDPOINT_ID,
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "description": "only the deliveries of this status",
+                        "schema": DELIVERY_STATUS,
+                    },
+                    *PAGE_PARAMETERS,
+                ],
+                "responses": {
+                    "200": ok("a page of deliveries", page_of("WebhookDelivery")),
+                    "400": BAD_FILTER,
+                    "401": UNAUTHENTICATED,
+                    "403": READ_FORBIDDEN,
+                    "404": ENDPOINT_404,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/dashboard/api/webhooks/{endpoint_id}/deliveries/{delivery_id}": {
+            "get": {
+                "operationId": "dashboardWebhookDelivery",
+                "summary": "One delivery: its body and every attempt, oldest first",
+                "security": SECURITY,
+                "parameters": [ENDPOINT_ID, DELIVERY_ID],
+                "responses": {
+                    "200": ok("the delivery", data(ref("WebhookDeliveryDetail"))),
+                    "400": NO_PARAMETERS,
+                    "401": UNAUTHENTICATED,
+                    "403": READ_FORBIDDEN,
+                    "404": DELIVERY_404,
+                    "503": UNAVAILABLE,
+                },
+            }
+        },
+        "/dashboard/api/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry": {
+            "post": {
+                "operationId": "dashboardWebhookRetry",
+                "summary": "Set a failed delivery pending again, with a fresh retry window"
+                " (anything else: nothing happens)",
+                "description": "Recorded as an operator action. The dispatcher sends it; the"
+                " broker is not needed.",
+                "security": SECURITY,
+                "parameters": [ENDPOINT_ID, DELIVERY_ID],
+                "responses": {
+                    "200": ok(
+                        "whether it was retried",
+                        data(obj({"id": ID, "retried": {"type": "boolean"}})),
+                    ),
+                    "400": NO_PARAMETERS,
+                    "401": UNAUTHENTICATED,
+                    "403": ACTION_FORBIDDEN,
+                    "404": DELIVERY_404,
+                    "503": RETRY_UNAVAILABLE,
+                },
+            }
+        },
+        "/dashboard/api/webhooks/{endpoint_id}/retry": {
+            "post": {
+                "operationId": "dashboardWebhookRetryFailed",
+                "summary": "Set every failed delivery of a live endpoint pending again",
+                "description": "In batches, each recorded as an operator action. The"
+                " dispatcher sends them; the broker is not needed.",
+                "security": SECURITY,
+                "parameters": [ENDPOINT_ID],
+                "responses": {
+                    "200": ok(
+                        "how many were retried",
+                        data(obj({"endpoint_id": ID, "retried": COUNT})),
+                    ),
+                    "400": NO_PARAMETERS,
+                    "401": UNAUTHENTICATED,
+                    "403": ACTION_FORBIDDEN,
+                    "404": error(
+                        "no such webhook endpoint, or it was deleted",
+                        "webhook_endpoint_not_found",
+                    ),
+                    "503": RETRY_UNAVAILABLE,
+                },
+            }
+        },
+    }
+)

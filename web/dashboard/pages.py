@@ -1,5 +1,6 @@
 """The dashboard's HTML pages: login, overview, transfers needing attention, one transfer,
-the actions taken, and the forms that retry and cancel.
+the actions taken, the forms that retry and cancel, and the webhooks: endpoints failing
+first, one endpoint's deliveries, one delivery's attempts, and the forms that retry them.
 
 Every page but login needs a session (else 303 to the login page); every POST but login
 needs the session's CSRF token (else 403); a read-only key sees every page and its action
@@ -29,7 +30,9 @@ from shared.errors import (
 )
 from shared.ledger import attention, commands, operator_actions
 from shared.ledger.operator_actions import Acting
+from shared.ledger.paging import decode_cursor
 from shared.ledger.sessions import Session, csrf_matches
+from shared.webhooks import operator
 from web.dashboard import actions
 from web.dashboard.render import render, stylesheet
 from web.dashboard.resource import Resource
@@ -379,3 +382,98 @@ class Actions(_Page):
         with connection(self._pool) as conn:
             rows = operator_actions.recent(conn, limit=100)
         self._render(resp, "actions.html", session=session, actions=rows)
+
+
+def form_fields(form: Mapping[str, str], allowed: Collection[str]) -> None:
+    """Raises `InvalidRequest` naming the fields of a POSTed form that are not `allowed`
+    (besides the CSRF token)."""
+    unknown = sorted(set(form) - {"csrf", *allowed})
+    if unknown:
+        raise InvalidRequest(f"unknown form field {_names(unknown)}")
+
+
+def before_of(cursor: str | None) -> int | None:
+    """The delivery id a page of deliveries' `cursor` names (None: the first page). Raises
+    `InvalidCursor`."""
+    return decode_cursor(cursor, operator.CURSOR_KIND)[0] if cursor else None
+
+
+class Webhooks(_Page):
+    @page
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        session = self._session(req, resp)
+        query_params(req, ("limit",))
+        limit = commands.limit(req.get_param("limit"), default=100)
+        with connection(self._pool) as conn:
+            rows, total = operator.endpoints(conn, limit=limit)
+        self._render(resp, "webhooks.html", session=session, endpoints=rows, total=total)
+
+
+class WebhookEndpoint(_Page):
+    @page
+    def on_get(self, req: falcon.Request, resp: falcon.Response, endpoint_id: str) -> None:
+        session = self._session(req, resp)
+        params = query_params(req, ("status", *PAGING))
+        eid = actions.endpoint_id(endpoint_id)
+        status = operator.status_filter(params.get("status"))
+        limit = commands.limit(req.get_param("limit"), default=50)
+        before = before_of(params.get("cursor"))
+        with connection(self._pool) as conn:
+            endpoint = operator.endpoint(conn, eid)
+            found = operator.deliveries(conn, eid, status=status, limit=limit, before=before)
+        self._render(
+            resp,
+            "webhook_endpoint.html",
+            session=session,
+            e=endpoint,
+            found=found,
+            statuses=operator.STATUSES,
+            status=status,
+        )
+
+
+class WebhookRetryFailed(_Page):
+    @page
+    def on_post(self, req: falcon.Request, resp: falcon.Response, endpoint_id: str) -> None:
+        session, by, form = self._acting(req, resp)
+        form_fields(form, ())
+        eid = actions.endpoint_id(endpoint_id)
+        retried = actions.retry_endpoint(self._pool, eid, by)
+        log.info(
+            "dashboard: key %s retried %d failed delivery(ies) of webhook endpoint %s",
+            session.principal.key_id,
+            retried,
+            eid,
+        )
+        self._render(
+            resp, "webhook_retried.html", session=session, endpoint_id=eid, retried=retried
+        )
+
+
+class WebhookDelivery(_Page):
+    @page
+    def on_get(
+        self, req: falcon.Request, resp: falcon.Response, endpoint_id: str, delivery_id: str
+    ) -> None:
+        session = self._session(req, resp)
+        query_params(req, ())
+        eid, did = actions.endpoint_id(endpoint_id), actions.delivery_id(delivery_id)
+        with connection(self._pool) as conn:
+            endpoint = operator.endpoint(conn, eid)
+            delivery = operator.delivery(conn, did, endpoint_id=eid)
+        self._render(resp, "webhook_delivery.html", session=session, e=endpoint, d=delivery)
+
+
+class WebhookRetryOne(_Page):
+    @page
+    def on_post(
+        self, req: falcon.Request, resp: falcon.Response, endpoint_id: str, delivery_id: str
+    ) -> None:
+        session, by, form = self._acting(req, resp)
+        form_fields(form, ())
+        eid, did = actions.endpoint_id(endpoint_id), actions.delivery_id(delivery_id)
+        retried = actions.retry_delivery(self._pool, eid, did, by)
+        if retried:
+            log.info("dashboard: key %s retried webhook delivery %s", session.principal.key_id, did)
+        resp.status = falcon.HTTP_303
+        resp.location = f"/dashboard/webhooks/{eid}/deliveries/{did}"
