@@ -247,6 +247,17 @@ class NotAttempted(SettleError):
     code = "not_attempted"
 
 
+class RateLimited(SettleError):
+    """Raised when an API key has used up its rate limit; `decision` says when to retry."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str = "", decision: object = None) -> None:
+        super().__init__(message)
+        #: The `shared.ratelimit.buckets.Decision` that refused the request.
+        self.decision = decision
+
+
 # Server-side conditions: the request may succeed later.
 
 
@@ -306,3 +317,10 @@ class DependencyDown(SettleError):
     """Raised by a boot check when Postgres or the message broker cannot be reached."""
 
     code = "dependency_down"
+
+
+class RateLimitStoreUnavailable(SettleError):
+    """Raised by the rate limit's buckets when Redis cannot be reached or fails the script;
+    the web lets the request through (`shared.ratelimit.buckets.Limiter`)."""
+
+    code = "rate_limit_store_unavailable"

@@ -32,6 +32,12 @@ POOLERS = ("none", "pgbouncer")
 PGBOUNCER_CLIENT_LIMIT = 100
 PGBOUNCER_POOL_SIZE = 20
 
+#: The bounds of a rate limit, requests per second and burst: the settings' and every key's
+#: own (`shared.ratelimit.limits`).
+MIN_RATE = 0.001
+MAX_RATE = 1_000_000.0
+MAX_BURST = 1_000_000
+
 #: Where the three Postgres timeouts apply.
 _TIMEOUT = (
     "on every pooled connection (behind PgBouncer: the role's default, set by `settle migrate`)"
@@ -207,6 +213,25 @@ class Settings:
         at_least=0,
         at_most=1,
     )
+    rate_limit_per_second: float = setting(
+        "RATE_LIMIT_PER_SECOND",
+        100.0,
+        "requests per second each API key's token bucket earns back (0.001 to 1000000), unless"
+        " the key has a rate of its own (`settle keys create/update --rate`); `0` leaves keys"
+        " without one unlimited. On Redis the bucket is shared by every web process and host;"
+        " on RabbitMQ each web process enforces this divided by `WEB_PROCESSES` x"
+        " `WEB_INSTANCES` (see [rate limits](api.md#rate-limits))",
+        at_least=0,
+        at_most=MAX_RATE,
+    )
+    rate_limit_burst: int = setting(
+        "RATE_LIMIT_BURST",
+        200,
+        "requests a full bucket allows at once, unless the key has a burst of its own"
+        " (`--burst`); on RabbitMQ divided like the rate",
+        at_least=1,
+        at_most=MAX_BURST,
+    )
     statement_timeout_ms: int = setting(
         "STATEMENT_TIMEOUT_MS", 5000, f"Postgres `statement_timeout` {_TIMEOUT}", at_least=1
     )
@@ -366,6 +391,7 @@ class Settings:
         """
         settings = read(cls, os.environ if env is None else env)
         _check_waiters(settings)
+        _check_rate_limit(settings)
         return settings
 
     @classmethod
@@ -438,4 +464,13 @@ def _check_waiters(settings: Settings) -> None:
         raise InvalidSetting(
             f"EVENT_WAITERS={waiters} must be below WEB_THREADS={threads}: each waiting"
             " long-poll holds a thread, and ordinary requests need some left"
+        )
+
+
+def _check_rate_limit(settings: Settings) -> None:
+    """RATE_LIMIT_PER_SECOND is 0 (off) or a rate a key may have (at least `MIN_RATE`)."""
+    rate = settings.rate_limit_per_second
+    if 0 < rate < MIN_RATE:
+        raise InvalidSetting(
+            f"RATE_LIMIT_PER_SECOND={rate:g} must be 0 (no default limit) or at least {MIN_RATE:g}"
         )

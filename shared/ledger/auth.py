@@ -28,6 +28,7 @@ from psycopg.rows import dict_row
 
 from shared.db import Row
 from shared.errors import ApiKeyInvalid, ApiKeyNotFound, OperatorOnly, ReadOnlyKey, UserNotFound
+from shared.ratelimit.limits import check_burst, check_rate
 
 KEY_PREFIX = "settle_"
 _KEY = re.compile(r"settle_[A-Za-z0-9_-]{43}")
@@ -45,6 +46,10 @@ class Principal:
     user_id: int | None
     key_id: int | None = None
     read_only: bool = False
+    #: The key's own rate limit (`api_keys.rate_per_second`, `rate_burst`); None: the
+    #: settings'.
+    rate: float | None = None
+    burst: int | None = None
 
     @property
     def is_operator(self) -> bool:
@@ -87,10 +92,15 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+def well_formed(key: str) -> bool:
+    """Whether `key` can be a key this service made (no database needed)."""
+    return _KEY.fullmatch(key) is not None
+
+
 def check_well_formed(key: str) -> None:
     """Raises `ApiKeyInvalid` when `key` cannot be a key this service made (no database
     needed, so garbage costs no connection)."""
-    if not _KEY.fullmatch(key):
+    if not well_formed(key):
         raise ApiKeyInvalid("the API key is not valid")
 
 
@@ -99,12 +109,14 @@ def authenticate(conn: psycopg.Connection, key: str) -> Principal:
     revoked key."""
     check_well_formed(key)
     row = conn.execute(
-        "SELECT id, user_id, read_only FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+        "SELECT id, user_id, read_only, rate_per_second, rate_burst FROM api_keys"
+        " WHERE key_hash = %s AND revoked_at IS NULL",
         (hash_key(key),),
     ).fetchone()
     if row is None:
         raise ApiKeyInvalid("the API key is unknown or revoked")
-    return Principal(user_id=row[1], key_id=row[0], read_only=row[2])
+    key_id, user_id, read_only, rate, burst = row
+    return Principal(user_id=user_id, key_id=key_id, read_only=read_only, rate=rate, burst=burst)
 
 
 #: The longest a process may go on trusting a key it looked up: revoking a key must take
@@ -178,26 +190,87 @@ class CreatedKey:
 
 
 def create_key(
-    conn: psycopg.Connection, *, user_id: int | None, label: str = "", read_only: bool = False
+    conn: psycopg.Connection,
+    *,
+    user_id: int | None,
+    label: str = "",
+    read_only: bool = False,
+    rate: float | None = None,
+    burst: int | None = None,
 ) -> CreatedKey:
-    """Store a new key for `user_id` (None: an operator key, which may be `read_only`) and
-    return it with its secret.
+    """Store a new key for `user_id` (None: an operator key, which may be `read_only`), with
+    its own rate limit when `rate` or `burst` is given, and return it with its secret.
 
-    Raises `UserNotFound` when the user does not exist, `ValueError` for a read-only user key.
+    Raises `UserNotFound` when the user does not exist, `ValueError` for a read-only user key
+    or a rate or burst out of bounds (`shared.ratelimit.limits`).
     """
     if read_only and user_id is not None:
         raise ValueError("only operator keys can be read-only")
+    _check_limits(rate, burst)
     key = generate_key()
     try:
         row = conn.execute(
-            "INSERT INTO api_keys (user_id, read_only, key_hash, key_prefix, label)"
-            " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-            (user_id, read_only, hash_key(key), key[:SHOWN_CHARS], label),
+            "INSERT INTO api_keys"
+            " (user_id, read_only, key_hash, key_prefix, label, rate_per_second, rate_burst)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (user_id, read_only, hash_key(key), key[:SHOWN_CHARS], label, rate, burst),
         ).fetchone()
     except pg_errors.ForeignKeyViolation:
         raise UserNotFound(f"user {user_id} does not exist") from None
     assert row is not None
     return CreatedKey(id=row[0], key=key, user_id=user_id, read_only=read_only)
+
+
+def _check_limits(rate: float | None, burst: int | None) -> None:
+    if rate is not None:
+        check_rate(rate, "a key's rate")
+    if burst is not None:
+        check_burst(burst, "a key's burst")
+
+
+#: `set_key_limits`: leave this value as it is.
+UNCHANGED = object()
+
+
+def set_key_limits(
+    conn: psycopg.Connection, key_id: int, *, rate: object = UNCHANGED, burst: object = UNCHANGED
+) -> Row:
+    """Give key `key_id` its own `rate` and/or `burst` (None: back to the settings'; one left
+    out stays as it is); returns the key's row as `list_keys` shows it. Every process applies
+    it within API_KEY_CACHE_SECONDS.
+
+    Raises `ApiKeyNotFound` when no key has that id, `ValueError` for a value out of bounds
+    (nothing is changed then).
+    """
+    new_rate = None if rate is UNCHANGED else rate
+    new_burst = None if burst is UNCHANGED else burst
+    if new_rate is not None and (
+        isinstance(new_rate, bool) or not isinstance(new_rate, int | float)
+    ):
+        raise ValueError(f"a key's rate is a number, not {new_rate!r}")
+    if new_burst is not None and (isinstance(new_burst, bool) or not isinstance(new_burst, int)):
+        raise ValueError(f"a key's burst is a whole number, not {new_burst!r}")
+    _check_limits(new_rate, new_burst)
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "UPDATE api_keys SET"
+            " rate_per_second = CASE WHEN %(set_rate)s THEN %(rate)s::double precision"
+            " ELSE rate_per_second END,"
+            " rate_burst = CASE WHEN %(set_burst)s THEN %(burst)s::integer ELSE rate_burst END"
+            " WHERE id = %(id)s",
+            {
+                "set_rate": rate is not UNCHANGED,
+                "rate": new_rate,
+                "set_burst": burst is not UNCHANGED,
+                "burst": new_burst,
+                "id": key_id,
+            },
+        )
+        cur.execute(KEY_ROW + " WHERE id = %s", (key_id,))
+        row = cur.fetchone()
+    if row is None:
+        raise ApiKeyNotFound(f"API key {key_id} does not exist")
+    return row
 
 
 def revoke_key(conn: psycopg.Connection, key_id: int) -> bool:
@@ -226,12 +299,17 @@ def revoke_labelled(conn: psycopg.Connection, label: str) -> int:
     return cur.rowcount
 
 
+#: A key as `list_keys` shows it.
+KEY_ROW = (
+    "SELECT id, user_id, read_only, label, key_prefix, created_at, revoked_at,"
+    " rate_per_second, rate_burst FROM api_keys"
+)
+
+
 def list_keys(conn: psycopg.Connection) -> list[Row]:
     """Every key, oldest first, without secrets: id, user_id (None: operator), read_only,
-    label, the first characters of the key, created_at and revoked_at."""
+    label, the first characters of the key, created_at, revoked_at, and its own rate limit
+    (rate_per_second, rate_burst; None: the settings')."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "SELECT id, user_id, read_only, label, key_prefix, created_at, revoked_at"
-            " FROM api_keys ORDER BY id"
-        )
+        cur.execute(KEY_ROW + " ORDER BY id")
         return cur.fetchall()
