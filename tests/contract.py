@@ -9,6 +9,7 @@ against that response's schema (error codes included); an undocumented method an
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -95,6 +96,10 @@ def violation(
     for name, header in response.get("headers", {}).items():
         if header.get("required") and name.lower() not in headers:
             return f"{what} without its documented {name} header"
+        pattern = header.get("schema", {}).get("pattern")
+        given = headers.get(name.lower())
+        if pattern is not None and given is not None and not re.search(pattern, given):
+            return f"{what} with a {name} header of {given!r}, which is not /{pattern}/"
     if "content" not in response:
         return None
     if "application/json" not in response["content"]:

@@ -23,6 +23,7 @@ from shared.errors import SettleError
 from shared.events.waiting import EventWatch
 from shared.ledger.auth import PrincipalCache
 from shared.ledger.backlog import BacklogGate
+from shared.ratelimit.buckets import Limiter
 from shared.runtime.metrics import OverviewCollector
 from web import errors, ladder, openapi, resources, webhooks
 from web.auth import RequireApiKey
@@ -66,6 +67,7 @@ def create_app(
     watch: EventWatch | None = None,
     enqueue_many: resources.EnqueueMany | None = None,
     backlog: BacklogGate | None = None,
+    limiter: Limiter | None = None,
 ) -> falcon.App:
     """A WSGI app serving the HTTP contract with `pool` for reads and writes (and API key
     lookups), `enqueue` to hand a transfer id to the workers and `ping_broker` for readiness;
@@ -77,13 +79,15 @@ def create_app(
     `backlog` (default: a gate of `settings.transfer_backlog_max_ms`).
     Every route but /healthz, /readyz and /openapi.json needs an API key; the dashboard's
     pages (/dashboard) need an operator's session instead. A key looked up is
-    remembered in `keys` (default: a cache of its own, `settings.api_key_cache_seconds`)."""
+    remembered in `keys` (default: a cache of its own, `settings.api_key_cache_seconds`).
+    Each request with a key takes a token of the key's bucket in `limiter` (without it,
+    nothing is limited)."""
     if enqueue_many is None:
         enqueue_many = _one_at_a_time(enqueue)
     if keys is None:
         keys = PrincipalCache(settings.api_key_cache_seconds)
     # Telemetry first: it times and counts every answer, refusals by RequireApiKey included.
-    middleware: list[Any] = [RequestTelemetry(), RequireApiKey(pool, keys)]
+    middleware: list[Any] = [RequestTelemetry(), RequireApiKey(pool, keys, limiter)]
     app = falcon.App(middleware=middleware)
     app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=dumps)
 

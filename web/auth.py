@@ -12,6 +12,8 @@ from shared.db.pool import connection
 from shared.errors import ApiKeyInvalid, ApiKeyMissing
 from shared.ledger import auth
 from shared.ledger.auth import Principal, PrincipalCache
+from shared.ratelimit.buckets import Limiter
+from web import ratelimit
 
 
 def bearer_key(header: str | None) -> str:
@@ -30,11 +32,18 @@ class RequireApiKey:
 
     A key found in `cache` costs no database work; otherwise the lookup borrows a pooled
     connection of its own, returns it before the responder runs, and a key found live is
-    remembered for the cache's TTL (at most a second, the revocation contract)."""
+    remembered for the cache's TTL (at most a second, the revocation contract).
 
-    def __init__(self, pool: ConnectionPool, cache: PrincipalCache) -> None:
+    Then the key's rate limit (`limiter`, when given): one token of its bucket, one Redis
+    round trip; a key over its limit is refused with 429 before the responder runs, and an
+    answer within it carries the RateLimit headers (`web.ratelimit`)."""
+
+    def __init__(
+        self, pool: ConnectionPool, cache: PrincipalCache, limiter: Limiter | None = None
+    ) -> None:
         self._pool = pool
         self._cache = cache
+        self._limiter = limiter
 
     def process_resource(
         self, req: falcon.Request, resp: falcon.Response, resource: object, params: Any
@@ -51,6 +60,14 @@ class RequireApiKey:
                 found = auth.authenticate(conn, key)
             self._cache.put(digest, found, looked_up_at=looked_up_at)
         req.context.principal = found
+        if self._limiter is not None and found.key_id is not None:
+            decision = self._limiter.check(found.key_id, found.rate, found.burst)
+            if decision is not None:
+                if not decision.allowed:
+                    raise ratelimit.refusal(decision)
+                policy, state = ratelimit.headers(decision)
+                resp.set_header(*policy)
+                resp.set_header(*state)
 
 
 def principal(req: falcon.Request) -> Principal:

@@ -17,6 +17,8 @@ import psycopg
 
 from shared import errors
 from shared.db.pool import TRANSIENT
+from shared.ratelimit.buckets import Decision
+from web import ratelimit
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ STATUS: list[tuple[type[errors.SettleError], str]] = [
     (errors.CursorExpired, falcon.HTTP_410),
     (errors.EmailTaken, falcon.HTTP_409),
     (errors.TooManyWebhookEndpoints, falcon.HTTP_409),
+    (errors.RateLimited, falcon.HTTP_429),
     (errors.Unavailable, falcon.HTTP_503),
     (errors.WebhooksUnconfigured, falcon.HTTP_503),
 ]
@@ -54,6 +57,10 @@ def headers_of(error: errors.SettleError) -> list[tuple[str, str]]:
         return [("WWW-Authenticate", www_authenticate(error))]
     if isinstance(error, errors.Unavailable):
         return [("Retry-After", str(error.retry_after))]
+    if isinstance(error, errors.RateLimited):
+        decision = error.decision
+        assert isinstance(decision, Decision)
+        return [("Retry-After", str(decision.retry_after)), *ratelimit.headers(decision)]
     return []
 
 

@@ -43,6 +43,19 @@ DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
+RATE_LIMITED = Counter(
+    "settle_rate_limited",
+    "Requests refused with 429 because their API key was over its rate limit, by route"
+    " template (`overloaded`: refused by the load shedder, before routing)",
+    ["route"],
+)
+RATE_LIMIT_UNCHECKED = Counter(
+    "settle_rate_limit_unchecked",
+    "Requests let through without a rate-limit check because Redis did not answer",
+)
+#: The `route` of a 429 the load shedder answers (`web.server.shed_load`).
+SHED_ROUTE = "overloaded"
+
 #: Methods counted under their own name; anything else (WebDAV verbs, garbage) is `other`,
 #: so a client cannot make new series.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -71,6 +84,7 @@ class RequestTelemetry:
     def __init__(self) -> None:
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._timers: dict[tuple[str, str], Any] = {}
+        self._limited: dict[str, Any] = {}
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         rid = request_id_of(req.get_header(REQUEST_ID_HEADER))
@@ -96,6 +110,11 @@ class RequestTelemetry:
                 route, method, str(status)
             )
         counter.inc()
+        if status == 429:
+            limited = self._limited.get(route)
+            if limited is None:
+                limited = self._limited[route] = RATE_LIMITED.labels(route)
+            limited.inc()
         if started is not None:
             timer = self._timers.get((route, method))
             if timer is None:

@@ -50,6 +50,7 @@ from web.openapi_parts import (
     ok,
     page_of,
     path_id,
+    rate_limited,
     ref,
 )
 
@@ -849,6 +850,8 @@ PATHS: dict[str, dict[str, Any]] = {
         }
     },
 }
+#: Every operation taking an API key may answer 429 and carries the RateLimit headers.
+PATHS = rate_limited(PATHS)
 
 # The webhooks' paths and schemas are the API's, written in a module of their own.
 PATHS.update(webhooks.PATHS)
@@ -867,7 +870,10 @@ DOCUMENT: dict[str, Any] = {
         "accounts; anything else answers as if it did not exist. An operator key may do "
         "everything; a read-only operator key sees everything and is refused (403 "
         "`read_only_key`) whatever would change something. Methods not listed for a path "
-        "answer 405 with `Allow`; OPTIONS is answered by the framework with `Allow`.",
+        "answer 405 with `Allow`; OPTIONS is answered by the framework with `Allow`. "
+        "Each API key has a rate limit (a token bucket): over it, requests answer 429 "
+        "`rate_limited` with `Retry-After`, and answers carry the `RateLimit-Policy` and "
+        "`RateLimit` headers of the IETF httpapi draft.",
     },
     "security": [{"apiKey": []}],
     "paths": {**PATHS, **dashboard.PATHS},

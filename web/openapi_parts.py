@@ -55,6 +55,16 @@ def header(description: str, schema: Schema | None = None) -> dict[str, Any]:
 RETRY_AFTER = header("seconds to wait before retrying", {"type": "string", "pattern": "^[0-9]+$"})
 CHALLENGE = header('`Bearer realm="settle"`, with `error="invalid_token"` for a bad key')
 
+RATE_LIMIT_POLICY = header(
+    "the key's rate limit (IETF draft-ietf-httpapi-ratelimit-headers): a bucket of `q` requests"
+    ' earned back in `w` seconds; `"default"` is RATE_LIMIT_PER_SECOND and RATE_LIMIT_BURST,'
+    ' `"key"` a limit of the key\'s own',
+    {"type": "string", "pattern": '^"(default|key)";q=[0-9]+;w=[0-9]+$'},
+)
+RATE_LIMIT = header(
+    "what is left of the key's rate limit: `r` requests now, one more in `t` seconds",
+    {"type": "string", "pattern": '^"(default|key)";r=[0-9]+;t=[0-9]+$'},
+)
 REQUEST_ID = header(
     "the request's id: the client's own `X-Request-Id` when it sent one of 1 to 128 characters"
     " among `A-Za-z0-9._:@/+=-`, a new one otherwise; log lines about the request carry it",
@@ -83,6 +93,42 @@ def error(description: str, *codes: str, **headers: dict[str, Any]) -> dict[str,
 
 
 # Answers that several operations share.
+RATE_LIMITED = error(
+    "the API key is over its rate limit (a token bucket per key, shared by every web process);"
+    " nothing was done: retry after Retry-After",
+    "rate_limited",
+    **{"Retry-After": RETRY_AFTER, "RateLimit-Policy": RATE_LIMIT_POLICY, "RateLimit": RATE_LIMIT},
+)
+
+
+def rate_limited(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`paths` with the rate limit written in: every operation that takes an API key (the
+    document's default security) may answer 429, and its successes carry the RateLimit
+    headers (not required: they are left out when the key is not limited, or the limit could
+    not be checked)."""
+    optional = {
+        "RateLimit-Policy": {**RATE_LIMIT_POLICY, "required": False},
+        "RateLimit": {**RATE_LIMIT, "required": False},
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for path, item in paths.items():
+        out[path] = {}
+        for method, operation in item.items():
+            if "security" in operation:
+                out[path][method] = operation
+                continue
+            responses = {
+                status: (
+                    {**response, "headers": {**response.get("headers", {}), **optional}}
+                    if status.startswith("2")
+                    else response
+                )
+                for status, response in operation["responses"].items()
+            }
+            out[path][method] = {**operation, "responses": {**responses, "429": RATE_LIMITED}}
+    return out
+
+
 UNAUTHENTICATED = error(
     "no API key, or one that is malformed, unknown or revoked",
     "api_key_missing",

@@ -28,7 +28,7 @@ from typing import Any
 
 from shared.config import Settings
 from shared.db.budget import Plan
-from shared.errors import Overloaded
+from shared.errors import Overloaded, RateLimited
 from shared.events.waiting import EventWatch
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
@@ -46,16 +46,29 @@ from shared.runtime.lifecycle import (
     takes_no_arguments,
     wait_for_boot,
 )
+from web.errors import render
 from web.waitress_adapter import WaitressServer, WSGIApp
 
 log = logging.getLogger("settle.web")
 
 
-def shed_load(app: WSGIApp, queue_depth: Callable[[], int], limit: int) -> WSGIApp:
+def shed_load(
+    app: WSGIApp,
+    queue_depth: Callable[[], int],
+    limit: int,
+    *,
+    over_limit: Callable[[dict[str, Any]], RateLimited | None] | None = None,
+    on_limited: Callable[[], Any] = lambda: None,
+) -> WSGIApp:
     """Answer 503 + Retry-After at once while more than `limit` requests wait for a thread.
 
     Waitress's task queue is unbounded; without this a burst would queue without limit and
     every request would time out instead of a few being turned away quickly.
+
+    The per-key rate limit comes first: before shedding a request, `over_limit` (web.ratelimit
+    .OverLimit) is asked whether its key is over its limit, and such a request is answered
+    429 (and `on_limited` called) rather than 503, so that the key flooding the process is
+    told it is the cause. That check reads no database and costs one Redis round trip.
     """
     body = (
         b'{"error":{"code":"%s","message":"the server is overloaded; retry"}}'
@@ -64,6 +77,12 @@ def shed_load(app: WSGIApp, queue_depth: Callable[[], int], limit: int) -> WSGIA
 
     def shedding(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if queue_depth() > limit:
+            refused = None if over_limit is None else over_limit(environ)
+            if refused is not None:
+                on_limited()
+                status, headers, limited_body = render(refused)
+                start_response(status, [*headers, ("X-Request-Id", uuid.uuid4().hex)])
+                return [limited_body]
             start_response(
                 "503 Service Unavailable",
                 [
@@ -150,11 +169,17 @@ def _serve_app(
     Long-polls waiting on `watch` are answered at once when the drain starts."""
     # Installed after the fork: the broker's client must belong to this process.
     from shared.broker.sending import sender
+    from shared.ledger.auth import PrincipalCache
+    from shared.ratelimit.buckets import create_limiter
     from shared.runtime.metrics import publish_pool
     from web.app import create_app
+    from web.metrics import RATE_LIMIT_UNCHECKED, RATE_LIMITED, SHED_ROUTE
+    from web.ratelimit import OverLimit
     from worker import actors
 
     broker = actors.install(settings)
+    keys = PrincipalCache(settings.api_key_cache_seconds)
+    limiter = create_limiter(settings, on_unchecked=RATE_LIMIT_UNCHECKED.inc)
     falcon_app = create_app(
         settings,
         pool=pool,
@@ -163,8 +188,16 @@ def _serve_app(
         ping_broker=broker.ping,
         queues=broker,
         watch=watch,
+        keys=keys,
+        limiter=limiter,
     )
-    app = shed_load(falcon_app, lambda: server.queue_depth(), settings.web_queue_limit)
+    app = shed_load(
+        falcon_app,
+        lambda: server.queue_depth(),
+        settings.web_queue_limit,
+        over_limit=OverLimit(keys, limiter),
+        on_limited=RATE_LIMITED.labels(SHED_ROUTE).inc,
+    )
     server = WaitressServer(app, sock, threads=settings.web_threads)
     log.info(
         "serving on http://%s:%s with %d threads, pool of %d, up to %d long-polls waiting",
@@ -196,6 +229,7 @@ def _serve_app(
     idle = not server.busy()
     server.shutdown(timeout=5)
     publisher.stop()
+    limiter.close()
     log.info("stopped %s", "cleanly" if idle else "with requests still in flight")
     return 0 if idle else 1
 

@@ -32,7 +32,8 @@ _serial = itertools.count(1)
 
 def process_env(**overrides: str) -> dict[str, str]:
     """The environment of processes under test: this one's (conftest exported the test
-    servers), a free port, small process counts and quick sweeps, then `overrides`."""
+    servers), a free port, small process counts, quick sweeps and no default rate limit,
+    then `overrides`."""
     env = dict(os.environ)
     env.update(
         PORT=str(free_port()),
@@ -44,6 +45,9 @@ def process_env(**overrides: str) -> dict[str, str]:
         SWEEPER_INTERVAL_SECONDS="0.5",
         WEB_SHUTDOWN_TIMEOUT="20",
         PYTHONUNBUFFERED="1",
+        # Keys without a limit of their own are not limited: the load these tests make is
+        # not what they test. tests/e2e/test_rate_limits.py sets its own.
+        RATE_LIMIT_PER_SECOND="0",
     )
     env.update(overrides)
     return env

@@ -165,7 +165,8 @@ def test_every_error_the_app_can_answer_is_documented_with_its_status_and_code(
 def test_each_operation_documents_the_answers_its_shape_implies(
     path: str, method: str, operation: dict
 ) -> None:
-    """Every operation may be turned away (503); one needing a key may be refused it (401);
+    """Every operation may be turned away (503); one needing a key may be refused it (401)
+    or find it over its rate limit (429, and its successes carry the RateLimit headers);
     one naming an id may find nothing (404); one reading a body may find it too large (413),
     not JSON (415) or malformed (400); one taking query parameters may find them wrong."""
     statuses = set(operation["responses"])
@@ -175,6 +176,13 @@ def test_each_operation_documents_the_answers_its_shape_implies(
     if needs_key:
         assert _codes(operation, "401") == {"api_key_missing", "api_key_invalid"}
         assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+    if "security" not in operation:  # an API key's: its rate limit applies
+        assert _codes(operation, "429") == {"rate_limited"}
+        limited = operation["responses"]["429"]["headers"]
+        assert all(limited[h]["required"] for h in ("Retry-After", "RateLimit-Policy", "RateLimit"))
+        for status, response in operation["responses"].items():
+            if status.startswith("2"):
+                assert {"RateLimit-Policy", "RateLimit"} <= set(response["headers"])
     if "{" in path:
         assert "404" in statuses
     if "requestBody" in operation:
