@@ -1,4 +1,4 @@
-"""`settle keys create|list|revoke`, run as the real command against the test database, and
+"""`settle keys create|list|update|revoke`, run as the real command against the test database, and
 the keys it makes used on the real app."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 from falcon.testing import TestClient
 
+from shared.ledger import auth
 from tests.helpers import make_user, unique_email
 
 SETTLE = Path(sys.executable).with_name("settle")
@@ -63,6 +64,8 @@ def test_keys_list_shows_every_key_without_its_secret(db: psycopg.Connection) ->
         "holder",
         "label",
         "key",
+        "rate",
+        "burst",
         "created",
         "revoked",
     ]
@@ -91,7 +94,8 @@ def test_keys_revoke_refuses_the_key_from_then_on_and_lists_it_revoked(
         for line in settle("keys", "list").stdout.splitlines()
         if line.startswith(f"{key_id[0]} ")
     )
-    assert len(line.split()) == 8  # id, holder (2 words), key, created (2), revoked (2)
+    # id, holder (2 words), key, rate, burst, created (2), revoked (2)
+    assert len(line.split()) == 10
     again = settle("keys", "revoke", str(key_id[0]))
     assert (again.returncode, again.stdout.strip()) == (
         0,
@@ -114,3 +118,99 @@ def test_keys_commands_naming_an_unknown_user_or_key_exit_1_with_one_line(
 def test_keys_create_needs_exactly_one_of_user_or_operator() -> None:
     assert settle("keys", "create").returncode == 2
     assert settle("keys", "create", "--operator", "--user", "1").returncode == 2
+
+
+def key_limits(db: psycopg.Connection, key_id: int) -> tuple[object, object]:
+    row = db.execute(
+        "SELECT rate_per_second, rate_burst FROM api_keys WHERE id = %s", (key_id,)
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def newest_key_id(db: psycopg.Connection) -> int:
+    row = db.execute("SELECT max(id) FROM api_keys").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_keys_create_and_update_set_a_keys_own_rate_limit_and_list_shows_it(
+    db: psycopg.Connection,
+) -> None:
+    user = make_user(db)
+    done = settle("keys", "create", "--user", str(user), "--rate", "2.5", "--burst", "10")
+    assert done.returncode == 0, done.stderr
+    assert "rate limit 2.5/s, burst 10" in done.stderr
+    key_id = newest_key_id(db)
+    assert key_limits(db, key_id) == (2.5, 10)
+
+    done = settle("keys", "update", str(key_id), "--rate", "5")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(
+        f"settle keys: key {key_id} now has rate limit 5/s, burst 10"
+    )
+    assert key_limits(db, key_id) == (5.0, 10)  # the burst left out stays
+
+    done = settle("keys", "update", str(key_id), "--burst", "default")
+    assert done.returncode == 0, done.stderr
+    assert key_limits(db, key_id) == (5.0, None)
+    line = next(
+        ln for ln in settle("keys", "list").stdout.splitlines() if ln.startswith(f"{key_id} ")
+    )
+    assert line.split()[4:6] == ["5/s", "default"]
+
+    done = settle("keys", "update", str(key_id), "--rate", "DEFAULT", "--burst", "default")
+    assert done.returncode == 0, done.stderr
+    assert "the default rate limit" in done.stdout
+    assert key_limits(db, key_id) == (None, None)
+
+
+#: Every bad value of each option, and a word of what the error must say.
+BAD_LIMITS = [
+    ("--rate", "0", "between 0.001 and 1,000,000"),
+    ("--rate", "-3", "between 0.001 and 1,000,000"),
+    ("--rate", "0.0001", "between 0.001 and 1,000,000"),
+    ("--rate", "1e7", "between 0.001 and 1,000,000"),
+    ("--rate", "nan", "between 0.001 and 1,000,000"),
+    ("--rate", "inf", "between 0.001 and 1,000,000"),
+    ("--rate", "ten", "requests per second"),
+    ("--rate", "", "requests per second"),
+    ("--rate", "5/s", "requests per second"),
+    ("--burst", "0", "from 1 to 1,000,000"),
+    ("--burst", "-1", "from 1 to 1,000,000"),
+    ("--burst", "1000001", "from 1 to 1,000,000"),
+    ("--burst", "2.5", "whole number"),
+    ("--burst", "many", "whole number"),
+]
+
+
+def test_every_bad_rate_or_burst_is_one_clear_error_and_changes_nothing(
+    db: psycopg.Connection,
+) -> None:
+    user = make_user(db)
+    key_id = auth.create_key(db, user_id=user, rate=7.0, burst=70).id
+    keys_before = newest_key_id(db)
+    for option, value, says in BAD_LIMITS:
+        for args in (
+            ("create", "--user", str(user), option, value),
+            ("update", str(key_id), option, value),
+        ):
+            done = settle("keys", *args)
+            shown = f"settle keys {' '.join(args)}"
+            assert done.returncode == 2, shown
+            assert done.stdout == "", shown
+            assert option in done.stderr and says in done.stderr, (shown, done.stderr)
+            assert "Traceback" not in done.stderr, shown
+    assert newest_key_id(db) == keys_before, "a refused create made a key"
+    assert key_limits(db, key_id) == (7.0, 70), "a refused update changed the key"
+
+
+def test_keys_update_needs_a_limit_to_change_and_an_existing_key(db: psycopg.Connection) -> None:
+    key_id = auth.create_key(db, user_id=make_user(db)).id
+    done = settle("keys", "update", str(key_id))
+    assert done.returncode == 2
+    assert "--rate" in done.stderr
+    done = settle("keys", "update", str(key_id + 1_000_000), "--rate", "3")
+    assert done.returncode == 1
+    assert "does not exist" in done.stderr
+    assert key_limits(db, key_id) == (None, None)
