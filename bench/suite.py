@@ -10,8 +10,9 @@ end-to-end (POST /transfers at a fixed offered rate), 3b saturation (POST /trans
 in wrk's closed loop and whether settlement keeps up, against pgbench; bench.saturation), 4
 the cost of not pooling (pgbench with and without a new connection per transaction), 5 GET
 /transfers on a million transfers beside GET /transfers/{id} (bench.listing), peak RSS per
-process, 6 the connection budget
-(bench.connections). Baseline and subject alternate, A B A B, and medians are quoted, since
+process, 6 the connection budget (bench.connections), 7 the cost of the per-key rate-limit
+check (bench.ratelimit; the other sections run with a limit no run reaches, so every request
+pays the check). Baseline and subject alternate, A B A B, and medians are quoted, since
 absolute figures drift on a shared machine. Everything runs on scratch databases and a
 broker namespace of its own (DATABASE_URL / REDIS_URL's servers, or embedded ones), dropped
 afterwards. Prints a table and writes bench/results.json.
@@ -47,6 +48,7 @@ from bench import connections
 from bench import listing as bench_listing
 from bench import reads as bench_reads
 from bench import saturation as bench_saturation
+from bench import ratelimit as bench_ratelimit
 from bench.harness import (
     SETTLE,
     Processes,
@@ -62,6 +64,7 @@ from bench.load import Offered, libpq_env, offer_transfers, pgbench, require
 from bench.memory import RssSampler
 from shared.config import Settings
 from shared.db.budget import capacity, make_plan
+from shared.ratelimit.limits import MAX_BURST, MAX_RATE
 from shared.runtime.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +131,8 @@ def ratio(a: float, b: float) -> float:
 
 def service_env(url: str, name: str, redis_url: str) -> dict[str, str]:
     """The processes' environment: the default settings (any setting exported in this shell
-    is dropped), the scratch database, a broker namespace of its own and a free port."""
+    is dropped) but a rate limit no run reaches, the scratch database, a broker namespace of
+    its own and a free port."""
     env = dict(os.environ)
     for f in fields(Settings):
         env.pop(f.name.upper(), None)
@@ -141,6 +145,10 @@ def service_env(url: str, name: str, redis_url: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         # The read ladder's middle rungs (web/ladder.py); never set in production.
         BENCH_ROUTES="true",
+        # Every request pays the rate-limit check, as by default; none is refused. Section 7
+        # measures what the check costs.
+        RATE_LIMIT_PER_SECOND=str(MAX_RATE),
+        RATE_LIMIT_BURST=str(MAX_BURST),
     )
     return env
 
@@ -507,6 +515,15 @@ def run(cfg: Config) -> dict:
             seconds=cfg.listing_seconds,
             rounds=cfg.rounds,
         )
+        print("7. the rate-limit check: GET /users/{id} with a checked key and an unchecked one")
+        results["ratelimit"] = bench_ratelimit.run_section(
+            url=url,
+            service_env=lambda db, label: service_env(db, f"{name}-{label}", redis_url),
+            logs=logs,
+            rss=None,
+            seconds=cfg.read_seconds,
+            rounds=cfg.rounds,
+        )
     results["memory"] = rss.by_role()
     print(f"6. connection budget: python -m bench.connections ({cfg.budget_transfers} transfers)")
     m = connections.measure(transfers=cfg.budget_transfers)
@@ -570,6 +587,7 @@ def table(r: dict) -> str:
     )
     rows.extend(bench_saturation.rows(r["saturation"]))
     rows.extend(bench_listing.rows(r["listing"]))
+    rows.extend(bench_ratelimit.rows(r["ratelimit"]))
     rows.append(
         (
             f"the same read, pooled vs a new connection each (pgbench -c {pl['clients']})",
