@@ -70,6 +70,8 @@ def measure(
             "WEB_THREADS": os.environ.get("WEB_THREADS", "4"),
             "WORKER_PROCESSES": os.environ.get("WORKER_PROCESSES", "2"),
             "WORKER_THREADS": os.environ.get("WORKER_THREADS", "3"),
+            # What is measured is connections, not the rate limit: no key is limited.
+            "RATE_LIMIT_PER_SECOND": "0",
         }
         settings = Settings.from_env(env)
         plan = make_plan(settings, Capacity(budget, "DB_CONNECTION_BUDGET"))
