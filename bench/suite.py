@@ -46,9 +46,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import connections
 from bench import listing as bench_listing
+from bench import ratelimit as bench_ratelimit
 from bench import reads as bench_reads
 from bench import saturation as bench_saturation
-from bench import ratelimit as bench_ratelimit
 from bench.harness import (
     SETTLE,
     Processes,

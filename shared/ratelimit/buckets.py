@@ -43,9 +43,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shared.config import Settings
 from shared.errors import RateLimitStoreUnavailable, first_line
 from shared.ratelimit.limits import Limit
-from shared.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.broker.urls import broker_name
+from shared.config.brokers import broker_name
 from shared.ledger import auth
 from shared.runtime.embedded import free_port
 from tests.e2e.api import operator_key

@@ -18,6 +18,7 @@ from falcon.testing import Result, TestClient
 from prometheus_client import REGISTRY
 from psycopg_pool import ConnectionPool
 
+from shared.config import Settings
 from shared.ledger import auth
 from shared.ledger.auth import PrincipalCache
 from shared.ratelimit.buckets import (
@@ -29,7 +30,6 @@ from shared.ratelimit.buckets import (
     redis_client,
 )
 from shared.ratelimit.limits import Limit
-from shared.config import Settings
 from tests.contract import Recorder
 from tests.helpers import make_user
 from web.app import create_app
