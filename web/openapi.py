@@ -850,12 +850,12 @@ PATHS: dict[str, dict[str, Any]] = {
         }
     },
 }
-#: Every operation taking an API key may answer 429 and carries the RateLimit headers.
-PATHS = rate_limited(PATHS)
-
 # The webhooks' paths and schemas are the API's, written in a module of their own.
 PATHS.update(webhooks.PATHS)
 SCHEMAS.update(webhooks.SCHEMAS)
+
+#: Every operation taking an API key may answer 429 and carries the RateLimit headers.
+PATHS = rate_limited(PATHS)
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

@@ -35,7 +35,7 @@ PGBOUNCER_POOL_SIZE = 20
 #: The bounds of a rate limit, requests per second and burst: the settings' and every key's
 #: own (`shared.ratelimit.limits`).
 MIN_RATE = 0.001
-MAX_RATE = 1_000_000.0
+MAX_RATE = 1_000_000
 MAX_BURST = 1_000_000
 
 #: Where the three Postgres timeouts apply.
