@@ -283,3 +283,16 @@ def test_an_overloaded_process_tells_a_key_over_its_limit_429_and_sheds_the_othe
         answer = client.simulate_get("/users/me", headers=headers)
         assert (answer.status_code, answer.json["error"]["code"]) == (503, "overloaded")
     assert shed == [1]
+
+
+def test_an_error_answered_after_the_check_carries_the_headers_and_took_its_token(
+    db: psycopg.Connection, redis_buckets: RedisBuckets, app_with: AppFactory
+) -> None:
+    client = app_with(limiter(redis_buckets))
+    key = user_key(db)
+    missing = client.simulate_get("/users/999999999999", headers=bearer(key))
+    assert missing.status_code == 404
+    assert missing.headers["RateLimit"] == f'"default";r={BURST - 1};t=100'
+    bad = client.simulate_post("/accounts", body="{", headers=bearer(key))
+    assert bad.status_code in (400, 403, 415)
+    assert bad.headers["RateLimit"] == f'"default";r={BURST - 2};t=100'
