@@ -46,7 +46,8 @@ def refusal(decision: Decision) -> RateLimited:
 class OverLimit:
     """For the load shedder, which answers before routing and without the database: the
     refusal of a request whose key this process has in `cache` and whose bucket is empty;
-    None for any other request (no key, a key not in the cache, one within its limit). A
+    None for any other request (no key, a key not in the cache, one within its limit, a path
+    that takes no key). A
     request it lets through has taken its token: it is one request of the key's, shed or
     not."""
 
@@ -54,7 +55,13 @@ class OverLimit:
         self._cache = cache
         self._limiter = limiter
 
+    #: Paths that take no API key (the probes, the document, the dashboard's session-based
+    #: pages): shed as they are, whatever key they carry.
+    KEYLESS = ("/healthz", "/readyz", "/openapi.json", "/dashboard")
+
     def __call__(self, environ: dict[str, Any]) -> RateLimited | None:
+        if environ.get("PATH_INFO", "").startswith(self.KEYLESS):
+            return None
         scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not auth.well_formed(key):

@@ -282,6 +282,8 @@ def test_an_overloaded_process_tells_a_key_over_its_limit_429_and_sheds_the_othe
     for headers in (bearer(calm), bearer(user_key(db)), {}):  # within its limit, unknown, none
         answer = client.simulate_get("/users/me", headers=headers)
         assert (answer.status_code, answer.json["error"]["code"]) == (503, "overloaded")
+    probe = client.simulate_get("/healthz", headers=bearer(flooder))  # a path without a key
+    assert (probe.status_code, probe.json["error"]["code"]) == (503, "overloaded")
     assert shed == [1]
 
 
@@ -296,3 +298,40 @@ def test_an_error_answered_after_the_check_carries_the_headers_and_took_its_toke
     bad = client.simulate_post("/accounts", body="{", headers=bearer(key))
     assert bad.status_code in (400, 403, 415)
     assert bad.headers["RateLimit"] == f'"default";r={BURST - 2};t=100'
+
+
+@pytest.mark.parametrize(
+    ("debt_seconds", "allowed", "remaining", "reset", "retry_after"),
+    [
+        (-100, True, 2, 10, 0),  # idle long ago: a full bucket of 3
+        (0, True, 2, 10, 0),  # just full
+        (15, True, 0, 5, 0),  # 1.5 tokens owed: one left for this request, the next in 5 s
+        (25, False, 0, 5, 5),  # 2.5 owed: none left until 5 s from now
+    ],
+)
+def test_the_script_refills_the_bucket_with_time_on_redis_clock(
+    settings: Settings,
+    redis_buckets: RedisBuckets,
+    debt_seconds: int,
+    allowed: bool,
+    remaining: int,
+    reset: int,
+    retry_after: int,
+) -> None:
+    # One token every 10 s, 3 at most. The bucket is set to owe `debt_seconds` of tokens as
+    # of Redis's own clock: the margins are seconds, the script runs within microseconds.
+    limit = Limit(0.1, 3)
+    client = redis_client(settings.redis_url)
+    try:
+        seconds, micros = client.time()
+        now = seconds * 1_000_000 + micros
+        client.set(redis_buckets.key(42, limit), now + debt_seconds * 1_000_000, px=600_000)
+    finally:
+        client.close()
+    decision = redis_buckets.take(42, limit)
+    assert (decision.allowed, decision.remaining, decision.reset, decision.retry_after) == (
+        allowed,
+        remaining,
+        reset,
+        retry_after,
+    )
