@@ -8,8 +8,10 @@ in Redis, wrk -t2 -c32, the two keys alternated A B A B, medians quoted.
     # as `make bench` runs its sections: flock /tmp/settle-heavy.lock <the command>
 
 The ratio is checked throughput / unchecked throughput (1.0: free), and the CPU the web
-processes spend per request on each side. The check is one Redis round trip (EVALSHA) per
-request on a pooled connection of the process's own (`shared.ratelimit.buckets`).
+processes spend per request on each side; beside them, the check alone from one thread
+against a bare Redis PING on the same client (what one round trip costs). The check is one
+Redis round trip (EVALSHA) per request on a pooled connection of the process's own
+(`shared.ratelimit.buckets`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,8 @@ from bench.harness import Processes, bench_servers, bulk_accounts, ready, wait_u
 from bench.load import Wrk, wrk
 from bench.memory import RssSampler, cpu_seconds
 from shared.ledger import auth
-from shared.ratelimit.limits import MAX_BURST, MAX_RATE
+from shared.ratelimit.buckets import RedisBuckets, redis_client
+from shared.ratelimit.limits import MAX_BURST, MAX_RATE, Limit
 
 USERS = 1000
 UNCHECKED = "unchecked (no limit)"
@@ -87,6 +91,7 @@ def run_section(
             "non_2xx": sum(w.non_2xx for w in done),
             "app_cpu_ms_per_request": statistics.median(cpu_ms[label]),
         }
+    out["round_trip"] = round_trips(env["REDIS_URL"], f"{env['BROKER_NAMESPACE']}-trips")
     pairs = list(zip(runs[CHECKED], runs[UNCHECKED], strict=True))
     out["rps_ratio"] = statistics.median(c.rps / u.rps for c, u in pairs)
     out["cpu_ratio"] = statistics.median(
@@ -95,10 +100,45 @@ def run_section(
     return out
 
 
+def round_trips(redis_url: str, namespace: str, *, count: int = 5000) -> dict[str, float]:
+    """Microseconds per check (`RedisBuckets.take`, the script by EVALSHA) beside a bare PING
+    on the same client, from one thread, alternated in blocks of 500, medians of the blocks."""
+    buckets = RedisBuckets(redis_client(redis_url), namespace)
+    client = redis_client(redis_url)
+    limit = Limit(MAX_RATE, MAX_BURST, "key")
+    checks: list[float] = []
+    pings: list[float] = []
+    try:
+        buckets.take(0, limit)  # the script loaded; connections made
+        client.ping()
+        for block in range(count // 500):
+            started = time.perf_counter()
+            for _ in range(500):
+                buckets.take(block, limit)
+            checks.append((time.perf_counter() - started) * 1e6 / 500)
+            started = time.perf_counter()
+            for _ in range(500):
+                client.ping()
+            pings.append((time.perf_counter() - started) * 1e6 / 500)
+    finally:
+        buckets.close()
+        client.close()
+    check, ping = statistics.median(checks), statistics.median(pings)
+    return {"check_us": check, "ping_us": ping, "check_vs_ping": check / ping}
+
+
 def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     """The section's rows of the bench table."""
     checked, unchecked = result[CHECKED], result[UNCHECKED]
+    trips = result["round_trip"]
     return [
+        (
+            "the rate-limit check alone, one thread (us per call)",
+            f"{trips['check_us']:.0f}",
+            f"{trips['ping_us']:.0f} for a Redis PING",
+            f"{trips['check_vs_ping']:.2f}x",
+            "",
+        ),
         (
             "GET /users/{id} with the rate-limit check (req/s)",
             f"{checked['rps']:.0f}",
