@@ -1,4 +1,7 @@
-"""`settle worker`: runs dramatiq with --processes/--threads from the settings and keeps it up.
+"""`settle worker`: runs dramatiq with --processes/--threads from the settings and keeps it up;
+and beside it a second dramatiq, WEBHOOK_PROCESSES x WEBHOOK_THREADS, that consumes only the
+webhooks queue, so that a slow or failing webhook receiver never holds a thread that
+settles transfers. Each is supervised on its own.
 
 When one dramatiq worker process dies, the dramatiq master stops the others and exits; this
 supervisor starts it again, with the backoff of `shared.runtime.lifecycle.Supervisor`, for
@@ -17,7 +20,7 @@ import logging
 import os
 import sys
 
-from shared.broker.messages import TRANSFER_QUEUE
+from shared.broker.messages import TRANSFER_QUEUE, WEBHOOK_QUEUE
 from shared.config import Settings
 from shared.runtime import multiproc
 from shared.runtime.lifecycle import (
@@ -35,19 +38,26 @@ log = logging.getLogger("settle.worker")
 WORKER_FORK_TIMEOUT_MS = 5_000
 
 
-def dramatiq_command(settings: Settings, threads: int) -> list[str]:
+def dramatiq_command(
+    settings: Settings,
+    threads: int,
+    *,
+    processes: int | None = None,
+    queue: str = TRANSFER_QUEUE,
+    entry: str = "worker.dramatiq_entry:boot",
+) -> list[str]:
     return [
         sys.executable,
         "-m",
         "worker.dramatiq_cli",  # dramatiq's CLI with Settle's log lines
-        "worker.dramatiq_entry:boot",
+        entry,
         "worker.actors",
         "--processes",
-        str(settings.worker_processes),
+        str(settings.worker_processes if processes is None else processes),
         "--threads",
         str(threads),
         "--queues",
-        TRANSFER_QUEUE,
+        queue,
         # How long the master waits for each worker process to finish booting before it
         # watches them (default 30 s). A worker process killed while it boots never
         # reports, and the master would sit out the whole wait before noticing; Settle
@@ -74,13 +84,25 @@ def main(argv: list[str] | None = None) -> None:
         # The plan decides the thread count, so that threads and pool sizes cannot drift
         # apart: one connection per thread, fewer threads when WEB_SHARE leaves workers less.
         threads = plan.worker.pool_size
-        command = dramatiq_command(settings, threads)
+        commands = [dramatiq_command(settings, threads)]
+        if settings.webhook_processes:
+            commands.append(
+                dramatiq_command(
+                    settings,
+                    settings.webhook_threads,
+                    processes=settings.webhook_processes,
+                    queue=WEBHOOK_QUEUE,
+                    entry="worker.dramatiq_entry:boot_webhooks",
+                )
+            )
 
         def start(slot: int) -> int:
+            command = commands[slot]
             log.info(
-                "starting dramatiq: %d process(es) x %d thread(s)",
-                settings.worker_processes,
-                threads,
+                "starting dramatiq for the %s queue: %s process(es) x %s thread(s)",
+                command[command.index("--queues") + 1],
+                command[command.index("--processes") + 1],
+                command[command.index("--threads") + 1],
             )
             return exec_child(command)
 
@@ -90,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             "dramatiq",
             start,
             stop=stop,
+            slots=len(commands),
             reaped=lambda pid: multiproc.forget_dead(),
             backoff_cap=settings.restart_backoff_max_seconds,
         )

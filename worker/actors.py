@@ -27,15 +27,19 @@ from shared.broker import factory
 from shared.broker.base import SettleBroker
 from shared.broker.messages import (
     BATCH_MAX,
+    DELIVER_ACTOR,
     SETTLE_ACTOR,
     SETTLE_ACTORS,
     SETTLE_BATCH_ACTOR,
     TRANSFER_QUEUE,
+    WEBHOOK_QUEUE,
     chunks,
 )
 from shared.config import Settings
-from shared.db.pool import connection
+from shared.db.pool import TRANSIENT, connection
+from shared.errors import first_line
 from shared.ledger import operations as ledger
+from shared.webhooks import attempts
 from worker.metrics import SETTLE_LATENCY, TRANSFER_RETRIES, Telemetry, count_finished
 from worker.middleware import (
     DeadLetterMarks,
@@ -53,13 +57,17 @@ log = logging.getLogger(__name__)
 #: The settle actors, declared on the installed broker by `install`.
 settle_transfers: dramatiq.Actor[[list[int]], None]
 settle_transfer: dramatiq.Actor[[int], None]
+deliver_webhook: dramatiq.Actor[[int], None]
 
 
-def create_broker(settings: Settings) -> tuple[SettleBroker, LendConnections]:
+def create_broker(
+    settings: Settings, *, role: str = "worker"
+) -> tuple[SettleBroker, LendConnections]:
     """The broker `settings.message_broker_url` names (Redis, or RabbitMQ for `amqp://`)
     with retries for transient errors only, within the retry budget Postgres keeps per
-    transfer, the middleware that owns each worker process's pool, the heartbeat, and the
-    dead-letter mark; and that pool's middleware. Connects lazily."""
+    transfer, the middleware that owns each worker process's pool (sized by `role`'s share
+    of the budget: "worker" settles, "webhooks" delivers), the heartbeat, and the dead-letter
+    mark; and that pool's middleware. Connects lazily."""
     budget = RetryBudget(
         ledger.RetryPolicy(
             max_retries=settings.transfer_max_retries,
@@ -67,7 +75,7 @@ def create_broker(settings: Settings) -> tuple[SettleBroker, LendConnections]:
             max_backoff_ms=settings.transfer_max_backoff_ms,
         )
     )
-    database = LendConnections(settings)
+    database = LendConnections(settings, role=role)
     middleware = [
         # First: its after-hook runs last, once Retries has marked a message failed.
         Telemetry(database, SETTLE_ACTORS),
@@ -92,15 +100,17 @@ def create_broker(settings: Settings) -> tuple[SettleBroker, LendConnections]:
     return broker, database
 
 
-def install(settings: Settings) -> SettleBroker:
+def install(settings: Settings, *, role: str = "worker") -> SettleBroker:
     """Build the broker for `settings`, make it dramatiq's global broker (dramatiq's CLI and
     `Actor.send` read it) and declare the actors on it; return it. The one place that sets
     dramatiq's global: each composition root calls it once, after any fork (the broker's
     Redis client belongs to one process) and before it sends or consumes: the dramatiq
     CLI's entry (`worker.dramatiq_entry:boot`), each web process, the sweeping process,
-    `settle dead-letters`, and the test suite's conftest. Connects lazily."""
-    global settle_transfers, settle_transfer
-    broker, _ = create_broker(settings)
+    `settle dead-letters`, and the test suite's conftest. `role` names the worker process's
+    share of the connection budget: "webhooks" for the processes that consume the webhooks
+    queue. Connects lazily."""
+    global settle_transfers, settle_transfer, deliver_webhook
+    broker, _ = create_broker(settings, role=role)
     dramatiq.set_broker(broker)
     # A message whose transfers were dead-lettered fails at once, without a traceback.
     settle_transfers = dramatiq.actor(
@@ -115,11 +125,36 @@ def install(settings: Settings) -> SettleBroker:
         broker=broker,
         throws=(RetriesExhausted,),
     )(_settle_transfer)
+    policy = attempts.DeliveryPolicy.of(settings)
+
+    def _deliver_webhook(delivery_id: int) -> None:
+        """Make one attempt of a webhook delivery if it is due (see `attempts.deliver`).
+        Retried by Postgres, never by dramatiq: a database error leaves the delivery to fall
+        due again (its lease ends, and the dispatcher sends it once more)."""
+        try:
+            attempts.deliver(current_pool(), int(delivery_id), policy)
+        except TRANSIENT as exc:
+            log.warning(
+                "webhook delivery %s: database unavailable (%s); it is sent again once due",
+                delivery_id,
+                first_line(exc),
+            )
+
+    deliver_webhook = dramatiq.actor(
+        queue_name=WEBHOOK_QUEUE,
+        actor_name=DELIVER_ACTOR,
+        broker=broker,
+        retry_when=_never,
+    )(_deliver_webhook)
     return broker
 
 
+def _never(retries: int, exc: BaseException) -> bool:
+    return False
+
+
 def __getattr__(name: str) -> Any:
-    if name in ("settle_transfers", "settle_transfer"):
+    if name in ("settle_transfers", "settle_transfer", "deliver_webhook"):
         raise AttributeError(
             f"worker.actors.{name} is declared by worker.actors.install(settings);"
             " the composition root calls it first"

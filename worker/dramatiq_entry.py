@@ -13,4 +13,11 @@ from worker import actors
 
 
 def boot() -> None:
+    """A process that settles transfers (the transfers queue)."""
     actors.install(load_settings("worker"))
+
+
+def boot_webhooks() -> None:
+    """A process that delivers webhooks (the webhooks queue), with the webhooks' share of
+    the connection budget."""
+    actors.install(load_settings("worker"), role="webhooks")

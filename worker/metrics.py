@@ -97,13 +97,13 @@ class Telemetry(Middleware):
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         for outcome, failure_code in OUTCOMES:
             FINISHED.labels(outcome, failure_code)
-        self._publisher = publish_pool(self._database.pool, "worker")
+        self._publisher = publish_pool(self._database.pool, self._database.role)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._publisher is not None:
             self._publisher.stop()
             self._publisher = None
-            PoolStats(None, "worker").clear()
+            PoolStats(None, self._database.role).clear()
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._local.started = time.perf_counter()

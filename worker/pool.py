@@ -63,8 +63,9 @@ class LendConnections(Middleware):
     exit 1, the code of a killed worker process, which `settle worker` restarts forever.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, role: str = "worker") -> None:
         self._settings = settings
+        self.role = role
         self._pool: ConnectionPool | None = None
         self._held = contextlib.ExitStack()
 
@@ -90,7 +91,7 @@ class LendConnections(Middleware):
                 # connection rather than fail: a worker thread without one can only wait.
                 pool = self._held.enter_context(
                     leased_pool(
-                        settings, "worker", plan, stopping=stop.is_set, timeout=WORKER_POOL_TIMEOUT
+                        settings, self.role, plan, stopping=stop.is_set, timeout=WORKER_POOL_TIMEOUT
                     )
                 )
             except DependencyDown as exc:

@@ -4,13 +4,16 @@ A lost message (an enqueue that failed, a Redis that lost its data, a worker kil
 mid-flight) would otherwise strand its transfer; sending twice is harmless because the
 actor is idempotent. A transfer waiting out a retry's backoff is left alone until its next
 attempt is overdue by the grace period (its retry message was lost), and then sent within
-the retry budget it has left, which Postgres keeps. One connection.
+the retry budget it has left, which Postgres keeps.
 
 Each pass also deletes the transfer events older than EVENT_RETENTION_DAYS, a small batch
 per transaction (`shared.events.retention`), and drops the broker's dead-letter messages
 none of whose transfers is dead-lettered any more (`DeadLetterClearing`): retried or
 cancelled by an operator whose own clearing failed, or never marked because Postgres was
 down when their retries ran out (such a transfer is sent again by the sweep itself).
+
+Beside the sweep, a thread of the same process dispatches webhook deliveries
+(`worker.dispatcher`). Two connections: one for each.
 
 `settle sweeper` is a small supervisor (`shared.runtime.lifecycle.Supervisor`) over one
 forked sweeping process: a sweep that fails is logged and tried again at the next interval,
@@ -46,6 +49,7 @@ from shared.runtime.lifecycle import (
     takes_no_arguments,
     wait_for_boot,
 )
+from worker import dispatcher
 
 log = logging.getLogger("settle.sweeper")
 
@@ -126,6 +130,7 @@ def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
             settings.sweeper_grace_seconds,
         )
         clearing = DeadLetterClearing()
+        dispatching = dispatcher.start(pool, settings, broker, stop)
         while not stop.is_set():
             try:
                 sent = sweep_once(pool, settings, broker)
@@ -148,6 +153,7 @@ def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
             except Exception as exc:  # one failed pass must not end the sweeper
                 log.warning("sweep failed, will try again: %s", exc)
             stop.wait(settings.sweeper_interval_seconds)
+        dispatching.join()  # before the pool closes
     log.info("sweeper stopped")
     return 0
 

@@ -21,7 +21,7 @@ import dramatiq
 import dramatiq.errors
 from dramatiq import Message
 
-from shared.broker.messages import BATCH_MAX, TRANSFER_QUEUE, settle_messages
+from shared.broker.messages import BATCH_MAX, TRANSFER_QUEUE, delivery_messages, settle_messages
 from shared.errors import BrokerUnavailable, first_line
 
 #: The states a queue's messages are counted in, in the order `settle status` prints them:
@@ -77,6 +77,15 @@ class SettleBroker(dramatiq.Broker, abc.ABC):
         """Enqueue `messages` (none delayed), one at a time unless the broker can do better;
         returns them as enqueued. Raises the client's errors."""
         return [self.enqueue(message) for message in messages]
+
+    def send_deliveries(self, delivery_ids: Sequence[int]) -> int:
+        """Queue one attempt of each webhook delivery of `delivery_ids`; returns the number of
+        messages. When it raises, some may have been queued: an attempt of a delivery that is
+        not due any more does nothing."""
+        messages = delivery_messages(delivery_ids)
+        with self.translated():
+            self.enqueue_many(messages)
+        return len(messages)
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -1,6 +1,6 @@
 """What a settle message is, written once: the queue transfers travel on, the actors that
 consume it, and the transfer-id codec (ids in, ids out) every sender, consumer and reader of
-dead letters uses.
+dead letters uses; and the webhooks' queue, its actor and its message (one delivery id).
 
 A settle message names the actor `settle_transfers` and carries one argument: a list of up to
 `BATCH_MAX` transfer ids. Messages sent before batches existed name `settle_transfer` and
@@ -17,6 +17,14 @@ from dramatiq.broker import MessageProxy
 
 #: The queue the settle actors consume and every sender sends to.
 TRANSFER_QUEUE = "transfers"
+
+#: The queue webhook deliveries travel on: consumed by worker processes of their own, so that a
+#: slow or failing receiver never holds a thread that settles transfers.
+WEBHOOK_QUEUE = "webhooks"
+#: The actor that makes one attempt of one webhook delivery (`worker.actors` declares it).
+DELIVER_ACTOR = "deliver_webhook"
+#: Every queue Settle's workers consume.
+QUEUES = (TRANSFER_QUEUE, WEBHOOK_QUEUE)
 
 #: The settle actors' names (`worker.actors` declares them; the middleware needs them first):
 #: one id per message (as sent before batches), and a batch of ids per message.
@@ -48,6 +56,21 @@ def settle_messages(transfer_ids: Iterable[int], *, size: int = BATCH_MAX) -> li
             options={},
         )
         for chunk in chunks(sorted(transfer_ids), size)
+    ]
+
+
+def delivery_messages(delivery_ids: Iterable[int]) -> list[Message[Any]]:
+    """The messages that queue one attempt of each of `delivery_ids` (one id a message: each
+    is an HTTP request of its own)."""
+    return [
+        Message(
+            queue_name=WEBHOOK_QUEUE,
+            actor_name=DELIVER_ACTOR,
+            args=(int(delivery_id),),
+            kwargs={},
+            options={},
+        )
+        for delivery_id in delivery_ids
     ]
 
 

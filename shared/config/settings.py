@@ -374,6 +374,47 @@ class Settings:
         " and when delivered to",
         shown="`false` (`make run` and the tests: `true`)",
     )
+    webhook_processes: int = setting(
+        "WEBHOOK_PROCESSES",
+        1,
+        "dramatiq processes per worker instance that deliver webhooks (the `webhooks` queue),"
+        " beside those that settle transfers; `0` delivers none (deliveries wait)",
+        at_least=0,
+    )
+    webhook_threads: int = setting(
+        "WEBHOOK_THREADS",
+        4,
+        "delivery threads per webhook process, each making one request at a time (up to 5 s"
+        " each); they hold no connection during a request, so they share a pool of at most"
+        " `WEBHOOK_POOL_SIZE`",
+        at_least=1,
+    )
+    webhook_pool_size: int = setting(
+        "WEBHOOK_POOL_SIZE",
+        2,
+        "connections per webhook process (at most `WEBHOOK_THREADS`): each attempt takes one"
+        " twice, briefly, to claim the delivery and to record the outcome",
+        at_least=1,
+    )
+    webhook_min_backoff_seconds: float = setting(
+        "WEBHOOK_MIN_BACKOFF_SECONDS",
+        30.0,
+        "the wait after a delivery's first failed attempt; it doubles per attempt up to"
+        " `WEBHOOK_MAX_BACKOFF_SECONDS`, each wait drawn between its half and itself",
+        above=0,
+    )
+    webhook_max_backoff_seconds: float = setting(
+        "WEBHOOK_MAX_BACKOFF_SECONDS",
+        21600.0,
+        "the longest wait between two attempts of a delivery",
+        above=0,
+    )
+    webhook_retry_hours: float = setting(
+        "WEBHOOK_RETRY_HOURS",
+        72.0,
+        "a delivery without a 2xx this long after it was made is `failed`",
+        above=0,
+    )
     bench_routes: bool = setting(
         "BENCH_ROUTES",
         False,

@@ -13,7 +13,7 @@ from collections import Counter
 
 import psycopg
 
-ROLES = ("web", "events", "worker", "sweeper")
+ROLES = ("web", "events", "worker", "webhooks", "sweeper")
 
 
 def connections_by_role(

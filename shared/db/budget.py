@@ -2,14 +2,16 @@
 
 The budget is DB_CONNECTION_BUDGET when given, else what the server allows
 (max_connections - superuser_reserved_connections - reserved_connections on PG16+) minus
-DB_RESERVED_CONNECTIONS for operators, migrations and monitoring. The sweeper takes one
-connection; workers take one per thread (a worker thread without a connection only waits);
-web gets one per thread when that fits, else the rest split evenly, but at least one per
-process. With WEB_SHARE set and not enough for everyone, web gets that share and workers the
-rest (and run that many threads). Each web process also holds one connection for its event
-watch (the `events` role), which wakes long-polls when new events exist, unless
-EVENT_WAITERS=0. A plan that does not fit raises `BudgetExceeded` with the arithmetic on
-one line.
+DB_RESERVED_CONNECTIONS for operators, migrations and monitoring. The sweeper takes two
+connections (one sweeps, one dispatches webhook deliveries); workers take one per thread (a
+worker thread without a connection only waits); web gets one per thread when that fits, else
+the rest split evenly, but at least one per process. With WEB_SHARE set and not enough for
+everyone, web gets that share and workers the rest (and run that many threads). Each web
+process also holds one connection for its event watch (the `events` role), which wakes
+long-polls when new events exist, unless EVENT_WAITERS=0. Each webhook delivery process (the
+`webhooks` role, WEBHOOK_PROCESSES per worker instance) takes WEBHOOK_POOL_SIZE (at most
+WEBHOOK_THREADS): its threads hold no connection while they wait on a receiver. A plan that
+does not fit raises `BudgetExceeded` with the arithmetic on one line.
 
 Behind PgBouncer (DB_POOLER=pgbouncer) there are two sides. What Settle's processes may hold
 is PgBouncer's client limit (DB_POOLER_CLIENT_LIMIT, else read from its admin console at
@@ -169,10 +171,11 @@ class Plan:
     worker: RolePlan
     sweeper: RolePlan
     events: RolePlan  # each web process's event watch
+    webhooks: RolePlan  # the webhook delivery processes
 
     @property
-    def roles(self) -> tuple[RolePlan, RolePlan, RolePlan, RolePlan]:
-        return (self.web, self.events, self.worker, self.sweeper)
+    def roles(self) -> tuple[RolePlan, ...]:
+        return (self.web, self.events, self.worker, self.webhooks, self.sweeper)
 
     @property
     def total(self) -> int:
@@ -220,16 +223,28 @@ def _events_each(settings: Settings) -> int:
     return 1 if settings.waiters > 0 else 0
 
 
+def _webhooks_each(settings: Settings) -> int:
+    """The connections of one webhook delivery process."""
+    return min(settings.webhook_pool_size, settings.webhook_threads)
+
+
+#: The sweeper's connections: one sweeps, one dispatches webhook deliveries.
+SWEEPER_CONNECTIONS = 2
+
+
 def _refusal(settings: Settings, web_each: int, worker_each: int, cap: Capacity) -> str:
     web_n = settings.web_instances * settings.web_processes
     worker_n = settings.worker_instances * settings.worker_processes
+    hooks_n = settings.worker_instances * settings.webhook_processes
     events = web_n * _events_each(settings)
-    need = web_n * web_each + worker_n * worker_each + events + 1
+    hooks = hooks_n * _webhooks_each(settings)
+    need = web_n * web_each + worker_n * worker_each + events + hooks + SWEEPER_CONNECTIONS
     watches = f" + {events} event watches" if events else ""
+    webhooks = f" + {hooks_n} webhook x {_webhooks_each(settings)}" if hooks else ""
     return (
         f"budget: {worker_n} worker processes x {worker_each} threads"
-        f" + {web_n} web x {web_each}{watches} + 1 sweeper = {need} > {cap.available}"
-        f" available ({cap.source})"
+        f" + {web_n} web x {web_each}{watches}{webhooks} + {SWEEPER_CONNECTIONS} sweeper"
+        f" = {need} > {cap.available} available ({cap.source})"
     )
 
 
@@ -240,7 +255,14 @@ def make_plan(settings: Settings, cap: Capacity) -> Plan:
     web_want = min(settings.web_pool_size or settings.web_threads, settings.web_threads)
     worker_want = settings.worker_threads
     events_each = _events_each(settings)
-    room = cap.available - 1 - web_n * events_each  # the sweeper's, the event watches'
+    hooks_n = settings.worker_instances * settings.webhook_processes
+    # The sweeper's, the event watches', the webhook processes'.
+    room = (
+        cap.available
+        - SWEEPER_CONNECTIONS
+        - web_n * events_each
+        - hooks_n * _webhooks_each(settings)
+    )
 
     if web_n * web_want + worker_n * worker_want <= room:
         web_pool, worker_pool = web_want, worker_want
@@ -275,6 +297,13 @@ def make_plan(settings: Settings, cap: Capacity) -> Plan:
             settings.worker_threads,
             worker_pool,
         ),
-        sweeper=RolePlan("sweeper", 1, 1, 1, 1),
+        sweeper=RolePlan("sweeper", 1, 1, SWEEPER_CONNECTIONS, SWEEPER_CONNECTIONS),
+        webhooks=RolePlan(
+            "webhooks",
+            settings.worker_instances,
+            settings.webhook_processes,
+            settings.webhook_threads,
+            _webhooks_each(settings),
+        ),
         events=RolePlan("events", settings.web_instances, settings.web_processes, 1, events_each),
     )

@@ -363,7 +363,7 @@ class OverviewCollector(Collector):
 
 
 #: The roles whose processes hold connection leases.
-ROLES = ("web", "worker", "sweeper")
+ROLES = ("web", "worker", "webhooks", "sweeper")
 
 
 def settle_version() -> str:

@@ -33,7 +33,9 @@ _serial = itertools.count(1)
 def process_env(**overrides: str) -> dict[str, str]:
     """The environment of processes under test: this one's (conftest exported the test
     servers), a free port, small process counts, quick sweeps and no default rate limit,
-    then `overrides`."""
+    then `overrides`. No webhook delivery processes unless a test asks for them
+    (WEBHOOK_PROCESSES): the tests that count a worker's processes or log lines count those
+    that settle."""
     env = dict(os.environ)
     env.update(
         PORT=str(free_port()),
@@ -42,6 +44,7 @@ def process_env(**overrides: str) -> dict[str, str]:
         WEB_THREADS="4",
         WORKER_PROCESSES="2",
         WORKER_THREADS="4",
+        WEBHOOK_PROCESSES="0",
         SWEEPER_INTERVAL_SECONDS="0.5",
         WEB_SHUTDOWN_TIMEOUT="20",
         PYTHONUNBUFFERED="1",

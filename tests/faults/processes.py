@@ -8,6 +8,8 @@ from pathlib import Path
 
 import psycopg
 
+from shared.broker.messages import TRANSFER_QUEUE
+
 
 def _parents() -> dict[int, int]:
     parents: dict[int, int] = {}
@@ -20,14 +22,17 @@ def _parents() -> dict[int, int]:
     return parents
 
 
-def _is_dramatiq(pid: int) -> bool:
+def _is_dramatiq(pid: int, queue: str = TRANSFER_QUEUE) -> bool:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
     # `settle worker` runs dramatiq's CLI as `python -m worker.dramatiq_cli` (Settle's log
-    # lines); its worker processes are forks of it, with the same command line.
-    return b"dramatiq" in argv or b"worker.dramatiq_cli" in argv
+    # lines), once per queue; its worker processes are forks of it, with the same command
+    # line.
+    if not (b"dramatiq" in argv or b"worker.dramatiq_cli" in argv):
+        return False
+    return b"--queues" not in argv or argv[argv.index(b"--queues") + 1] == queue.encode()
 
 
 def children(pid: int) -> list[int]:
@@ -35,21 +40,26 @@ def children(pid: int) -> list[int]:
     return sorted(child for child, parent in _parents().items() if parent == pid)
 
 
-def find_dramatiq(supervisor: int) -> tuple[int | None, list[int]]:
-    """(the dramatiq master, its worker processes) under `settle worker` `supervisor` right
-    now: (None, []) while `settle worker` waits to start dramatiq again."""
+def find_dramatiq(supervisor: int, queue: str = TRANSFER_QUEUE) -> tuple[int | None, list[int]]:
+    """(the dramatiq master consuming `queue`, its worker processes) under `settle worker`
+    `supervisor` right now: (None, []) while `settle worker` waits to start it again."""
     parents = _parents()
-    masters = [pid for pid, ppid in parents.items() if ppid == supervisor and _is_dramatiq(pid)]
+    masters = [
+        pid for pid, ppid in parents.items() if ppid == supervisor and _is_dramatiq(pid, queue)
+    ]
     assert len(masters) <= 1, f"expected one dramatiq master under {supervisor}: {masters}"
     if not masters:
         return None, []
-    workers = [pid for pid, ppid in parents.items() if ppid == masters[0] and _is_dramatiq(pid)]
+    workers = [
+        pid for pid, ppid in parents.items() if ppid == masters[0] and _is_dramatiq(pid, queue)
+    ]
     return masters[0], sorted(workers)
 
 
-def dramatiq_tree(supervisor: int) -> tuple[int, list[int]]:
-    """(the dramatiq master, its worker processes) running under `settle worker` `supervisor`."""
-    master, workers = find_dramatiq(supervisor)
+def dramatiq_tree(supervisor: int, queue: str = TRANSFER_QUEUE) -> tuple[int, list[int]]:
+    """(the dramatiq master consuming `queue`, its worker processes) running under `settle
+    worker` `supervisor`."""
+    master, workers = find_dramatiq(supervisor, queue)
     assert master is not None, f"no dramatiq master under {supervisor}"
     return master, workers
 

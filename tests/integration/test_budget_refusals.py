@@ -24,8 +24,8 @@ TOO_SMALL = {
     "WORKER_THREADS": "8",
 }
 REFUSAL = (
-    "budget: 4 worker processes x 8 threads + 2 web x 1 + 2 event watches + 1 sweeper = 37"
-    " > 30 available (DB_CONNECTION_BUDGET)"
+    "budget: 4 worker processes x 8 threads + 2 web x 1 + 2 event watches + 1 webhook x 2"
+    " + 2 sweeper = 40 > 30 available (DB_CONNECTION_BUDGET)"
 )
 
 
@@ -44,7 +44,7 @@ def test_settle_budget_prints_the_plan_without_a_database() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["role", "instances", "processes", "threads", "pool", "total"]
-    assert lines[-1] == "total 27 of 40 available (DB_CONNECTION_BUDGET); headroom 13"
+    assert lines[-1] == "total 30 of 40 available (DB_CONNECTION_BUDGET); headroom 10"
 
 
 def test_settle_budget_exits_2_with_the_arithmetic_when_the_plan_does_not_fit() -> None:
@@ -96,8 +96,8 @@ def test_settle_budget_behind_pgbouncer_shows_clients_pgbouncer_and_postgres() -
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-3:] == [
-        "total 19 of 195 available (DB_POOLER_CLIENT_LIMIT 200 - 5 reserved); headroom 176",
-        "pgbouncer: 19 client connections -> a pool of 20 server connections (DB_POOLER_POOL_SIZE)",
+        "total 22 of 195 available (DB_POOLER_CLIENT_LIMIT 200 - 5 reserved); headroom 173",
+        "pgbouncer: 22 client connections -> a pool of 20 server connections (DB_POOLER_POOL_SIZE)",
         "postgres: 20 of 40 available (DB_CONNECTION_BUDGET); headroom 20",
     ]
 
@@ -107,8 +107,9 @@ def test_settle_budget_behind_pgbouncer_shows_clients_pgbouncer_and_postgres() -
     [
         (
             {"DB_POOLER_CLIENT_LIMIT": "15", "DB_POOLER_POOL_SIZE": "10"},
-            "budget: 2 worker processes x 4 threads + 2 web x 1 + 2 event watches + 1 sweeper"
-            " = 13 > 10 available (DB_POOLER_CLIENT_LIMIT 15 - 5 reserved)",
+            "budget: 2 worker processes x 4 threads + 2 web x 1 + 2 event watches"
+            " + 1 webhook x 2 + 2 sweeper = 16 > 10 available (DB_POOLER_CLIENT_LIMIT 15 - 5"
+            " reserved)",
         ),
         (
             {"DB_POOLER_CLIENT_LIMIT": "200", "DB_POOLER_POOL_SIZE": "50"},

@@ -39,7 +39,7 @@ def test_status_exits_0_and_shows_the_overview_when_all_is_well(
     assert "queue transfers (messages): 0 ready, 0 in flight, 0 delayed, 0 dead" in done.stdout
     assert "dead letters: 0 transfer(s); 0 message(s) in the dead-letter queue" in done.stdout
     assert "transfers: 1 pending (0 dead-lettered), 0 settled, 0 failed" in done.stdout
-    assert "processes alive (live leases): 0 web, 0 worker, 0 sweeper" in done.stdout
+    assert "processes alive (live leases): 0 web, 0 worker, 0 webhooks, 0 sweeper" in done.stdout
     assert "ATTENTION" not in done.stdout
     assert done.stdout.rstrip().endswith("settle status: ok")
 
@@ -95,15 +95,16 @@ def test_status_flags_transfers_being_retried_as_soon_as_one_is(
 
 
 def test_status_exits_1_when_a_role_holds_more_than_its_plan(status_env: dict[str, str]) -> None:
-    """Two sweeper connections against a plan of one."""
+    """Three sweeper connections against a plan of two."""
     url = status_env["DATABASE_URL"]
     with (
         psycopg.connect(url, application_name="settle:sweeper:elsewhere:1"),
         psycopg.connect(url, application_name="settle:sweeper:elsewhere:2"),
+        psycopg.connect(url, application_name="settle:sweeper:elsewhere:3"),
     ):
         done = settle("status", env=status_env)
     assert done.returncode == 1, done.stdout
-    assert "ATTENTION: sweeper holds 2 connection(s), more than its plan of 1" in done.stdout
+    assert "ATTENTION: sweeper holds 3 connection(s), more than its plan of 2" in done.stdout
 
 
 def test_status_exits_1_with_one_line_when_postgres_is_unreachable(
