@@ -89,9 +89,9 @@ def assert_no_connection_refusals(service: Service) -> None:
 def test_under_load_no_role_holds_more_connections_than_the_plan_gives_it(
     service: Service, small: Plan, db: psycopg.Connection, settings: Settings, database_name: str
 ) -> None:
-    # 2 web x 2 + 2 event watches + 2 workers x 3 + 1 sweeper
+    # 2 web x 2 + 2 event watches + 2 workers x 3 + 2 sweeper (no webhook processes here)
     assert (small.web.pool_size, small.events.total, small.worker.pool_size) == (2, 2, 3)
-    assert small.total == 13
+    assert small.total == 14
     service.start_web()
     service.start_worker()
     service.start_sweeper()

@@ -52,7 +52,7 @@ SETTINGS = {
     "WORKER_INSTANCES": "1",  # the second worker host is not counted: leases share
     "WORKER_PROCESSES": "2",
     "WORKER_THREADS": "3",
-    "DB_CONNECTION_BUDGET": "13",  # web 2 x 2 + 2 event watches + worker 2 x 3 + sweeper 1
+    "DB_CONNECTION_BUDGET": "14",  # web 2 x 2 + 2 event watches + worker 2 x 3 + sweeper 2
     "LEASE_TTL_SECONDS": str(TTL),
     "SWEEPER_GRACE_SECONDS": "2",
 }
@@ -179,7 +179,7 @@ def test_two_worker_hosts_share_one_budget_and_one_lost_host_loses_nothing(
     cluster: tuple[Cluster, str],
 ) -> None:
     svc, direct = cluster
-    plan = make_plan(Settings.from_env(svc.env), Capacity(13, "DB_CONNECTION_BUDGET"))
+    plan = make_plan(Settings.from_env(svc.env), Capacity(14, "DB_CONNECTION_BUDGET"))
     web_address, port = svc.hosts.address["web"], int(svc.env["PORT"])
     with psycopg.connect(direct, autocommit=True) as conn:
         key = auth.create_key(conn, user_id=None, label="hosts").key

@@ -167,6 +167,8 @@ def test_settle_run_serves_where_its_banner_says_and_metrics_show_every_process(
             assert value(found, "settle_process_restarts_total", role=role) == 0
             assert value(found, "settle_dependency_unreachable_total", role=role) == 0
             assert value(found, "settle_connections_leased", role=role)
+        # The webhook delivery process, which `settle worker` supervises beside dramatiq.
+        assert value(found, "settle_processes", role="webhooks") == 1
         budget = value(found, "settle_connection_budget")
         planned = sum(v for (name, _), v in found.items() if name == "settle_connections_planned")
         assert budget is not None and 0 < planned <= budget
@@ -187,7 +189,10 @@ def test_settle_run_serves_where_its_banner_says_and_metrics_show_every_process(
             check=False,
         )
         assert status_run.returncode == 0, status_run.stdout + status_run.stderr
-        assert "processes alive (live leases): 2 web, 2 worker, 1 sweeper" in status_run.stdout
+        assert (
+            "processes alive (live leases): 2 web, 2 worker, 1 webhooks, 1 sweeper"
+            in status_run.stdout
+        )
         assert "transfers: 0 pending (0 dead-lettered)" in status_run.stdout
     finally:
         code = run.stop(group=False, timeout=60)

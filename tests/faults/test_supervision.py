@@ -106,7 +106,7 @@ def test_a_worker_set_that_cannot_boot_exits_once_with_its_line_and_the_refusal_
     refusals = [line for line in lines if line.startswith("settle worker: budget: ")]
     assert refusals == [
         "settle worker: budget: 2 worker processes x 4 threads + 2 web x 1 + 2 event watches"
-        " + 1 sweeper = 13 > 5 available (DB_CONNECTION_BUDGET)"
+        " + 2 sweeper = 14 > 5 available (DB_CONNECTION_BUDGET)"
     ], lines
     assert worker.log_count("starting dramatiq") == 0
 
