@@ -4,11 +4,20 @@ full bucket allows the burst, a share divides a limit, and the limiter's fail-op
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
-from shared.errors import RateLimitStoreUnavailable
-from shared.ratelimit.buckets import PAUSE, Decision, Limiter, LocalBuckets
+from shared.config import Settings
+from shared.errors import InvalidSetting, RateLimitStoreUnavailable
+from shared.ratelimit.buckets import (
+    PAUSE,
+    Decision,
+    Limiter,
+    LocalBuckets,
+    RedisBuckets,
+    create_limiter,
+)
 from shared.ratelimit.limits import Limit, parse_burst, parse_rate
 
 
@@ -166,3 +175,40 @@ def test_a_key_without_a_limit_is_not_checked() -> None:
     assert store.calls == 0
     assert limiter.limit_for(2.0, None) == Limit(2.0, 5, "key")
     assert limiter.limit_for(None, 9) is None  # a burst alone has no rate to refill at
+
+
+def test_a_web_process_keeps_buckets_in_redis_or_on_rabbitmq_its_share_in_memory() -> None:
+    on_redis = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"})
+    limiter = create_limiter(on_redis)
+    try:
+        assert isinstance(limiter.buckets, RedisBuckets)
+        assert limiter.default == Limit(100.0, 200)
+    finally:
+        limiter.close()
+    on_rabbitmq = Settings.from_env(
+        {
+            "BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/",
+            "WEB_PROCESSES": "3",
+            "WEB_INSTANCES": "2",
+            "RATE_LIMIT_PER_SECOND": "0",
+        }
+    )
+    local = create_limiter(on_rabbitmq)
+    assert isinstance(local.buckets, LocalBuckets) and local.buckets.parts == 6
+    assert local.default is None
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"RATE_LIMIT_PER_SECOND": "0.0001"}, "must be 0 (no default limit) or at least 0.001"),
+        ({"RATE_LIMIT_PER_SECOND": "-1"}, "RATE_LIMIT_PER_SECOND"),
+        ({"RATE_LIMIT_PER_SECOND": "2000000"}, "RATE_LIMIT_PER_SECOND"),
+        ({"RATE_LIMIT_PER_SECOND": "fast"}, "RATE_LIMIT_PER_SECOND"),
+        ({"RATE_LIMIT_BURST": "0"}, "RATE_LIMIT_BURST"),
+        ({"RATE_LIMIT_BURST": "1.5"}, "RATE_LIMIT_BURST"),
+    ],
+)
+def test_a_bad_rate_limit_setting_is_refused_naming_it(env: dict[str, str], says: str) -> None:
+    with pytest.raises(InvalidSetting, match=re.escape(says)):
+        Settings.from_env(env)
