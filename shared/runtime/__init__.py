@@ -1,1 +1,2 @@
-"""The process runtime: settings, boot, embedded servers, signals and supervision."""
+"""The process runtime: boot, logging, metrics, embedded servers, signals and supervision
+(settings live below it, in `shared.config`)."""
