@@ -1,7 +1,8 @@
 """The dashboard in a real browser (headless Chromium driven by Selenium) against the real
 web and worker processes: log in, find a dead-lettered transfer by its business fields,
 filter, bulk-retry it with confirmation, see it settle, cancel another after confirming, log
-out; a read-only key sees the same pages and cannot act. All of it under the pages'
+out; a read-only key sees the same pages and cannot act; the webhooks pages, from the
+navigation to retrying an endpoint's failed deliveries. All of it under the pages'
 Content-Security-Policy, which the browser reports no violation of. A screenshot of the
 overview is kept under the test's tmp_path.
 """
@@ -19,7 +20,7 @@ import psycopg
 import pytest
 
 from shared.ledger import auth
-from tests.dashboard import dead_lettered
+from tests.dashboard import dead_lettered, webhook_delivery, webhook_endpoint
 from tests.e2e.conftest import Service
 from tests.helpers import transfer_row, wait_until
 
@@ -214,3 +215,62 @@ def test_an_operator_finds_filters_and_bulk_retries_a_dead_letter_and_a_viewer_c
         " failure_code = 'cancelled_by_operator', finished_at = now() WHERE id = %s",
         (untouched,),
     )
+
+
+def test_an_operator_finds_a_failing_webhook_endpoint_and_retries_its_deliveries(
+    service: Service, browser, db: psycopg.Connection
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    service.env.update(WEB_PROCESSES="1")
+    service.start_web()
+    base = f"http://127.0.0.1:{service.port}"
+    tag = uuid.uuid4().hex[:8]
+    endpoint = webhook_endpoint(db, f"http://127.0.0.1:9/browser-{tag}")
+    error = f"HTTP 500 from receiver {tag}"
+    failed = [webhook_delivery(db, endpoint, "failed", [(500, error)] * 2) for _ in range(2)]
+    operator = auth.create_key(db, user_id=None, label="browser operator").key
+    viewer = auth.create_key(db, user_id=None, read_only=True, label="browser viewer").key
+    try:
+        # A viewer finds the endpoint from the navigation; its retry button is disabled.
+        _log_in(driver, base, viewer)
+        driver.find_element(By.LINK_TEXT, "Webhooks").click()
+        _on(driver, "/dashboard/webhooks", showing=f"browser-{tag}")
+        assert error in driver.page_source
+        driver.find_element(By.LINK_TEXT, str(endpoint)).click()
+        _on(driver, f"/dashboard/webhooks/{endpoint}", showing="Retry all 2 failed deliveries")
+        button = driver.find_element(By.XPATH, "//button[text()='Retry all 2 failed deliveries']")
+        assert button.get_attribute("disabled") is not None
+        driver.find_element(By.XPATH, "//button[text()='Log out']").click()
+        _on(driver, "/dashboard/login", showing="Operator API key")
+
+        # An operator opens a delivery's attempts, then retries every failed delivery.
+        _log_in(driver, base, operator)
+        driver.get(f"{base}/dashboard/webhooks/{endpoint}")
+        _on(driver, f"/dashboard/webhooks/{endpoint}", showing="Retry all 2 failed deliveries")
+        driver.find_element(By.LINK_TEXT, str(failed[0])).click()
+        path = f"/dashboard/webhooks/{endpoint}/deliveries/{failed[0]}"
+        _on(driver, path, showing="Retry this delivery")
+        assert driver.page_source.count(error) >= 2  # both attempts
+        driver.get(f"{base}/dashboard/webhooks/{endpoint}")
+        _on(driver, f"/dashboard/webhooks/{endpoint}", showing="Retry all 2 failed deliveries")
+        driver.find_element(By.XPATH, "//button[text()='Retry all 2 failed deliveries']").click()
+        _on(driver, f"/dashboard/webhooks/{endpoint}/retry", showing="retry-result")
+        assert "Set 2 failed delivery(ies) pending again" in driver.page_source
+        statuses = db.execute(
+            "SELECT array_agg(DISTINCT status) FROM webhook_deliveries WHERE endpoint_id = %s",
+            (endpoint,),
+        ).fetchone()
+        assert statuses == (["pending"],)
+        driver.find_element(By.LINK_TEXT, "Actions").click()
+        _on(driver, "/dashboard/actions", showing="retry_webhook")
+        assert _csp_violations(driver) == []
+    finally:
+        # Nothing is to be delivered to this endpoint by another test's workers.
+        db.execute("UPDATE webhook_endpoints SET deleted_at = now() WHERE id = %s", (endpoint,))
+        db.execute(
+            "UPDATE webhook_deliveries SET status = 'cancelled', finished_at = now()"
+            " WHERE endpoint_id = %s",
+            (endpoint,),
+        )
