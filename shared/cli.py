@@ -14,13 +14,13 @@ import argparse
 import sys
 from importlib.metadata import EntryPoint, entry_points
 
-from shared.commands import database, keys, reports, run
+from shared.commands import database, keys, reports, run, webhooks
 
 #: The entry-point group of the commands other packages provide.
 COMMANDS_GROUP = "settle.commands"
 
 #: The groups of commands implemented in shared/, in the order `settle --help` lists them.
-GROUPS = (run, database, keys, reports)
+GROUPS = (run, database, keys, reports, webhooks)
 
 HELP = ("-h", "--help")
 

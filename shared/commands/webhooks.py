@@ -101,7 +101,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     _usage(args)
     settings = load_settings("webhooks")
     by = operator_actions.require_acting(SYSTEM)
-    window = operator.RETRY_WINDOW
+    window = operator.retry_window(settings.webhook_retry_hours)
     try:
         with reported("webhooks"), connect_once(settings, "webhooks") as conn:
             if args.action == "list":

@@ -32,9 +32,6 @@ from shared.ledger.paging import Page, encode_cursor, page_of
 STATUSES = ("pending", "delivered", "failed", "cancelled")
 #: Deliveries set pending again per transaction by `retry_failed` (each batch recorded).
 BATCH = operator_actions.BATCH
-#: The window of retries a retried delivery gets, as a new one gets (migration 0013's default
-#: `retry_until`: about three days).
-RETRY_WINDOW = datetime.timedelta(days=3)
 #: The cursor letter of an endpoint's deliveries.
 CURSOR_KIND = "d"
 
@@ -89,6 +86,12 @@ UPDATE webhook_deliveries d
    AND d.status = 'failed'
 RETURNING d.id
 """
+
+
+def retry_window(retry_hours: float) -> datetime.timedelta:
+    """The window of retries a retried delivery gets: WEBHOOK_RETRY_HOURS, as a new one
+    gets from the dispatcher."""
+    return datetime.timedelta(hours=retry_hours)
 
 
 def endpoints(conn: psycopg.Connection, *, limit: int = 100) -> tuple[list[Row], int]:

@@ -109,15 +109,15 @@ def actions_on(conn: psycopg.Connection, endpoint: int) -> list[dict[str, object
         return cur.fetchall()
 
 
-def assert_retried(row: dict[str, object]) -> None:
+def assert_retried(row: dict[str, object], settings: Settings) -> None:
     """Set pending as migration 0013 says: due now, no message known to carry it, a fresh
-    window of retries (three days, as a new delivery gets)."""
+    window of WEBHOOK_RETRY_HOURS, as a new delivery gets."""
     assert row["status"] == "pending" and row["due"] is True
     assert row["enqueued_at"] is None and row["finished_at"] is None
     window = row["window"]
     assert isinstance(window, datetime.timedelta)
-    assert datetime.timedelta(days=3) - datetime.timedelta(minutes=5) < window
-    assert window <= datetime.timedelta(days=3)
+    full = datetime.timedelta(hours=settings.webhook_retry_hours)
+    assert full - datetime.timedelta(minutes=5) < window <= full
 
 
 # --- What the pages show ------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_a_delivery_of_another_endpoint_and_unknown_ids_are_404(
 
 
 def test_retrying_a_failed_delivery_sets_it_pending_and_records_the_action(
-    dash: TestClient, conn: psycopg.Connection, keys: dict[str, str]
+    dash: TestClient, conn: psycopg.Connection, keys: dict[str, str], settings: Settings
 ) -> None:
     endpoint = webhook_endpoint(conn)
     delivery = webhook_delivery(conn, endpoint, "failed", [(500, ERROR_500)])
@@ -250,7 +250,7 @@ def test_retrying_a_failed_delivery_sets_it_pending_and_records_the_action(
     answer = browser.post(f"/dashboard/webhooks/{endpoint}/deliveries/{delivery}/retry")
     assert answer.status_code == 303
     assert answer.headers["location"] == f"/dashboard/webhooks/{endpoint}/deliveries/{delivery}"
-    assert_retried(delivery_row(conn, delivery))
+    assert_retried(delivery_row(conn, delivery), settings)
     assert delivery_row(conn, delivery)["attempts"] == 1  # its history is kept
     assert delivery_row(conn, untouched)["status"] == "failed"
     assert actions_on(conn, endpoint) == [
@@ -274,7 +274,7 @@ def test_retrying_a_failed_delivery_sets_it_pending_and_records_the_action(
 
 
 def test_retrying_all_failed_deliveries_of_an_endpoint_leaves_the_others_alone(
-    dash: TestClient, conn: psycopg.Connection, keys: dict[str, str]
+    dash: TestClient, conn: psycopg.Connection, keys: dict[str, str], settings: Settings
 ) -> None:
     endpoint, neighbour = webhook_endpoint(conn), webhook_endpoint(conn)
     failed = [webhook_delivery(conn, endpoint, "failed", [(500, ERROR_500)]) for _ in range(3)]
@@ -286,7 +286,7 @@ def test_retrying_all_failed_deliveries_of_an_endpoint_leaves_the_others_alone(
     assert page.status_code == 200
     assert "Set 3 failed delivery(ies) pending again" in page.text
     for delivery in failed:
-        assert_retried(delivery_row(conn, delivery))
+        assert_retried(delivery_row(conn, delivery), settings)
     assert delivery_row(conn, delivered)["status"] == "delivered"
     assert delivery_row(conn, cancelled)["status"] == "cancelled"
     assert delivery_row(conn, elsewhere)["status"] == "failed"

@@ -192,22 +192,28 @@ def bulk_retry(
 # dispatcher sends their messages (once the broker answers, if it does not now).
 
 
-def retry_delivery(pool: ConnectionPool, endpoint: int, delivery: int, by: Acting) -> bool:
-    """Retry delivery `delivery` of endpoint `endpoint` if it failed: whether it did (and is
-    pending again). Raises `WebhookDeliveryNotFound` for one not of that endpoint."""
+def retry_delivery(
+    pool: ConnectionPool, endpoint: int, delivery: int, by: Acting, *, retry_hours: float
+) -> bool:
+    """Retry delivery `delivery` of endpoint `endpoint` if it failed, with `retry_hours` of
+    retries: whether it did (and is pending again). Raises `WebhookDeliveryNotFound` for one
+    not of that endpoint."""
     with connection(pool) as conn:
         retried = operator.retry_deliveries(
             conn,
             [delivery],
             by=by,
-            window=operator.RETRY_WINDOW,
+            window=operator.retry_window(retry_hours),
             endpoint_id=endpoint,
         )
     return bool(retried)
 
 
-def retry_endpoint(pool: ConnectionPool, endpoint: int, by: Acting) -> int:
-    """Retry every failed delivery of endpoint `endpoint`: how many are pending again. Raises
-    `WebhookEndpointNotFound` for an unknown or deleted endpoint."""
+def retry_endpoint(pool: ConnectionPool, endpoint: int, by: Acting, *, retry_hours: float) -> int:
+    """Retry every failed delivery of endpoint `endpoint`, with `retry_hours` of retries: how
+    many are pending again. Raises `WebhookEndpointNotFound` for an unknown or deleted
+    endpoint."""
     with connection(pool) as conn:
-        return operator.retry_failed(conn, endpoint, by=by, window=operator.RETRY_WINDOW)
+        return operator.retry_failed(
+            conn, endpoint, by=by, window=operator.retry_window(retry_hours)
+        )

@@ -208,7 +208,9 @@ class WebhookRetryOne(_Api):
         by = self._acting(req)
         pages.query_params(req, ())
         eid, did = actions.endpoint_id(endpoint_id), actions.delivery_id(delivery_id)
-        retried = actions.retry_delivery(self._pool, eid, did, by)
+        retried = actions.retry_delivery(
+            self._pool, eid, did, by, retry_hours=self._settings.webhook_retry_hours
+        )
         resp.media = {"data": {"id": did, "retried": retried}}
 
 
@@ -217,5 +219,7 @@ class WebhookRetryFailed(_Api):
         by = self._acting(req)
         pages.query_params(req, ())
         eid = actions.endpoint_id(endpoint_id)
-        retried = actions.retry_endpoint(self._pool, eid, by)
+        retried = actions.retry_endpoint(
+            self._pool, eid, by, retry_hours=self._settings.webhook_retry_hours
+        )
         resp.media = {"data": {"endpoint_id": eid, "retried": retried}}

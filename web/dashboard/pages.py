@@ -438,7 +438,9 @@ class WebhookRetryFailed(_Page):
         session, by, form = self._acting(req, resp)
         form_fields(form, ())
         eid = actions.endpoint_id(endpoint_id)
-        retried = actions.retry_endpoint(self._pool, eid, by)
+        retried = actions.retry_endpoint(
+            self._pool, eid, by, retry_hours=self._settings.webhook_retry_hours
+        )
         log.info(
             "dashboard: key %s retried %d failed delivery(ies) of webhook endpoint %s",
             session.principal.key_id,
@@ -472,7 +474,9 @@ class WebhookRetryOne(_Page):
         session, by, form = self._acting(req, resp)
         form_fields(form, ())
         eid, did = actions.endpoint_id(endpoint_id), actions.delivery_id(delivery_id)
-        retried = actions.retry_delivery(self._pool, eid, did, by)
+        retried = actions.retry_delivery(
+            self._pool, eid, did, by, retry_hours=self._settings.webhook_retry_hours
+        )
         if retried:
             log.info("dashboard: key %s retried webhook delivery %s", session.principal.key_id, did)
         resp.status = falcon.HTTP_303
