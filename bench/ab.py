@@ -260,7 +260,7 @@ def settle_round(tree: str, env: dict[str, str], logs: Path, url: str, ids: list
     from shared.config import Settings
     from worker import actors
 
-    broker = actors.install(Settings.from_env(env))
+    broker = actors.declare(Settings.from_env(env))
     try:
         broker.send_batches(ids)
     finally:

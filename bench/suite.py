@@ -235,7 +235,7 @@ def settlement(
     plan = make_plan(settings, capacity(settings))
     clients = next(role.total for role in plan.roles if role.role == "worker")
     # The composition root's own call: builds the broker and declares the actors on it.
-    broker = actors.install(settings)
+    broker = actors.declare(settings)
     # The product's own way of queueing many ids: its batch form (what the sweeper uses).
     enqueue = broker.send_batches
 

@@ -5,12 +5,12 @@ child opens its own pool after the fork and serves with WEB_THREADS threads. Wai
 signal handling of its own, so each child drives waitress's event loop itself: on SIGTERM it
 stops accepting, lets in-flight requests finish and their responses flush, closes its pool
 and exits 0. The parent holds the socket, passes SIGTERM on and replaces a child that dies
-on its own, with the backoff and give-up rules of `shared.runtime.lifecycle.Supervisor`; the
+on its own, with the backoff and give-up rules of `shared.runtime.supervisor.Supervisor`; the
 socket stays open meanwhile, so the other children keep answering.
 
 The parent never exits because a dependency is away (under honcho that would stop the
 worker and the sweeper too): its boot waits for Postgres and the broker
-(`shared.runtime.lifecycle.wait_for_boot`), and for a port still held by a process on its way
+(`shared.runtime.boot.wait_for_boot`), and for a port still held by a process on its way
 out, with the supervisors' backoff. A setting it cannot use (a plan that does not fit, an
 address it may not bind) ends it with one line and exit 2.
 """
@@ -31,21 +31,12 @@ from shared.db.budget import Plan
 from shared.errors import Overloaded, RateLimited
 from shared.events.waiting import EventWatch
 from shared.runtime import multiproc
-from shared.runtime.lifecycle import (
-    EXIT_REFUSED,
-    Backoff,
-    StopRequest,
-    Supervisor,
-    configure_logging,
-    exit_with,
-    fork_child,
-    leased_pool,
-    load_settings,
-    stop_signals,
-    supervise,
-    takes_no_arguments,
-    wait_for_boot,
-)
+from shared.runtime.children import forked
+from shared.runtime.exits import EXIT_REFUSED, exit_with
+from shared.runtime.leased_pool import leased_pool
+from shared.runtime.signals import StopRequest
+from shared.runtime.supervised import Boot, Children, run_supervised
+from shared.runtime.supervisor import Backoff, Supervisor
 from web.errors import render
 from web.waitress_adapter import WaitressServer, WSGIApp
 
@@ -167,7 +158,7 @@ def _serve_app(
 ) -> int:
     """Run waitress on `sock` until `stop` is set, then drain; 0 when nothing was cut off.
     Long-polls waiting on `watch` are answered at once when the drain starts."""
-    # Installed after the fork: the broker's client must belong to this process.
+    # Built after the fork: the broker's client must belong to this process.
     from shared.broker.sending import sender
     from shared.ledger.auth import PrincipalCache
     from shared.ratelimit.buckets import create_limiter
@@ -177,7 +168,7 @@ def _serve_app(
     from web.ratelimit import OverLimit
     from worker import actors
 
-    broker = actors.install(settings)
+    broker = actors.declare(settings)
     keys = PrincipalCache(settings.api_key_cache_seconds)
     limiter = create_limiter(settings, on_unchecked=RATE_LIMIT_UNCHECKED.inc)
     falcon_app = create_app(
@@ -236,43 +227,30 @@ def _serve_app(
 
 def main(argv: list[str] | None = None) -> None:
     """Serve the HTTP API and the dashboard (WEB_PROCESSES processes x WEB_THREADS threads)."""
-    takes_no_arguments("web", __doc__, argv)
-    configure_logging("web")
-    with stop_signals() as stop:
-        settings = load_settings("web")
-        multiproc.prepare(settings, "web")  # before the children import prometheus_client
-        from shared.runtime.metrics import count_restarts  # after prepare
-
-        count_restarts("web")
-        plan = wait_for_boot(settings, "web", stop)  # refuse before binding the port
-        sock = listen_when_free(settings, stop) if plan is not None else None
-        if plan is None or sock is None:  # stopped while waiting
-            raise SystemExit(0)
-        log.info(
-            "listening on http://%s:%s (%d processes)",
-            settings.host,
-            sock.getsockname()[1],
-            settings.web_processes,
-        )
-        try:
-            code = supervise(
-                "web",
-                "web process",
-                lambda slot: fork_child("web", lambda: _child(settings, sock, plan)),
-                stop=stop,
-                slots=settings.web_processes,
-                reaped=multiproc.process_exited,
-                backoff_cap=settings.restart_backoff_max_seconds,
-            )
-        finally:
-            sock.close()
-    raise SystemExit(code)
+    run_supervised("web", __doc__, argv, web_processes)
 
 
-def _child(settings: Settings, sock: socket.socket, plan: Plan) -> int:
-    """The forked web process (entered with stop signals blocked): serve until stopped."""
-    with stop_signals() as stop:
-        return serve(settings, sock, stop, plan)
+def web_processes(boot: Boot) -> Children | None:
+    """WEB_PROCESSES forked web processes sharing one listening socket, bound here once the
+    boot has checked the plan (refuse before binding the port); None when stopped while
+    the port was busy."""
+    settings = boot.settings
+    sock = listen_when_free(settings, boot.stop)
+    if sock is None:
+        return None
+    log.info(
+        "listening on http://%s:%s (%d processes)",
+        settings.host,
+        sock.getsockname()[1],
+        settings.web_processes,
+    )
+    return Children(
+        "web process",
+        forked("web", lambda stop: serve(settings, sock, stop, boot.plan)),
+        slots=settings.web_processes,
+        reaped=multiproc.process_exited,
+        close=sock.close,
+    )
 
 
 if __name__ == "__main__":

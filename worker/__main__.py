@@ -4,7 +4,7 @@ webhooks queue, so that a slow or failing webhook receiver never holds a thread 
 settles transfers. Each is supervised on its own.
 
 When one dramatiq worker process dies, the dramatiq master stops the others and exits; this
-supervisor starts it again, with the backoff of `shared.runtime.lifecycle.Supervisor`, for
+supervisor starts it again, with the backoff of `shared.runtime.supervisor.Supervisor`, for
 as long as it dies of signals or crashes, or fails at boot because Postgres or the broker
 cannot be reached (its worker processes exit 3): a worker set that an operator, an OOM
 killer, a bad host or an outage keeps down never takes the service down (accepted transfers
@@ -17,21 +17,13 @@ once, and it finishes in-flight messages; the supervisor then exits 0.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from shared.broker.messages import TRANSFER_QUEUE, WEBHOOK_QUEUE
 from shared.config import Settings
 from shared.runtime import multiproc
-from shared.runtime.lifecycle import (
-    configure_logging,
-    exec_child,
-    load_settings,
-    stop_signals,
-    supervise,
-    takes_no_arguments,
-    wait_for_boot,
-)
+from shared.runtime.children import exec_child
+from shared.runtime.supervised import Boot, Children, run_supervised
 
 log = logging.getLogger("settle.worker")
 
@@ -68,55 +60,43 @@ def dramatiq_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Settle transfers: dramatiq's worker processes (WORKER_PROCESSES), kept running."""
-    takes_no_arguments("worker", __doc__, argv)
-    # dramatiq's processes log into a pipe: decide json or text here, against our stderr.
-    os.environ["LOG_FORMAT"] = configure_logging("worker")
-    with stop_signals() as stop:
-        settings = load_settings("worker")
-        multiproc.prepare(settings, "worker")  # before dramatiq's processes import prometheus
-        from shared.runtime.metrics import count_restarts  # after prepare
+    """Settle transfers and deliver webhooks: dramatiq's worker processes, kept running."""
+    run_supervised("worker", __doc__, argv, dramatiq_masters)
 
-        count_restarts("worker")
-        plan = wait_for_boot(settings, "worker", stop)
-        if plan is None:  # stopped while waiting for Postgres or the broker
-            raise SystemExit(0)
-        # The plan decides the thread count, so that threads and pool sizes cannot drift
-        # apart: one connection per thread, fewer threads when WEB_SHARE leaves workers less.
-        threads = plan.worker.pool_size
-        commands = [dramatiq_command(settings, threads)]
-        if settings.webhook_processes:
-            commands.append(
-                dramatiq_command(
-                    settings,
-                    settings.webhook_threads,
-                    processes=settings.webhook_processes,
-                    queue=WEBHOOK_QUEUE,
-                    entry="worker.dramatiq_entry:boot_webhooks",
-                )
+
+def dramatiq_masters(boot: Boot) -> Children:
+    """dramatiq's command line, started as a program of its own, once for the transfers
+    queue and, with WEBHOOK_PROCESSES, once for the webhooks queue (their processes log into
+    a pipe, in the LOG_FORMAT `run_supervised` decided against this terminal). The live
+    gauges of the worker processes of a dramatiq that exited go with it."""
+    settings = boot.settings
+    # The plan decides the thread count, so that threads and pool sizes cannot drift apart:
+    # one connection per thread, fewer threads when WEB_SHARE leaves workers less.
+    commands = [dramatiq_command(settings, boot.plan.worker.pool_size)]
+    if settings.webhook_processes:
+        commands.append(
+            dramatiq_command(
+                settings,
+                settings.webhook_threads,
+                processes=settings.webhook_processes,
+                queue=WEBHOOK_QUEUE,
+                entry="worker.dramatiq_entry:boot_webhooks",
             )
-
-        def start(slot: int) -> int:
-            command = commands[slot]
-            log.info(
-                "starting dramatiq for the %s queue: %s process(es) x %s thread(s)",
-                command[command.index("--queues") + 1],
-                command[command.index("--processes") + 1],
-                command[command.index("--threads") + 1],
-            )
-            return exec_child(command)
-
-        # The live gauges of the worker processes of a dramatiq that exited go with it.
-        code = supervise(
-            "worker",
-            "dramatiq",
-            start,
-            stop=stop,
-            slots=len(commands),
-            reaped=lambda pid: multiproc.forget_dead(),
-            backoff_cap=settings.restart_backoff_max_seconds,
         )
-    raise SystemExit(code)
+
+    def start(slot: int) -> int:
+        command = commands[slot]
+        log.info(
+            "starting dramatiq for the %s queue: %s process(es) x %s thread(s)",
+            command[command.index("--queues") + 1],
+            command[command.index("--processes") + 1],
+            command[command.index("--threads") + 1],
+        )
+        return exec_child(command)
+
+    return Children(
+        "dramatiq", start, slots=len(commands), reaped=lambda pid: multiproc.forget_dead()
+    )
 
 
 if __name__ == "__main__":

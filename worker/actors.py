@@ -3,10 +3,10 @@
 Dramatiq's own cost per message (fetch, middleware, ack: several Redis round trips) is of
 the order of the SQL that settles a transfer, so messages carry up to `BATCH_MAX` ids and
 `settle_transfers` settles them in one transaction. Nothing is declared at import:
-`install(settings)` builds the broker (`create_broker`: `shared.broker` with the worker's
-middleware), makes it the process's and declares the actors on it. `web` uses only
-`install` of this module; it sends through the broker `install` returns
-(`shared.broker.sending`).
+`declare(settings)` builds the broker (`create_broker`: `shared.broker` with the worker's
+middleware) and declares the actors on it; `install` also makes it dramatiq's global broker,
+for dramatiq's CLI. `web` uses only `declare` of this module; it sends through the broker
+`declare` returns (`shared.broker.sending`).
 
 The middleware list is explicit. TimeLimit is left out on purpose: it injects an exception
 into the actor's thread, and one landing during COMMIT would leave the outcome unknown;
@@ -54,7 +54,7 @@ from worker.pool import LendConnections, current_pool
 log = logging.getLogger(__name__)
 
 
-#: The settle actors, declared on the installed broker by `install`.
+#: The actors of the broker `install` made dramatiq's global.
 settle_transfers: dramatiq.Actor[[list[int]], None]
 settle_transfer: dramatiq.Actor[[int], None]
 deliver_webhook: dramatiq.Actor[[int], None]
@@ -100,31 +100,19 @@ def create_broker(
     return broker, database
 
 
-def install(settings: Settings, *, role: str = "worker") -> SettleBroker:
-    """Build the broker for `settings`, make it dramatiq's global broker (dramatiq's CLI and
-    `Actor.send` read it) and declare the actors on it; return it. The one place that sets
-    dramatiq's global: each composition root calls it once, after any fork (the broker's
-    Redis client belongs to one process) and before it sends or consumes: the dramatiq
-    CLI's entry (`worker.dramatiq_entry:boot`), each web process, the sweeping process,
-    `settle dead-letters`, and the test suite's conftest. `role` names the worker process's
-    share of the connection budget: "webhooks" for the processes that consume the webhooks
-    queue. Connects lazily."""
-    global settle_transfers, settle_transfer, deliver_webhook
+def declare(settings: Settings, *, role: str = "worker") -> SettleBroker:
+    """Build the broker for `settings` (`create_broker`) and declare the actors on it: the
+    settle actors and the webhook delivery; return it, for the process to pass to whoever
+    sends or reads queues. Nothing global is set. Call it after any fork (the broker's
+    client belongs to one process). `role` names the worker process's share of the
+    connection budget: "webhooks" for the processes that consume the webhooks queue.
+    Connects lazily."""
     broker, _ = create_broker(settings, role=role)
-    dramatiq.set_broker(broker)
-    # A message whose transfers were dead-lettered fails at once, without a traceback.
-    settle_transfers = dramatiq.actor(
-        queue_name=TRANSFER_QUEUE,
-        actor_name=SETTLE_BATCH_ACTOR,
-        broker=broker,
-        throws=(RetriesExhausted,),
-    )(_settle_transfers)
-    settle_transfer = dramatiq.actor(
-        queue_name=TRANSFER_QUEUE,
-        actor_name=SETTLE_ACTOR,
-        broker=broker,
-        throws=(RetriesExhausted,),
-    )(_settle_transfer)
+    for name, fn in ((SETTLE_BATCH_ACTOR, _settle_transfers), (SETTLE_ACTOR, _settle_transfer)):
+        # A message whose transfers were dead-lettered fails at once, without a traceback.
+        dramatiq.actor(
+            queue_name=TRANSFER_QUEUE, actor_name=name, broker=broker, throws=(RetriesExhausted,)
+        )(fn)
     policy = attempts.DeliveryPolicy.of(settings)
 
     def _deliver_webhook(delivery_id: int) -> None:
@@ -140,12 +128,28 @@ def install(settings: Settings, *, role: str = "worker") -> SettleBroker:
                 first_line(exc),
             )
 
-    deliver_webhook = dramatiq.actor(
+    dramatiq.actor(
         queue_name=WEBHOOK_QUEUE,
         actor_name=DELIVER_ACTOR,
         broker=broker,
         retry_when=_never,
     )(_deliver_webhook)
+    return broker
+
+
+def install(settings: Settings, *, role: str = "worker") -> SettleBroker:
+    """`declare` the broker, and make it dramatiq's global broker, with its actors as this
+    module's `settle_transfers`, `settle_transfer` and `deliver_webhook`; return it. The one
+    place that sets dramatiq's global, because dramatiq's CLI needs it: it consumes from
+    `dramatiq.get_broker()` once its entry (`worker.dramatiq_entry`) has run. The test
+    suite's conftest calls it too, to send through the module's actors. Every other process
+    (web, the sweeper, `settle dead-letters`) calls `declare` and passes its broker on."""
+    global settle_transfers, settle_transfer, deliver_webhook
+    broker = declare(settings, role=role)
+    dramatiq.set_broker(broker)
+    settle_transfers = broker.get_actor(SETTLE_BATCH_ACTOR)
+    settle_transfer = broker.get_actor(SETTLE_ACTOR)
+    deliver_webhook = broker.get_actor(DELIVER_ACTOR)
     return broker
 
 
@@ -156,8 +160,8 @@ def _never(retries: int, exc: BaseException) -> bool:
 def __getattr__(name: str) -> Any:
     if name in ("settle_transfers", "settle_transfer", "deliver_webhook"):
         raise AttributeError(
-            f"worker.actors.{name} is declared by worker.actors.install(settings);"
-            " the composition root calls it first"
+            f"worker.actors.{name} is set by worker.actors.install(settings), which dramatiq's"
+            " CLI entry and the test suite call first"
         )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

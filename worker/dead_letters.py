@@ -33,7 +33,7 @@ from shared.ledger import attention, dead_letters, operator_actions
 from shared.ledger.attention import TransferFilter
 from shared.ledger.auth import SYSTEM
 from shared.ledger.currencies import format_amount
-from shared.runtime.lifecycle import load_settings
+from shared.runtime.boot import load_settings
 from worker import actors
 
 log = logging.getLogger("settle.dead_letters")
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     except InvalidRequest as exc:
         parser.error(exc.message)
     settings = load_settings("dead-letters")
-    broker = actors.install(settings)
+    broker = actors.declare(settings)
     with reported("dead-letters", "Postgres failed"):
         if chosen is None:
             code = list_command(settings, broker)

@@ -23,7 +23,7 @@ from shared.broker.base import SettleBroker
 from shared.config import Settings
 from shared.db.pool import connection
 from shared.errors import BrokerUnavailable
-from shared.runtime.lifecycle import StopRequest
+from shared.runtime.signals import StopRequest
 from shared.webhooks import deliveries
 
 log = logging.getLogger("settle.dispatcher")

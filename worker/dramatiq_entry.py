@@ -1,14 +1,15 @@
 """The dramatiq CLI's entry: `python -m worker.dramatiq_cli worker.dramatiq_entry:boot ...`.
 
 The composition root of each dramatiq worker process: dramatiq calls `boot()` in the
-process it forked, before importing the actor module, and then consumes from the broker
-`boot` installed. A malformed setting ends the process with one line and exit 2, which
+process it forked, before importing the actor module, and then consumes from
+`dramatiq.get_broker()`: the one reason `boot` installs the broker as dramatiq's global
+(`worker.actors.install`). A malformed setting ends the process with one line and exit 2, which
 `settle worker` takes for a failure at boot.
 """
 
 from __future__ import annotations
 
-from shared.runtime.lifecycle import load_settings
+from shared.runtime.boot import load_settings
 from worker import actors
 
 

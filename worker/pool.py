@@ -22,14 +22,10 @@ from psycopg_pool import ConnectionPool
 from shared.config import Settings
 from shared.db.budget import BudgetExceeded
 from shared.errors import DependencyDown
-from shared.runtime.lifecycle import (
-    EXIT_REFUSED,
-    EXIT_UNREACHABLE,
-    exit_with,
-    leased_pool,
-    make_plan_for,
-    stop_signals,
-)
+from shared.runtime.boot import make_plan_for
+from shared.runtime.exits import EXIT_REFUSED, EXIT_UNREACHABLE, exit_with
+from shared.runtime.leased_pool import leased_pool
+from shared.runtime.signals import stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +50,7 @@ WORKER_POOL_TIMEOUT = 30.0
 class LendConnections(Middleware):
     """Leases this worker process's share of the connection budget when the worker boots,
     lends the pool it sizes to each message (`current_pool()`), and gives both back after
-    the worker threads have stopped (`shared.runtime.lifecycle.leased_pool`).
+    the worker threads have stopped (`shared.runtime.leased_pool`).
 
     A worker process that cannot boot ends with one line and the supervisor's boot-failure
     code: exit 2 when the plan does not fit (the budget may have changed since `settle

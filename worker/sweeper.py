@@ -15,7 +15,7 @@ down when their retries ran out (such a transfer is sent again by the sweep itse
 Beside the sweep, a thread of the same process dispatches webhook deliveries
 (`worker.dispatcher`). Two connections: one for each.
 
-`settle sweeper` is a small supervisor (`shared.runtime.lifecycle.Supervisor`) over one
+`settle sweeper` is a small supervisor (`shared.runtime.supervisor.Supervisor`) over one
 forked sweeping process: a sweep that fails is logged and tried again at the next interval,
 and a sweeping process that dies (killed, out of memory, an error no pass catches, Postgres
 or the broker unreachable when it boots) is replaced with backoff, so that the sweeper
@@ -37,18 +37,10 @@ from shared.db.pool import connection
 from shared.events import retention
 from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
-from shared.runtime import multiproc
-from shared.runtime.lifecycle import (
-    StopRequest,
-    configure_logging,
-    fork_child,
-    leased_pool,
-    load_settings,
-    stop_signals,
-    supervise,
-    takes_no_arguments,
-    wait_for_boot,
-)
+from shared.runtime.children import forked
+from shared.runtime.leased_pool import leased_pool
+from shared.runtime.signals import StopRequest
+from shared.runtime.supervised import Boot, Children, run_supervised
 from worker import dispatcher
 
 log = logging.getLogger("settle.sweeper")
@@ -120,7 +112,7 @@ def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
     # `multiproc.prepare` (the actors bring prometheus-client).
     from worker import actors
 
-    broker = actors.install(settings)
+    broker = actors.declare(settings)
     with leased_pool(settings, "sweeper", plan, stopping=stop.is_set) as pool:
         if pool is None:
             return 0
@@ -158,33 +150,16 @@ def run(settings: Settings, stop: StopRequest, plan: Plan) -> int:
     return 0
 
 
-def _child(settings: Settings, plan: Plan) -> int:
-    """The forked sweeping process (entered with stop signals blocked)."""
-    with stop_signals() as stop:
-        return run(settings, stop, plan)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Re-send stranded pending transfers, expire old events, drop cleared dead letters."""
-    takes_no_arguments("sweeper", __doc__, argv)
-    configure_logging("sweeper")
-    with stop_signals() as stop:
-        settings = load_settings("sweeper")
-        multiproc.prepare(settings, "sweeper")  # before anything imports prometheus_client
-        from shared.runtime.metrics import count_restarts  # after prepare
+    run_supervised("sweeper", __doc__, argv, sweeping_process)
 
-        count_restarts("sweeper")
-        plan = wait_for_boot(settings, "sweeper", stop)
-        if plan is None:  # stopped while waiting for Postgres or the broker
-            raise SystemExit(0)
-        code = supervise(
-            "sweeper",
-            "sweeping process",
-            lambda slot: fork_child("sweeper", lambda: _child(settings, plan)),
-            stop=stop,
-            backoff_cap=settings.restart_backoff_max_seconds,
-        )
-    raise SystemExit(code)
+
+def sweeping_process(boot: Boot) -> Children:
+    """One forked process that sweeps until stopped."""
+    return Children(
+        "sweeping process", forked("sweeper", lambda stop: run(boot.settings, stop, boot.plan))
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from shared.config import Settings
 from shared.db.migrate import migrate, session_defaults
 from shared.db.pool import connect_once, pool_timeouts
 from shared.ledger.seed import seed_demo
-from shared.runtime.lifecycle import boot_check, load_settings, plan_or_exit
+from shared.runtime.boot import boot_check, load_settings, plan_or_exit
 
 
 def register(sub: Subparsers) -> None:

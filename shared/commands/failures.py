@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import psycopg
 
 from shared.errors import BrokerUnavailable, first_line
-from shared.runtime.lifecycle import EXIT_FAILED, exit_with
+from shared.runtime.exits import EXIT_FAILED, exit_with
 
 
 @contextlib.contextmanager

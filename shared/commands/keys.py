@@ -13,7 +13,8 @@ from shared.db.pool import connect_once
 from shared.errors import NotFound
 from shared.ledger import auth
 from shared.ratelimit.limits import parse_burst, parse_rate
-from shared.runtime.lifecycle import EXIT_FAILED, EXIT_REFUSED, exit_with, load_settings
+from shared.runtime.boot import load_settings
+from shared.runtime.exits import EXIT_FAILED, EXIT_REFUSED, exit_with
 from shared.text_table import text_table
 
 TIME = "%Y-%m-%d %H:%M:%S%z"

@@ -9,7 +9,7 @@ from shared.commands import Subparsers
 from shared.commands.failures import reported
 from shared.db.pool import connect_once
 from shared.ledger.audit import DEFAULT_PENDING_THRESHOLD, audit
-from shared.runtime.lifecycle import load_settings
+from shared.runtime.boot import load_settings
 
 
 def register(sub: Subparsers) -> None:

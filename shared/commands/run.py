@@ -21,7 +21,8 @@ from shared.config import Settings
 from shared.db.pool import connect_once, redact
 from shared.ledger.currencies import format_amount
 from shared.ledger.seed import CURRENCY, Demo, DemoKeys, issue_demo_keys, seed_demo
-from shared.runtime.lifecycle import boot_check, configure_logging, load_settings, stop_signals
+from shared.runtime.boot import boot_check, configure_logging, load_settings
+from shared.runtime.signals import stop_signals
 
 
 def register(sub: Subparsers) -> None:

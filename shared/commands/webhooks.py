@@ -22,7 +22,8 @@ from shared.db.pool import connect_once
 from shared.errors import NotFound
 from shared.ledger import operator_actions
 from shared.ledger.auth import SYSTEM
-from shared.runtime.lifecycle import EXIT_FAILED, EXIT_REFUSED, exit_with, load_settings
+from shared.runtime.boot import load_settings
+from shared.runtime.exits import EXIT_FAILED, EXIT_REFUSED, exit_with
 from shared.text_table import text_table
 from shared.webhooks import operator
 

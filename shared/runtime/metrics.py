@@ -50,7 +50,7 @@ from shared.db.pool import connection
 from shared.errors import BrokerUnavailable, SettleError
 from shared.ledger import vitals
 from shared.runtime import multiproc
-from shared.runtime.lifecycle import on_restart, on_unreachable
+from shared.runtime.supervisor import on_restart, on_unreachable
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from shared.events import retention
 from shared.ledger import auth
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
-from shared.runtime.lifecycle import StopRequest
+from shared.runtime.signals import StopRequest
 from shared.testing.scratch import scratch_database
 from tests.contract import Recorder
 from tests.helpers import fund, make_account, submit

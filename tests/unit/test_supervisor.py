@@ -1,4 +1,4 @@
-"""The restart policy of `shared.runtime.lifecycle.Supervisor`, on real child processes:
+"""The restart policy of `shared.runtime.supervisor.Supervisor`, on real child processes:
 crashes and dependencies unreachable at boot are restarted with exponential backoff for as
 long as they happen, refusals (a setting, a plan) are given up on with one line, and a stop
 reaches every child once."""
@@ -11,8 +11,9 @@ import threading
 
 import pytest
 
-from shared.runtime import lifecycle
-from shared.runtime.lifecycle import StopRequest, Supervisor, exec_child
+from shared.runtime.children import exec_child
+from shared.runtime.signals import StopRequest
+from shared.runtime.supervisor import Supervisor, restart_counts, unreachable_counts
 from tests.helpers import wait_until
 
 KILLED = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
@@ -36,7 +37,7 @@ def test_a_child_that_keeps_getting_killed_is_restarted_with_doubling_capped_del
     caplog.set_level(logging.WARNING, logger="settle.runtime")
     stop = StopRequest()
     starts: list[int] = []
-    before = lifecycle.restart_counts().get("test-killed", 0)
+    before = restart_counts().get("test-killed", 0)
 
     def start(slot: int) -> int:
         starts.append(slot)
@@ -58,7 +59,7 @@ def test_a_child_that_keeps_getting_killed_is_restarted_with_doubling_capped_del
     assert all("child exited (killed by SIGKILL after" in line for line in restarts)
     delays = [line.rsplit("restarting in ", 1)[1] for line in restarts]
     assert delays == ["0.1s", "0.2s", "0.4s", "0.4s", "0.4s"]
-    assert lifecycle.restart_counts()["test-killed"] == before + 5
+    assert restart_counts()["test-killed"] == before + 5
 
 
 def test_a_child_that_refuses_to_start_is_given_up_on_with_one_line_and_exit_2(
@@ -91,7 +92,7 @@ def test_a_child_that_cannot_reach_a_dependency_is_restarted_for_as_long_as_it_t
     caplog.set_level(logging.WARNING, logger="settle.runtime")
     stop = StopRequest()
     starts: list[int] = []
-    before = lifecycle.unreachable_counts().get("test-unreachable", 0)
+    before = unreachable_counts().get("test-unreachable", 0)
 
     def start(slot: int) -> int:
         starts.append(slot)
@@ -113,7 +114,7 @@ def test_a_child_that_cannot_reach_a_dependency_is_restarted_for_as_long_as_it_t
     assert lines[0].startswith("child could not reach a dependency at boot (exit 3 after ")
     assert lines[0].endswith(", 1 time(s) in a row); restarting in 0.1s")
     assert lines[9].endswith(", 10 time(s) in a row); restarting in 0.4s")
-    assert lifecycle.unreachable_counts()["test-unreachable"] == before + 10
+    assert unreachable_counts()["test-unreachable"] == before + 10
 
 
 def test_a_crash_or_an_outage_between_refusals_starts_the_count_again() -> None:
