@@ -7,7 +7,7 @@ import hashlib
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import falcon.testing
@@ -18,7 +18,9 @@ from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
 from shared.ledger import auth
+from shared.webhooks import endpoints
 from tests.contract import documented
+from tests.dashboard import webhook_delivery
 from tests.helpers import (
     CountingInput,
     fund,
@@ -43,13 +45,24 @@ class World:
     other: int
     other_account: int
     keys: dict[str, str | None]  # caller kind -> the key it sends (None: no header)
+    endpoint: int  # a webhook endpoint of owner's
+    delivery: int  # a failed delivery to it
+    hook_url: str  # where every endpoint made for this world points (nothing listens)
 
 
-CALLERS = ["no key", "wrong key", "revoked key", "other user's key", "own key", "operator key"]
+CALLERS = [
+    "no key",
+    "wrong key",
+    "revoked key",
+    "other user's key",
+    "own key",
+    "operator key",
+    "read-only key",
+]
 
 
 @pytest.fixture
-def world(db: psycopg.Connection, operator_key: str) -> World:
+def world(db: psycopg.Connection, operator_key: str, settings: Settings) -> Iterator[World]:
     treasury = make_account(db, treasury=True)
     owner, other = make_user(db, "Owner"), make_user(db, "Other")
     owner_account = make_account(db, user_id=owner)
@@ -66,8 +79,35 @@ def world(db: psycopg.Connection, operator_key: str) -> World:
         "other user's key": auth.create_key(db, user_id=other).key,
         "own key": auth.create_key(db, user_id=owner).key,
         "operator key": operator_key,
+        "read-only key": auth.create_key(db, user_id=None, read_only=True).key,
     }
-    return World(owner, owner_account, owner_second, funding, other, other_account, keys)
+    # Port 9 (discard) on this host: a delivery made to it goes nowhere.
+    hook_url = f"http://127.0.0.1:9/auth-matrix/{uuid.uuid4().hex}"
+    endpoint = endpoints.create_endpoint(
+        db,
+        endpoints.endpoint_request({"url": hook_url, "event_types": ["transfer.settled"]}),
+        by=auth.Principal(user_id=owner),
+        secret_key=settings.secret_key,
+    )
+    delivery = webhook_delivery(db, int(endpoint["id"]), "failed", [(500, "HTTP 500")])
+    yield World(
+        owner,
+        owner_account,
+        owner_second,
+        funding,
+        other,
+        other_account,
+        keys,
+        int(endpoint["id"]),
+        delivery,
+        hook_url,
+    )
+    # The suite's database is shared: an operator's endpoint would receive every event, and
+    # operators may have only so many.
+    db.execute(
+        "UPDATE webhook_endpoints SET deleted_at = now() WHERE url LIKE %s AND deleted_at IS NULL",
+        (hook_url + "%",),
+    )
 
 
 def call(
@@ -113,6 +153,29 @@ def dashboard_post(
     return lambda w: (template.format(w.funding), {} if body is None else {"json": body(w)})
 
 
+def post_batch(w: World) -> tuple[str, dict[str, object]]:
+    """An atomic batch of one transfer out of the owner's account: another user's key has
+    it refused whole (422 batch_refused), so nothing is recorded."""
+    item = {
+        "from_account_id": w.owner_account,
+        "to_account_id": w.other_account,
+        "amount": 10,
+        "idempotency_key": uuid.uuid4().hex,
+    }
+    return "/transfers/batch", {"json": {"transfers": [item], "atomic": True}}
+
+
+def post_endpoint(w: World) -> tuple[str, dict[str, object]]:
+    body = {"url": f"{w.hook_url}/new", "event_types": ["transfer.failed"]}
+    return "/webhook-endpoints", {"json": body}
+
+
+def hook(template: str) -> Request:
+    """A request to `template` naming the owner's webhook endpoint ({e}) and its failed
+    delivery ({d})."""
+    return lambda w: (template.format(e=w.endpoint, d=w.delivery), {})
+
+
 def public(path: str) -> Request:
     return lambda w: (path, {})
 
@@ -123,41 +186,59 @@ def at(path: str) -> Request:
 
 
 UNAUTHENTICATED = (401, 401, 401)
-#: The dashboard's JSON twin: operator keys only (a user's key is 403 operator_only).
-OPERATORS_ONLY = (*UNAUTHENTICATED, 403, 403, 200)
+#: Who may read what a route shows: a user its own, an operator (read-only or not) all.
+READ_OWN = (*UNAUTHENTICATED, 404, 200, 200, 200)
+#: Lists answer every key its own share.
+LIST_OWN = (*UNAUTHENTICATED, 200, 200, 200, 200)
+#: Operators make users and accounts; a read-only operator key changes nothing.
+OPERATORS_WRITE = (*UNAUTHENTICATED, 403, 403, 201, 403)
+#: The dashboard's JSON twin: operator keys only (a user's key is 403 operator_only); a
+#: read-only key reads it and is refused its actions (403 read_only_key).
+OPERATORS_READ = (*UNAUTHENTICATED, 403, 403, 200, 200)
+OPERATORS_ACT = (*UNAUTHENTICATED, 403, 403, 200, 403)
 #: (method, route, how to build the request, statuses for CALLERS in order)
 MATRIX: list[tuple[str, str, Request, tuple[int, ...]]] = [
-    ("GET", "/users/{user_id}", get("/users/{}", "owner"), (*UNAUTHENTICATED, 404, 200, 200)),
-    (
-        "GET",
-        "/accounts/{account_id}",
-        get("/accounts/{}", "owner_account"),
-        (*UNAUTHENTICATED, 404, 200, 200),
-    ),
+    ("GET", "/users/{user_id}", get("/users/{}", "owner"), READ_OWN),
+    ("GET", "/accounts/{account_id}", get("/accounts/{}", "owner_account"), READ_OWN),
     (
         "GET",
         "/accounts/{account_id}/entries",
         get("/accounts/{}/entries", "owner_account"),
-        (*UNAUTHENTICATED, 404, 200, 200),
+        READ_OWN,
+    ),
+    ("GET", "/transfers/{transfer_id}", get("/transfers/{}", "funding"), READ_OWN),
+    ("POST", "/transfers", post_transfer, (*UNAUTHENTICATED, 422, 202, 202, 403)),
+    # A batch is refused whole to a read-only key; an atomic one out of another user's
+    # account is refused whole too.
+    ("POST", "/transfers/batch", post_batch, (*UNAUTHENTICATED, 422, 200, 200, 403)),
+    # Lists answer every key its own share (tests/integration/test_listing.py says which).
+    ("GET", "/transfers", at("/transfers"), LIST_OWN),
+    ("GET", "/accounts", at("/accounts"), LIST_OWN),
+    # As the lists: each key its own events (tests/integration/test_events.py says which).
+    ("GET", "/events", at("/events"), LIST_OWN),
+    # An operator key acts for no user.
+    ("GET", "/users/me", at("/users/me"), (*UNAUTHENTICATED, 200, 200, 404, 404)),
+    ("POST", "/users", post_user, OPERATORS_WRITE),
+    ("POST", "/accounts", post_account, OPERATORS_WRITE),
+    # Webhook endpoints: each key its own (an operator's all), another user's answers as one
+    # that does not exist (tests/integration/test_webhook_endpoints.py says more).
+    ("GET", "/webhook-endpoints", at("/webhook-endpoints"), LIST_OWN),
+    ("POST", "/webhook-endpoints", post_endpoint, (*UNAUTHENTICATED, 201, 201, 201, 403)),
+    ("GET", "/webhook-endpoints/{endpoint_id}", hook("/webhook-endpoints/{e}"), READ_OWN),
+    (
+        "DELETE",
+        "/webhook-endpoints/{endpoint_id}",
+        hook("/webhook-endpoints/{e}"),
+        (*UNAUTHENTICATED, 404, 204, 204, 403),
     ),
     (
-        "GET",
-        "/transfers/{transfer_id}",
-        get("/transfers/{}", "funding"),
-        (*UNAUTHENTICATED, 404, 200, 200),
+        "POST",
+        "/webhook-endpoints/{endpoint_id}/rotate-secret",
+        hook("/webhook-endpoints/{e}/rotate-secret"),
+        (*UNAUTHENTICATED, 404, 200, 200, 403),
     ),
-    ("POST", "/transfers", post_transfer, (*UNAUTHENTICATED, 422, 202, 202)),
-    # Lists answer every key its own share (tests/integration/test_listing.py says which).
-    ("GET", "/transfers", at("/transfers"), (*UNAUTHENTICATED, 200, 200, 200)),
-    ("GET", "/accounts", at("/accounts"), (*UNAUTHENTICATED, 200, 200, 200)),
-    # As the lists: each key its own events (tests/integration/test_events.py says which).
-    ("GET", "/events", at("/events"), (*UNAUTHENTICATED, 200, 200, 200)),
-    # An operator key acts for no user.
-    ("GET", "/users/me", at("/users/me"), (*UNAUTHENTICATED, 200, 200, 404)),
-    ("POST", "/users", post_user, (*UNAUTHENTICATED, 403, 403, 201)),
-    ("POST", "/accounts", post_account, (*UNAUTHENTICATED, 403, 403, 201)),
     *[
-        ("GET", route, get(route.replace("{transfer_id}", "{}"), "funding"), OPERATORS_ONLY)
+        ("GET", route, get(route.replace("{transfer_id}", "{}"), "funding"), OPERATORS_READ)
         for route in (
             "/dashboard/api/overview",
             "/dashboard/api/transfers",
@@ -167,7 +248,7 @@ MATRIX: list[tuple[str, str, Request, tuple[int, ...]]] = [
         )
     ],
     *[
-        ("POST", route, dashboard_post(route.replace("{transfer_id}", "{}")), OPERATORS_ONLY)
+        ("POST", route, dashboard_post(route.replace("{transfer_id}", "{}")), OPERATORS_ACT)
         for route in (
             "/dashboard/api/transfers/{transfer_id}/retry",
             "/dashboard/api/transfers/{transfer_id}/cancel",
@@ -181,20 +262,65 @@ MATRIX: list[tuple[str, str, Request, tuple[int, ...]]] = [
             "/dashboard/api/transfers/retry",
             lambda w: {"state": "dead", "account": w.owner_account},
         ),
-        OPERATORS_ONLY,
+        OPERATORS_ACT,
     ),
-    ("GET", "/healthz", public("/healthz"), (200,) * 6),
-    ("GET", "/readyz", public("/readyz"), (200,) * 6),
-    ("GET", "/openapi.json", public("/openapi.json"), (200,) * 6),
+    *[
+        (
+            "GET",
+            route,
+            hook(route.replace("{endpoint_id}", "{e}").replace("{delivery_id}", "{d}")),
+            OPERATORS_READ,
+        )  # fmt: skip
+        for route in (
+            "/dashboard/api/webhooks",
+            "/dashboard/api/webhooks/{endpoint_id}",
+            "/dashboard/api/webhooks/{endpoint_id}/deliveries",
+            "/dashboard/api/webhooks/{endpoint_id}/deliveries/{delivery_id}",
+        )
+    ],
+    *[
+        (
+            "POST",
+            route,
+            hook(route.replace("{endpoint_id}", "{e}").replace("{delivery_id}", "{d}")),
+            OPERATORS_ACT,
+        )  # fmt: skip
+        for route in (
+            "/dashboard/api/webhooks/{endpoint_id}/retry",
+            "/dashboard/api/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry",
+        )
+    ],
+    ("GET", "/healthz", public("/healthz"), (200,) * 7),
+    ("GET", "/readyz", public("/readyz"), (200,) * 7),
+    ("GET", "/openapi.json", public("/openapi.json"), (200,) * 7),
     # Not part of the API users see: a user's key is refused like a bad one.
-    ("GET", "/metrics", public("/metrics"), (*UNAUTHENTICATED, 401, 401, 200)),
+    ("GET", "/metrics", public("/metrics"), (*UNAUTHENTICATED, 401, 401, 200, 200)),
 ]
 CODES = {
     401: {"api_key_missing", "api_key_invalid"},
-    403: {"operator_only"},
-    404: {"user_not_found", "account_not_found", "transfer_not_found"},
-    422: {"account_not_found"},
+    403: {"operator_only", "read_only_key"},
+    404: {
+        "user_not_found",
+        "account_not_found",
+        "transfer_not_found",
+        "webhook_endpoint_not_found",
+    },
+    422: {"account_not_found", "batch_refused"},
 }
+
+
+def changes(db: psycopg.Connection) -> dict[str, object]:
+    """What a refused request must leave as it was: the ledger's rows, the webhook endpoints
+    and their secrets, the deliveries' states and the operators' actions."""
+    row = db.execute(
+        "SELECT (SELECT array_agg((id, deleted_at, secret_salt) ORDER BY id)::text"
+        "        FROM webhook_endpoints),"
+        "       (SELECT array_agg((id, status, next_attempt_at) ORDER BY id)::text"
+        "        FROM webhook_deliveries),"
+        "       (SELECT count(*) FROM operator_actions)"
+    ).fetchone()
+    assert row is not None
+    return {**row_counts(db), "webhooks": row}
 
 
 def test_the_matrix_covers_every_operation_of_the_api() -> None:
@@ -221,13 +347,13 @@ def test_each_route_answers_each_kind_of_caller_as_the_rules_say(
     expected: tuple[int, ...],
 ) -> None:
     path, kwargs = request_for(world)
-    before = row_counts(db)
+    before = changes(db)
     resp = call(client, method, path, world.keys[caller], **kwargs)
     status = expected[CALLERS.index(caller)]
     assert resp.status_code == status, resp.text
     if status >= 400:
         assert resp.json["error"]["code"] in CODES[status]
-        assert row_counts(db) == before  # a refusal changes nothing
+        assert changes(db) == before  # a refusal changes nothing
     if status == 401:
         assert resp.headers["www-authenticate"].startswith('Bearer realm="settle"')
 
