@@ -45,13 +45,14 @@ from bench.harness import (
     bulk_accounts,
     insert_pending,
     operator_headers,
+    random_transfers,
     ready,
+    service_env,
     wait_terminal,
     wait_until,
 )
 from bench.load import offer_transfers, wrk
 from bench.memory import cpu_seconds
-from bench.suite import random_transfers, service_env
 
 
 @contextmanager

@@ -25,8 +25,7 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from bench.harness import bench_servers, bulk_accounts, insert_pending
-from bench.suite import random_transfers
+from bench.harness import bench_servers, bulk_accounts, insert_pending, random_transfers
 from shared.ledger.operations import DEFAULT_RETRY
 
 BATCH = 100

@@ -1,5 +1,7 @@
-"""Shared pieces of the benchmarks: servers, a scratch database, the real processes, and a
-small HTTP load generator. Every load is bounded in count and time and targets 127.0.0.1."""
+"""Shared pieces of the benchmarks: servers, a scratch database, the real processes and
+their environment, the Express peer, random transfers, and a small HTTP load generator.
+Every section imports from here and nothing here imports a section, so `bench.suite` can
+import the sections. Every load is bounded in count and time and targets 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,21 +18,27 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import psycopg
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
+from bench.load import libpq_env, require
+from bench.memory import RssSampler
+from shared.config import Settings
 from shared.ledger import auth
 from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
-from shared.runtime.embedded import start_embedded
+from shared.ratelimit.limits import MAX_BURST, MAX_RATE
+from shared.runtime.embedded import free_port, start_embedded
 from shared.testing.scratch import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTLE = Path(sys.executable).with_name("settle")
+PEER = ROOT / "bench" / "peers" / "express"
 
 
 @contextlib.contextmanager
@@ -255,3 +264,91 @@ def insert_pending(
         (tag, payers, payees, amounts),
     ).fetchall()
     return [int(row[0]) for row in rows]
+
+
+def service_env(url: str, name: str, redis_url: str) -> dict[str, str]:
+    """The processes' environment: the default settings (any setting exported in this shell
+    is dropped) but a rate limit no run reaches, the scratch database, a broker namespace of
+    its own and a free port."""
+    env = dict(os.environ)
+    for f in fields(Settings):
+        env.pop(f.name.upper(), None)
+    env.update(
+        DATABASE_URL=url,
+        REDIS_URL=redis_url,
+        BROKER_NAMESPACE=f"bench-{name}",
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+        # The read ladder's middle rungs (web/ladder.py); never set in production.
+        BENCH_ROUTES="true",
+        # Every request pays the rate-limit check, as by default; none is refused. Section 7
+        # measures what the check costs.
+        RATE_LIMIT_PER_SECOND=str(MAX_RATE),
+        RATE_LIMIT_BURST=str(MAX_BURST),
+    )
+    return env
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """SIGTERM to the process group (as honcho does), then its exit code."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.wait()
+
+
+def random_transfers(rng: random.Random, accounts: range, count: int) -> list[tuple[int, int, int]]:
+    """`count` (from, to, amount) between two distinct random accounts, 1..100 cents each:
+    the funded balances cover every one, so each settles."""
+    out = []
+    for _ in range(count):
+        payer, payee = rng.sample(accounts, 2)
+        out.append((payer, payee, rng.randint(1, 100)))
+    return out
+
+
+def worker_ready(procs: Processes, worker: subprocess.Popen[bytes], processes: int) -> bool:
+    """Whether every dramatiq process of this `settle worker` is consuming."""
+    log = procs.logs[worker.pid].read_text(errors="replace")
+    return log.count("Worker process is ready for action.") >= processes
+
+
+@contextlib.contextmanager
+def express_peer(url: str, logs: Path, rss: RssSampler) -> Iterator[tuple[int, int]]:
+    """(port, pid) of the Express peer on a free port, reading `url`'s database; stopped on
+    exit."""
+    require("node", "nodejs")
+    if not (PEER / "node_modules").is_dir():
+        raise SystemExit(f"bench: run `npm ci` in {PEER} first (`make bench` does)")
+    port = free_port()
+    with (logs / "express.log").open("wb") as log:
+        proc = subprocess.Popen(
+            ["node", "server.js"],
+            cwd=PEER,
+            env={**os.environ, **libpq_env(url), "PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    rss.watch("express", proc.pid)
+    try:
+        wait_until(lambda: answers(port, "/users/0") == 404, timeout=30, what="the peer listens")
+        yield port, proc.pid
+    finally:
+        stop(proc)
+
+
+def answers(port: int, path: str) -> int | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()

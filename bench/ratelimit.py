@@ -157,7 +157,7 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def main() -> None:
-    from bench.suite import service_env
+    from bench.harness import service_env
 
     parser = argparse.ArgumentParser(prog="python -m bench.ratelimit", description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0)

@@ -233,12 +233,13 @@ def main() -> None:
         Processes,
         bench_servers,
         bulk_accounts,
+        express_peer,
         operator_headers,
         ready,
+        service_env,
         wait_until,
     )
     from bench.memory import RssSampler
-    from bench.suite import express_peer, service_env
     from shared.config import Settings
 
     parser = argparse.ArgumentParser(prog="bench.reads", description=__doc__.splitlines()[0])

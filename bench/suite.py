@@ -23,20 +23,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import http.client
 import json
 import os
 import platform
 import random
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +51,23 @@ from bench.harness import (
     Processes,
     bench_servers,
     bulk_accounts,
+    express_peer,
     insert_pending,
     operator_headers,
+    random_transfers,
     ready,
+    service_env,
+    stop,
     wait_terminal,
     wait_until,
+    worker_ready,
 )
-from bench.load import Offered, libpq_env, offer_transfers, pgbench, require
+from bench.load import Offered, offer_transfers, pgbench
 from bench.memory import RssSampler
 from shared.config import Settings
 from shared.db.budget import capacity, make_plan
-from shared.ratelimit.limits import MAX_BURST, MAX_RATE
-from shared.runtime.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-PEER = ROOT / "bench" / "peers" / "express"
 RESULTS = ROOT / "bench" / "results.json"
 
 
@@ -127,94 +126,6 @@ def median(values: list[float]) -> float:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
-
-
-def service_env(url: str, name: str, redis_url: str) -> dict[str, str]:
-    """The processes' environment: the default settings (any setting exported in this shell
-    is dropped) but a rate limit no run reaches, the scratch database, a broker namespace of
-    its own and a free port."""
-    env = dict(os.environ)
-    for f in fields(Settings):
-        env.pop(f.name.upper(), None)
-    env.update(
-        DATABASE_URL=url,
-        REDIS_URL=redis_url,
-        BROKER_NAMESPACE=f"bench-{name}",
-        HOST="127.0.0.1",
-        PORT=str(free_port()),
-        PYTHONUNBUFFERED="1",
-        # The read ladder's middle rungs (web/ladder.py); never set in production.
-        BENCH_ROUTES="true",
-        # Every request pays the rate-limit check, as by default; none is refused. Section 7
-        # measures what the check costs.
-        RATE_LIMIT_PER_SECOND=str(MAX_RATE),
-        RATE_LIMIT_BURST=str(MAX_BURST),
-    )
-    return env
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
-    """SIGTERM to the process group (as honcho does), then its exit code."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        return proc.wait()
-
-
-def random_transfers(rng: random.Random, accounts: range, count: int) -> list[tuple[int, int, int]]:
-    """`count` (from, to, amount) between two distinct random accounts, 1..100 cents each:
-    the funded balances cover every one, so each settles."""
-    out = []
-    for _ in range(count):
-        payer, payee = rng.sample(accounts, 2)
-        out.append((payer, payee, rng.randint(1, 100)))
-    return out
-
-
-def worker_ready(procs: Processes, worker: subprocess.Popen[bytes], processes: int) -> bool:
-    """Whether every dramatiq process of this `settle worker` is consuming."""
-    log = procs.logs[worker.pid].read_text(errors="replace")
-    return log.count("Worker process is ready for action.") >= processes
-
-
-@contextlib.contextmanager
-def express_peer(url: str, logs: Path, rss: RssSampler) -> Iterator[tuple[int, int]]:
-    """(port, pid) of the Express peer on a free port, reading `url`'s database; stopped on
-    exit."""
-    require("node", "nodejs")
-    if not (PEER / "node_modules").is_dir():
-        raise SystemExit(f"bench: run `npm ci` in {PEER} first (`make bench` does)")
-    port = free_port()
-    with (logs / "express.log").open("wb") as log:
-        proc = subprocess.Popen(
-            ["node", "server.js"],
-            cwd=PEER,
-            env={**os.environ, **libpq_env(url), "PORT": str(port)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    rss.watch("express", proc.pid)
-    try:
-        wait_until(lambda: answers(port, "/users/0") == 404, timeout=30, what="the peer listens")
-        yield port, proc.pid
-    finally:
-        stop(proc)
-
-
-def answers(port: int, path: str) -> int | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    except OSError:
-        return None
-    finally:
-        conn.close()
 
 
 # 2. Settlement -------------------------------------------------------------------------------
