@@ -7,7 +7,8 @@ Sections: 1 reads (`bench.reads`: a ladder of reads by wrk against `settle web`,
 beside the Express peer, and the spread of connections over the web processes), 2 settlement
 (`settle worker` draining pending transfers, against pgbench tpcb-like), 3 intake and
 end-to-end (POST /transfers at a fixed offered rate), 3b saturation (POST /transfers flat out
-in wrk's closed loop and whether settlement keeps up, against pgbench; bench.saturation), 4
+in wrk's closed loop and whether settlement keeps up, against pgbench; bench.saturation), 3c
+POST /transfers/batch of 1,000 flat out, settled/s against pgbench (bench.batches), 4
 the cost of not pooling (pgbench with and without a new connection per transaction), 5 GET
 /transfers on a million transfers beside GET /transfers/{id} (bench.listing), peak RSS per
 process, 6 the connection budget (bench.connections), 7 the cost of the per-key rate-limit
@@ -41,6 +42,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench import batches as bench_batches
 from bench import connections
 from bench import listing as bench_listing
 from bench import ratelimit as bench_ratelimit
@@ -404,6 +406,22 @@ def run(cfg: Config) -> dict:
                     pgbench_seconds=cfg.pgbench_seconds,
                     pids={"web": web.pid, "worker": worker.pid},
                 )
+                print(
+                    f"3c. batches: POST /transfers/batch of 1,000 flat out,"
+                    f" {bench_batches.CLIENTS} clients for {cfg.saturation_seconds:.0f} s,"
+                    " beside pgbench tpcb-like -c 8"
+                )
+                results["batches"] = bench_batches.run_section(
+                    port=port,
+                    key=key,
+                    url=url,
+                    conn=conn,
+                    accounts=accounts,
+                    seconds=cfg.saturation_seconds,
+                    rounds=cfg.rounds,
+                    pgbench_seconds=cfg.pgbench_seconds,
+                    pids={"web": web.pid, "worker": worker.pid},
+                )
             finally:
                 results["exit_codes"] = procs.stop_all()
             audit = subprocess.run(
@@ -497,6 +515,8 @@ def table(r: dict) -> str:
         )
     )
     rows.extend(bench_saturation.rows(r["saturation"]))
+    if "batches" in r:
+        rows.extend(bench_batches.rows(r["batches"]))
     rows.extend(bench_listing.rows(r["listing"]))
     rows.extend(bench_ratelimit.rows(r["ratelimit"]))
     rows.append(
