@@ -122,7 +122,7 @@ def burst(
     seconds: float,
     pids: dict[str, int],
     rng: random.Random,
-    expected_per_s: float = 12.0,
+    expected_per_s: float = 25.0,
 ) -> dict[str, Any]:
     """One closed-loop burst of batches and its settlement, waited for; its figures."""
     ready = bodies(accounts, max(CLIENTS, round(seconds * expected_per_s)), rng)
