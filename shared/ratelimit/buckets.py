@@ -57,26 +57,38 @@ PAUSE = 1.0
 #: Seconds between two warnings while the checks keep failing.
 WARN_EVERY = 60.0
 
-#: KEYS[1] the bucket; ARGV[1] microseconds per token, ARGV[2] the burst. Returns {1, backlog}
-#: when the request is allowed, {0, backlog} when it is not, backlog being how far `tat` is
-#: past now (after this request when allowed): the caller derives what is left from it.
-#: redis.call('GET') answers false for a missing key; Lua formats big numbers with an
-#: exponent, hence '%.0f' to store the microseconds exactly.
+#: KEYS[1] the bucket; ARGV[1] microseconds per token, ARGV[2] the burst, ARGV[3] requests
+#: already answered from a local allowance (`RedisBuckets`), charged before this one is
+#: decided. Returns {1, backlog} when the request is allowed, {0, backlog} when it is not,
+#: backlog being how far `tat` is past now (after this request when allowed): the caller
+#: derives what is left from it. redis.call('GET') answers false for a missing key; Lua
+#: formats big numbers with an exponent, hence '%.0f' to store the microseconds exactly.
 SCRIPT = """
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local owed = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if tat < now then tat = now end
+tat = tat + owed * interval
 local backlog = tat - now + interval
 if backlog > burst * interval then
+  if owed > 0 then
+    redis.call('SET', KEYS[1], string.format('%.0f', tat),
+      'PX', math.ceil((tat - now) / 1000) + 1)
+  end
   return {0, tat - now}
 end
 redis.call('SET', KEYS[1], string.format('%.0f', now + backlog),
   'PX', math.ceil(backlog / 1000) + 1)
 return {1, backlog}
 """
+
+#: A local allowance (`RedisBuckets`) never covers more requests than this, nor lasts
+#: longer than `ALLOWANCE_SECONDS` after the answer it was drawn from.
+MAX_ALLOWANCE = 100
+ALLOWANCE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -131,14 +143,50 @@ def redis_client(url: str, *, max_connections: int | None = None) -> redis.Redis
     )
 
 
-class RedisBuckets:
-    """Buckets in Redis under `<namespace>:ratelimit:<key id>`, shared by every process that
-    uses the same Redis and namespace. Safe to share between threads."""
+@dataclass
+class _Allowance:
+    """What a process may still answer for one bucket without asking Redis (`left`), until
+    when (`until`, monotonic seconds), what it answered so (`owed`, charged at the next
+    round trip), and the last answer's figures for the headers."""
 
-    def __init__(self, client: redis.Redis, namespace: str) -> None:
+    left: int
+    until: float
+    owed: int
+    remaining: int
+    reset: int
+
+
+class RedisBuckets:
+    """Buckets in Redis under `<namespace>:ratelimit:<key id>:<interval>:<burst>`, shared by
+    every process that uses the same Redis and namespace. Safe to share between threads.
+
+    A round trip per request costs a web process about as much CPU as the rest of a cached
+    read, so a key far from its limit is not asked about every time: when Redis answers that
+    `r` requests are left, this process may answer the next r / (2 x `parts`) requests of the
+    key itself (at most `MAX_ALLOWANCE`, within `ALLOWANCE_SECONDS`), `parts` being the
+    web processes of every host, and charges them to the bucket with its next round trip.
+    All the processes together can so answer at most half of what was left, so a key is
+    never let past its limit; as it nears the limit the allowance shrinks to nothing and
+    every request is decided by Redis, exactly. The headers of a request answered from an
+    allowance count down from Redis's last answer."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        *,
+        parts: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 10_000,
+    ) -> None:
         self._client = client
         self._prefix = f"{namespace}:ratelimit:"
         self._script = client.register_script(SCRIPT)
+        self._share = 2 * max(1, parts)
+        self._clock = clock
+        self._max_entries = max_entries
+        self._allowances: dict[tuple[int, int, int], _Allowance] = {}
+        self._lock = threading.Lock()
 
     def key(self, key_id: int, limit: Limit) -> str:
         """The Redis key of `key_id`'s bucket under `limit`."""
@@ -146,14 +194,41 @@ class RedisBuckets:
 
     def take(self, key_id: int, limit: Limit) -> Decision:
         interval = limit.interval_us
+        bucket = (key_id, interval, limit.burst)
+        with self._lock:
+            found = self._allowances.get(bucket)
+            if found is not None and found.left > 0 and self._clock() < found.until:
+                found.left -= 1
+                found.owed += 1
+                found.remaining = max(0, found.remaining - 1)
+                return Decision(True, limit, found.remaining, found.reset, 0)
+            owed = 0
+            if found is not None:  # spent or expired: what it answered goes with this trip
+                owed, found.owed, found.left = found.owed, 0, 0
         try:
             allowed, backlog = self._script(
                 keys=[f"{self._prefix}{key_id}:{interval}:{limit.burst}"],
-                args=[interval, limit.burst],
+                args=[interval, limit.burst, owed],
             )
         except redis.RedisError as exc:
             raise RateLimitStoreUnavailable(f"Redis: {first_line(exc)}") from exc
-        return decide(limit, allowed == 1, int(backlog))
+        decision = decide(limit, allowed == 1, int(backlog))
+        self._allow(bucket, decision)
+        return decision
+
+    def _allow(self, bucket: tuple[int, int, int], decision: Decision) -> None:
+        left = min(MAX_ALLOWANCE, decision.remaining // self._share) if decision.allowed else 0
+        with self._lock:
+            found = self._allowances.get(bucket)
+            if left == 0 and found is None:
+                return
+            if found is None and len(self._allowances) >= self._max_entries:
+                self._allowances.clear()  # a miss costs a round trip, not a wrong answer
+            # Requests answered meanwhile by another thread's allowance stay owed.
+            owed = 0 if found is None else found.owed
+            self._allowances[bucket] = _Allowance(
+                left, self._clock() + ALLOWANCE_SECONDS, owed, decision.remaining, decision.reset
+            )
 
     def close(self) -> None:
         self._client.close()
@@ -302,7 +377,11 @@ def create_limiter(
     buckets: Buckets
     if settings.broker == "redis":
         client = redis_client(settings.message_broker_url, max_connections=settings.web_threads)
-        buckets = RedisBuckets(client, settings.broker_namespace)
+        buckets = RedisBuckets(
+            client,
+            settings.broker_namespace,
+            parts=settings.web_processes * settings.web_instances,
+        )
     else:
         buckets = LocalBuckets(settings.web_processes * settings.web_instances)
     return Limiter(

@@ -22,6 +22,8 @@ from shared.config import Settings
 from shared.ledger import auth
 from shared.ledger.auth import PrincipalCache
 from shared.ratelimit.buckets import (
+    ALLOWANCE_SECONDS,
+    MAX_ALLOWANCE,
     PAUSE,
     Buckets,
     Limiter,
@@ -176,15 +178,17 @@ def test_two_apps_on_one_redis_draw_from_one_bucket_per_key(
     # Two processes' worth of everything: each its own client, pool of Redis connections
     # and limiter; only Redis and the namespace are shared.
     namespace = redis_buckets.key(0, Limit(1, 1)).rsplit(":ratelimit:", 1)[0]
-    other = RedisBuckets(redis_client(settings.redis_url), namespace)
+    mine = RedisBuckets(redis_client(settings.redis_url), namespace, parts=2)
+    other = RedisBuckets(redis_client(settings.redis_url), namespace, parts=2)
     try:
-        first, second = app_with(limiter(redis_buckets)), app_with(limiter(other))
+        first, second = app_with(limiter(mine)), app_with(limiter(other))
         key = user_key(db)
         answers = []
         for _ in range(BURST):
             answers.append(first.simulate_get("/users/me", headers=bearer(key)))
             answers.append(second.simulate_get("/users/me", headers=bearer(key)))
     finally:
+        mine.close()
         other.close()
     assert statuses(answers).count(200) == BURST
     assert statuses(answers)[BURST:] == [429] * BURST
@@ -335,3 +339,47 @@ def test_the_script_refills_the_bucket_with_time_on_redis_clock(
         reset,
         retry_after,
     )
+
+
+def test_a_key_far_from_its_limit_is_answered_from_a_local_allowance_then_charged(
+    settings: Settings,
+) -> None:
+    now = [0.0]
+    namespace = f"rl-allow-{uuid.uuid4().hex[:8]}"
+    buckets = RedisBuckets(redis_client(settings.redis_url), namespace, clock=lambda: now[0])
+    client = redis_client(settings.redis_url)
+    limit = Limit(SLOW, 1000)
+    try:
+        first = buckets.take(9, limit)
+        assert first.remaining == 999  # an allowance of min(100, 999 // 2) follows
+        client.delete(buckets.key(9, limit))  # what Redis holds no longer matters for a while
+        local = [buckets.take(9, limit) for _ in range(MAX_ALLOWANCE)]
+        assert [d.remaining for d in local] == list(range(998, 998 - MAX_ALLOWANCE, -1))
+        # Spent: the next request goes to Redis with the 100 answered meanwhile (its bucket
+        # was emptied above, so it now holds exactly these).
+        charged = buckets.take(9, limit)
+        assert charged.remaining == 1000 - MAX_ALLOWANCE - 1
+        # An allowance ends with its time, spent or not.
+        client.delete(buckets.key(9, limit))
+        buckets.take(9, limit)  # from the allowance the last answer gave
+        now[0] += ALLOWANCE_SECONDS
+        assert buckets.take(9, limit).remaining == 1000 - 1 - 1
+    finally:
+        client.close()
+        buckets.close()
+
+
+def test_near_its_limit_every_request_is_decided_by_redis(settings: Settings) -> None:
+    # Two processes (parts=2): r // 4 is 0 once fewer than 4 are left, and from then on
+    # each request is a round trip; the key never gets more than its burst.
+    namespace = f"rl-near-{uuid.uuid4().hex[:8]}"
+    limit = Limit(SLOW, 12)
+    a = RedisBuckets(redis_client(settings.redis_url), namespace, parts=2)
+    b = RedisBuckets(redis_client(settings.redis_url), namespace, parts=2)
+    try:
+        answers = [(a if i % 3 else b).take(5, limit).allowed for i in range(40)]
+    finally:
+        a.close()
+        b.close()
+    assert answers.count(True) == 12
+    assert answers[:12] == [True] * 12
