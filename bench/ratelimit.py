@@ -1,16 +1,18 @@
 """What the per-key rate limit costs a request: authenticated GET /users/{id} with a key
-whose requests are checked (a rate of its own, 1,000,000 a second: every request runs the
-check, none is refused) beside a key whose requests are not (RATE_LIMIT_PER_SECOND=0 and no
-rate of its own), on one `settle web` (the default 2 processes x 8 threads) with its buckets
-in Redis, wrk -t2 -c32, the two keys alternated A B A B, medians quoted.
+far from its limit (a rate and burst of 1,000,000 of its own: checked, never refused, mostly
+answered from the local allowance, see `shared.ratelimit.buckets.RedisBuckets`), with a key
+whose every request is a round trip to Redis (burst 4: never an allowance), and with a key
+not checked at all (RATE_LIMIT_PER_SECOND=0 and no rate of its own), on one `settle web`
+(the default 2 processes x 8 threads) with its buckets in Redis, wrk -t2 -c32, the keys
+alternated A B C A B C, medians quoted.
 
     .venv/bin/python -m bench.ratelimit [--seconds 8] [--rounds 3]
     # as `make bench` runs its sections: flock /tmp/settle-heavy.lock <the command>
 
 The ratio is checked throughput / unchecked throughput (1.0: free), and the CPU the web
 processes spend per request on each side; beside them, the check alone from one thread
-against a bare Redis PING on the same client (what one round trip costs). The check is one
-Redis round trip (EVALSHA) per request on a pooled connection of the process's own
+against a bare Redis PING on the same client (what one round trip costs). A check is at most
+one Redis round trip (EVALSHA) on a pooled connection of the process's own
 (`shared.ratelimit.buckets`).
 """
 
@@ -36,7 +38,10 @@ from shared.ratelimit.limits import MAX_BURST, MAX_RATE, Limit
 
 USERS = 1000
 UNCHECKED = "unchecked (no limit)"
-CHECKED = "checked (limited, never refused)"
+CHECKED = "checked, far from its limit"
+#: A burst of 4 at a million a second: never refused, and never more than 3 left, so no
+#: local allowance (r // (2 x 2 processes) is 0): every request is a round trip to Redis.
+EVERY = "checked, a round trip every request"
 
 
 def run_section(
@@ -57,10 +62,11 @@ def run_section(
         checked = auth.create_key(
             conn, user_id=None, label="bench-checked", rate=MAX_RATE, burst=MAX_BURST
         ).key
+        every = auth.create_key(conn, user_id=None, label="bench-every", rate=MAX_RATE, burst=4).key
     env = {**service_env(url, "ratelimit"), "RATE_LIMIT_PER_SECOND": "0"}
     port = int(env["PORT"])
     procs = Processes(env, logs)
-    keys = {UNCHECKED: unchecked, CHECKED: checked}
+    keys = {UNCHECKED: unchecked, CHECKED: checked, EVERY: every}
     runs: dict[str, list[Wrk]] = {label: [] for label in keys}
     cpu_ms: dict[str, list[float]] = {label: [] for label in keys}
     try:
@@ -92,11 +98,12 @@ def run_section(
             "app_cpu_ms_per_request": statistics.median(cpu_ms[label]),
         }
     out["round_trip"] = round_trips(env["REDIS_URL"], f"{env['BROKER_NAMESPACE']}-trips")
-    pairs = list(zip(runs[CHECKED], runs[UNCHECKED], strict=True))
-    out["rps_ratio"] = statistics.median(c.rps / u.rps for c, u in pairs)
-    out["cpu_ratio"] = statistics.median(
-        c / u for c, u in zip(cpu_ms[CHECKED], cpu_ms[UNCHECKED], strict=True)
-    )
+    for label, name in ((CHECKED, ""), (EVERY, "every_")):
+        pairs = list(zip(runs[label], runs[UNCHECKED], strict=True))
+        out[f"{name}rps_ratio"] = statistics.median(c.rps / u.rps for c, u in pairs)
+        out[f"{name}cpu_ratio"] = statistics.median(
+            c / u for c, u in zip(cpu_ms[label], cpu_ms[UNCHECKED], strict=True)
+        )
     return out
 
 
@@ -105,7 +112,7 @@ def round_trips(redis_url: str, namespace: str, *, count: int = 5000) -> dict[st
     on the same client, from one thread, alternated in blocks of 500, medians of the blocks."""
     buckets = RedisBuckets(redis_client(redis_url), namespace)
     client = redis_client(redis_url)
-    limit = Limit(MAX_RATE, MAX_BURST, "key")
+    limit = Limit(MAX_RATE, 4, "key")  # never an allowance: each call is a round trip
     checks: list[float] = []
     pings: list[float] = []
     try:
@@ -129,7 +136,7 @@ def round_trips(redis_url: str, namespace: str, *, count: int = 5000) -> dict[st
 
 def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
     """The section's rows of the bench table."""
-    checked, unchecked = result[CHECKED], result[UNCHECKED]
+    checked, unchecked, every = result[CHECKED], result[UNCHECKED], result[EVERY]
     trips = result["round_trip"]
     return [
         (
@@ -151,6 +158,20 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
             f"{checked['app_cpu_ms_per_request']:.2f}",
             f"{unchecked['app_cpu_ms_per_request']:.2f} without",
             f"{result['cpu_ratio']:.2f}x",
+            "",
+        ),
+        (
+            "GET /users/{id}, a key near its limit: a round trip every request (req/s)",
+            f"{every['rps']:.0f}",
+            f"{unchecked['rps']:.0f} without",
+            f"{result['every_rps_ratio']:.2f}x",
+            "",
+        ),
+        (
+            "  web CPU per request, a round trip every request (ms)",
+            f"{every['app_cpu_ms_per_request']:.2f}",
+            f"{unchecked['app_cpu_ms_per_request']:.2f} without",
+            f"{result['every_cpu_ratio']:.2f}x",
             "",
         ),
     ]
