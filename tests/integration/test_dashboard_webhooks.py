@@ -18,11 +18,18 @@ from psycopg_pool import ConnectionPool
 from shared.config import Settings
 from shared.db.pool import create_pool
 from shared.ledger import auth
+from shared.ledger.auth import SYSTEM
 from shared.testing.scratch import scratch_database
+from shared.webhooks import attempts, deliveries, endpoints
+from shared.webhooks.addresses import parse_url
+from shared.webhooks.attempts import DeliveryPolicy
+from shared.webhooks.deliveries import Backoff
 from tests.contract import Recorder
 from tests.dashboard import Browser, webhook_delivery, webhook_endpoint
+from tests.helpers import fund, make_account
 from tests.integration.test_dashboard_escaping import assert_shown_as_text, hostile
 from tests.integration.test_dashboard_hardening import PROTECTIVE, _inline_code
+from tests.receivers import RecordingReceiver
 from web.app import create_app
 
 ERROR_500 = "HTTP 500 from the receiver"
@@ -475,3 +482,56 @@ def test_without_a_session_every_webhooks_page_and_action_redirects_to_the_login
     )
     assert resp.status_code == 303 and resp.headers["location"].endswith("/dashboard/login")
     assert delivery_row(conn, delivery)["status"] == "failed"
+
+
+def test_a_delivery_given_up_on_and_retried_reaches_its_receiver_once_it_answers(
+    dash: TestClient,
+    conn: psycopg.Connection,
+    keys: dict[str, str],
+    settings: Settings,
+    hooks_pool: ConnectionPool,
+) -> None:
+    """The whole way, with the delivery side's own functions and a real receiver: a
+    delivery fails until its window ends, the receiver is fixed, an operator retries it,
+    and the dispatcher's next round sends it and it is delivered."""
+    window = datetime.timedelta(hours=settings.webhook_retry_hours)
+    policy = DeliveryPolicy(
+        secret_key=settings.secret_key,
+        allow_private=True,
+        backoff=Backoff(first=60, cap=600, window=window),
+    )
+    receiver = RecordingReceiver(status=500)
+    try:
+        new = endpoints.NewEndpoint(parse_url(receiver.url), ("transfer.settled",))
+        hook = endpoints.create_endpoint(conn, new, by=SYSTEM, secret_key=settings.secret_key)
+        fund(conn, make_account(conn, treasury=True), make_account(conn), 250)
+        while deliveries.dispatch_batch(conn, batch=100, window=window) >= 100:
+            pass
+        [delivery] = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT id FROM webhook_deliveries WHERE endpoint_id = %s", (hook["id"],)
+            ).fetchall()
+        ]
+        conn.execute(  # its last chance: the window ends with this attempt
+            "UPDATE webhook_deliveries SET retry_until = now() WHERE id = %s", (delivery,)
+        )
+        assert attempts.deliver(hooks_pool, delivery, policy) == "failed"
+        assert delivery not in deliveries.claim_due(conn, batch=10_000, grace_seconds=30)
+
+        receiver.status = 200
+        answer = Browser(dash, keys["operator"]).post(
+            f"/dashboard/webhooks/{hook['id']}/deliveries/{delivery}/retry"
+        )
+        assert answer.status_code == 303
+        assert delivery in deliveries.claim_due(conn, batch=10_000, grace_seconds=30)
+        assert attempts.deliver(hooks_pool, delivery, policy) == "delivered"
+        first, second = receiver.received()
+        assert first.headers["settle-event-id"] == second.headers["settle-event-id"]
+        assert first.body == second.body
+    finally:
+        receiver.stop()
+        conn.execute(
+            "UPDATE webhook_endpoints SET deleted_at = now() WHERE deleted_at IS NULL"
+            " AND user_id IS NULL"
+        )
