@@ -286,6 +286,9 @@ def service_env(url: str, name: str, redis_url: str) -> dict[str, str]:
         # measures what the check costs.
         RATE_LIMIT_PER_SECOND=str(MAX_RATE),
         RATE_LIMIT_BURST=str(MAX_BURST),
+        # Webhooks (section 3d): signing needs a secret, and the receivers are on 127.0.0.1.
+        SECRET_KEY=f"bench-{uuid.uuid4().hex}{uuid.uuid4().hex}",
+        WEBHOOK_ALLOW_PRIVATE="true",
     )
     return env
 

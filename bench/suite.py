@@ -8,7 +8,9 @@ beside the Express peer, and the spread of connections over the web processes), 
 (`settle worker` draining pending transfers, against pgbench tpcb-like), 3 intake and
 end-to-end (POST /transfers at a fixed offered rate), 3b saturation (POST /transfers flat out
 in wrk's closed loop and whether settlement keeps up, against pgbench; bench.saturation), 3c
-POST /transfers/batch of 1,000 flat out, settled/s against pgbench (bench.batches), 4
+POST /transfers/batch of 1,000 flat out, settled/s against pgbench (bench.batches), 3d
+accepted -> settled at the intake rate with failing webhook receivers subscribed to every
+event, beside the same run without (bench.webhooks), 4
 the cost of not pooling (pgbench with and without a new connection per transaction), 5 GET
 /transfers on a million transfers beside GET /transfers/{id} (bench.listing), peak RSS per
 process, 6 the connection budget (bench.connections), 7 the cost of the per-key rate-limit
@@ -48,6 +50,7 @@ from bench import listing as bench_listing
 from bench import ratelimit as bench_ratelimit
 from bench import reads as bench_reads
 from bench import saturation as bench_saturation
+from bench import webhooks as bench_webhooks
 from bench.harness import (
     SETTLE,
     Processes,
@@ -86,6 +89,7 @@ class Config:
     intake_rate: float = 300.0
     intake_seconds: float = 30.0
     saturation_seconds: float = 15.0
+    webhook_seconds: float = 20.0
     pool_seconds: float = 5.0
     pool_clients: int = 8
     budget_transfers: int = 1000
@@ -104,6 +108,7 @@ class Config:
                 intake_rate=100,
                 intake_seconds=5,
                 saturation_seconds=5,
+                webhook_seconds=5,
                 rounds=2,
                 pool_seconds=2,
                 budget_transfers=200,
@@ -422,6 +427,22 @@ def run(cfg: Config) -> dict:
                     pgbench_seconds=cfg.pgbench_seconds,
                     pids={"web": web.pid, "worker": worker.pid},
                 )
+                print(
+                    f"3d. webhooks: accepted -> settled at {cfg.intake_rate:.0f}/s for"
+                    f" {cfg.webhook_seconds:.0f} s with failing receivers subscribed, beside none"
+                )
+                with bench_webhooks.queue_backlog(env) as backlog:
+                    results["webhooks"] = bench_webhooks.run_section(
+                        port=port,
+                        key=key,
+                        url=url,
+                        conn=conn,
+                        accounts=accounts,
+                        rate=cfg.intake_rate,
+                        seconds=cfg.webhook_seconds,
+                        rounds=cfg.rounds,
+                        webhook_backlog=backlog,
+                    )
             finally:
                 results["exit_codes"] = procs.stop_all()
             audit = subprocess.run(
@@ -517,6 +538,8 @@ def table(r: dict) -> str:
     rows.extend(bench_saturation.rows(r["saturation"]))
     if "batches" in r:
         rows.extend(bench_batches.rows(r["batches"]))
+    if "webhooks" in r:
+        rows.extend(bench_webhooks.rows(r["webhooks"]))
     rows.extend(bench_listing.rows(r["listing"]))
     rows.extend(bench_ratelimit.rows(r["ratelimit"]))
     rows.append(
