@@ -175,12 +175,10 @@ def db(settings: Settings) -> Iterator[psycopg.Connection]:
 @pytest.fixture(scope="session")
 def pool(settings: Settings) -> Iterator[ConnectionPool]:
     """A web-sized pool on the test database, opened once for the session."""
-    from shared.db.pool import create_pool
+    from tests.helpers import opened_pool
 
-    pool = create_pool(settings, "web-test", size=settings.web_threads)
-    pool.open(wait=True, timeout=10)
-    yield pool
-    pool.close()
+    with opened_pool(settings, "web-test", size=settings.web_threads) as pool:
+        yield pool
 
 
 @pytest.fixture(autouse=True)
@@ -217,7 +215,7 @@ def client(
     SETTLE_TEST_BROKER=rabbitmq) and records the id in `sent`. Every answer is held to the
     OpenAPI document: one that breaks it fails the test at teardown (see tests/contract.py)."""
     from shared.broker.sending import sender
-    from tests.contract import Recorder
+    from tests.contract import held_to_document
     from web.app import create_app
     from worker.actors import settle_transfer
 
@@ -229,8 +227,7 @@ def client(
         sent.append(transfer_id)
 
     app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.ping)
-    recorder = Recorder(app)
-    yield falcon.testing.TestClient(recorder, headers={"Authorization": f"Bearer {operator_key}"})
-    assert recorder.violations == [], "answers that break the OpenAPI document:\n" + "\n".join(
-        recorder.violations
-    )
+    with held_to_document(app) as recorder:
+        yield falcon.testing.TestClient(
+            recorder, headers={"Authorization": f"Bearer {operator_key}"}
+        )

@@ -8,9 +8,10 @@ against that response's schema (error codes included); an undocumented method an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import falcon
@@ -148,3 +149,14 @@ class Recorder:
         if problem:
             self.violations.append(problem)
         return [body]
+
+
+@contextlib.contextmanager
+def held_to_document(app: falcon.App) -> Iterator[Recorder]:
+    """`app` wrapped in a `Recorder`; on exit, fails naming every answer that broke the
+    document."""
+    recorder = Recorder(app)
+    yield recorder
+    assert recorder.violations == [], "answers that break the OpenAPI document:\n" + "\n".join(
+        recorder.violations
+    )

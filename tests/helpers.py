@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from shared.broker.messages import TRANSFER_QUEUE, decode, transfer_ids
+from shared.config import Settings
+from shared.db.pool import create_pool
 from shared.ledger import operations as ledger
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
@@ -273,3 +277,17 @@ def raw_post(
     start_response = falcon.testing.StartResponseMock()
     body = b"".join(client.app(environ, start_response))
     return start_response.status, json.loads(body)
+
+
+@contextlib.contextmanager
+def opened_pool(
+    settings: Settings, role: str, *, size: int, timeout: float | None = None
+) -> Iterator[ConnectionPool]:
+    """A pool of `size` connections on `settings.database_url`, opened as a process opens
+    its own (waiting for every connection), and closed on exit."""
+    pool = create_pool(settings, role, size=size, timeout=timeout)
+    pool.open(wait=True, timeout=10)
+    try:
+        yield pool
+    finally:
+        pool.close()

@@ -11,17 +11,15 @@ from collections.abc import Iterator
 import falcon.testing
 import psycopg
 import pytest
-from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.ledger import auth
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
 from shared.ledger.backlog import BacklogGate
 from shared.testing.scratch import scratch_database
-from tests.contract import Recorder
-from tests.helpers import fund, make_account, new_key
+from tests.contract import held_to_document
+from tests.helpers import fund, make_account, new_key, opened_pool
 from web.app import create_app
 
 #: The bound of the module's gate, in seconds.
@@ -57,22 +55,17 @@ def client(
     """The app on the module's database with a gate of `BOUND` seconds that reads the
     backlog on every request; `enqueue` records the ids it is handed (no worker consumes)."""
     on_db = settings.with_(database_url=admission_db)
-    pool: ConnectionPool = create_pool(on_db, "web-admission", size=2)
-    pool.open(wait=True, timeout=10)
     key = auth.create_key(conn, user_id=None, label="admission").key
-    app = create_app(
-        on_db,
-        pool=pool,
-        enqueue=sent.append,
-        ping_broker=lambda: True,
-        backlog=BacklogGate(BOUND, interval=0),
-    )
-    recorder = Recorder(app)
-    try:
-        yield falcon.testing.TestClient(recorder, headers={"Authorization": f"Bearer {key}"})
-    finally:
-        pool.close()
-    assert recorder.violations == [], "\n".join(recorder.violations)
+    with opened_pool(on_db, "web-admission", size=2) as pool:
+        app = create_app(
+            on_db,
+            pool=pool,
+            enqueue=sent.append,
+            ping_broker=lambda: True,
+            backlog=BacklogGate(BOUND, interval=0),
+        )
+        with held_to_document(app) as recorder:
+            yield falcon.testing.TestClient(recorder, headers={"Authorization": f"Bearer {key}"})
 
 
 @pytest.fixture

@@ -87,15 +87,14 @@ def _client(
     """The real app, asking `ping` whether the broker answers, sending through `sending` and
     counting and dropping dead letters on `queues`, as web wires one broker to all three.
     Every JSON answer is held to the OpenAPI document."""
-    from tests.contract import Recorder
+    from tests.contract import held_to_document
     from web.app import create_app
 
     app = create_app(
         settings, pool=pool, enqueue=sender(sending), ping_broker=ping.ping, queues=queues
     )
-    recorder = Recorder(app)
-    yield falcon.testing.TestClient(recorder)
-    assert recorder.violations == [], "\n".join(recorder.violations)
+    with held_to_document(app) as recorder:
+        yield falcon.testing.TestClient(recorder)
 
 
 def _unavailable(answer: Result, *, html: bool) -> bool:

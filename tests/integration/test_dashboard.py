@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 from shared.broker.base import SettleBroker
 from shared.config import Settings
 from shared.ledger import auth
+from tests.contract import held_to_document
 from tests.dashboard import COOKIE, Browser, dead_lettered, log_in, many_dead_lettered
 from tests.helpers import make_user, row_counts, transfer_row
 
@@ -635,7 +636,6 @@ def test_the_overview_shows_queues_transfers_charts_processes_and_the_budget(
 def api(settings: Settings, pool: ConnectionPool, sent_ids: list[int]) -> Iterator[TestClient]:
     """The app as `dash` builds it, every answer held to the OpenAPI document."""
     from shared.broker.sending import sender
-    from tests.contract import Recorder
     from web.app import create_app
     from worker.actors import settle_transfer
 
@@ -647,17 +647,9 @@ def api(settings: Settings, pool: ConnectionPool, sent_ids: list[int]) -> Iterat
         send(transfer_id)
         sent_ids.append(transfer_id)
 
-    recorder = Recorder(
-        create_app(
-            settings,
-            pool=pool,
-            enqueue=enqueue,
-            ping_broker=broker.ping,
-            queues=broker,
-        )
-    )
-    yield TestClient(recorder)
-    assert recorder.violations == [], "\n".join(recorder.violations)
+    app = create_app(settings, pool=pool, enqueue=enqueue, ping_broker=broker.ping, queues=broker)
+    with held_to_document(app) as recorder:
+        yield TestClient(recorder)
 
 
 def _bearer(key: str) -> dict[str, str]:

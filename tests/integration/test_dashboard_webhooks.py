@@ -16,7 +16,6 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.ledger import auth
 from shared.ledger.auth import SYSTEM
 from shared.testing.scratch import scratch_database
@@ -24,9 +23,9 @@ from shared.webhooks import attempts, deliveries, endpoints
 from shared.webhooks.addresses import parse_url
 from shared.webhooks.attempts import DeliveryPolicy
 from shared.webhooks.deliveries import Backoff
-from tests.contract import Recorder
+from tests.contract import held_to_document
 from tests.dashboard import Browser, webhook_delivery, webhook_endpoint
-from tests.helpers import fund, make_account
+from tests.helpers import fund, make_account, opened_pool
 from tests.integration.test_dashboard_escaping import assert_shown_as_text, hostile
 from tests.integration.test_dashboard_hardening import PROTECTIVE, _inline_code
 from tests.receivers import RecordingReceiver
@@ -43,10 +42,8 @@ def hooks_db(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def hooks_pool(settings: Settings, hooks_db: str) -> Iterator[ConnectionPool]:
-    pool = create_pool(settings.with_(database_url=hooks_db), "web-dash-hooks", size=2)
-    pool.open(wait=True, timeout=10)
-    yield pool
-    pool.close()
+    with opened_pool(settings.with_(database_url=hooks_db), "web-dash-hooks", size=2) as pool:
+        yield pool
 
 
 @pytest.fixture
@@ -75,18 +72,11 @@ def dash(settings: Settings, hooks_db: str, hooks_pool: ConnectionPool) -> Itera
     def never(*_: object) -> None:
         raise AssertionError("retrying a webhook delivery sends no message itself")
 
-    recorder = Recorder(
-        create_app(
-            settings.with_(database_url=hooks_db),
-            pool=hooks_pool,
-            enqueue=never,
-            ping_broker=never,
-        )
+    app = create_app(
+        settings.with_(database_url=hooks_db), pool=hooks_pool, enqueue=never, ping_broker=never
     )
-    yield TestClient(recorder)
-    assert recorder.violations == [], "answers that break the OpenAPI document:\n" + "\n".join(
-        recorder.violations
-    )
+    with held_to_document(app) as recorder:
+        yield TestClient(recorder)
 
 
 def bearer(key: str) -> dict[str, str]:

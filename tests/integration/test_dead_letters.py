@@ -24,7 +24,6 @@ from psycopg_pool import ConnectionPool
 from shared.broker.base import SettleBroker
 from shared.broker.redis_broker import SettleRedisBroker
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.ledger import dead_letters
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
@@ -35,6 +34,7 @@ from tests.helpers import (
     fund,
     join_queue,
     make_account,
+    opened_pool,
     queued_transfer_ids,
     running_worker,
     submit,
@@ -191,10 +191,8 @@ def test_insufficient_funds_is_a_final_outcome_and_never_a_dead_letter(
 
 @pytest.fixture
 def sweeper_pool(short_settings: Settings) -> Iterator[ConnectionPool]:
-    pool = create_pool(short_settings, "sweeper", size=1)
-    pool.open(wait=True, timeout=10)
-    yield pool
-    pool.close()
+    with opened_pool(short_settings, "sweeper", size=1) as pool:
+        yield pool
 
 
 def test_the_sweeper_leaves_a_dead_lettered_transfer_alone_until_it_is_released(

@@ -10,18 +10,16 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from falcon.testing import TestClient
-from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.events import retention
 from shared.ledger import auth
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
 from shared.runtime.signals import StopRequest
 from shared.testing.scratch import scratch_database
-from tests.contract import Recorder
-from tests.helpers import fund, make_account, submit
+from tests.contract import held_to_document
+from tests.helpers import fund, make_account, opened_pool, submit
 from web.app import create_app
 from worker.sweeper import expire_events
 
@@ -116,34 +114,26 @@ def test_a_sweeper_pass_deletes_the_events_past_event_retention_days(
     transfers = [fund(conn, treasury, payee, 1) for _ in range(4)]
     age(conn, transfers, 8)
     sweeper_settings = settings.with_(database_url=old_db, event_retention_days=7)
-    pool = create_pool(sweeper_settings, "sweeper", size=1)
-    pool.open(wait=True, timeout=10)
     young = fund(conn, treasury, payee, 1)
-    try:
+    with opened_pool(sweeper_settings, "sweeper", size=1) as pool:
         assert expire_events(pool, sweeper_settings, StopRequest()) == 8
         assert expire_events(pool, sweeper_settings, StopRequest()) == 0
-    finally:
-        pool.close()
     assert {row[0] for row in conn.execute("SELECT transfer_id FROM transfer_events")} == {young}
 
 
 @pytest.fixture
 def api(settings: Settings, old_db: str) -> Iterator[TestClient]:
-    pool: ConnectionPool = create_pool(settings.with_(database_url=old_db), "web-old", size=1)
-    pool.open(wait=True, timeout=10)
-    recorder = Recorder(
-        create_app(
+    with psycopg.connect(old_db, autocommit=True) as conn:
+        key = auth.create_key(conn, user_id=None).key
+    with opened_pool(settings.with_(database_url=old_db), "web-old", size=1) as pool:
+        app = create_app(
             settings.with_(database_url=old_db, event_retention_days=30),
             pool=pool,
             enqueue=lambda transfer_id: None,
             ping_broker=lambda: True,
         )
-    )
-    with psycopg.connect(old_db, autocommit=True) as conn:
-        key = auth.create_key(conn, user_id=None).key
-    yield TestClient(recorder, headers={"Authorization": f"Bearer {key}"})
-    pool.close()
-    assert recorder.violations == []
+        with held_to_document(app) as recorder:
+            yield TestClient(recorder, headers={"Authorization": f"Bearer {key}"})
 
 
 def test_a_cursor_older_than_retention_is_gone_with_410_and_says_where_to_go_on(

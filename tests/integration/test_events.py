@@ -19,7 +19,6 @@ from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.events import feed
 from shared.ledger import auth, dead_letters, operator_actions
 from shared.ledger import operations as ledger
@@ -27,8 +26,8 @@ from shared.ledger.audit import find_violations
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewTransfer
 from shared.testing.scratch import scratch_database
-from tests.contract import Recorder
-from tests.helpers import fund, make_account, make_user, submit
+from tests.contract import Recorder, held_to_document
+from tests.helpers import fund, make_account, make_user, opened_pool, submit
 from web.app import create_app
 
 
@@ -42,10 +41,8 @@ def events_db(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def events_pool(settings: Settings, events_db: str) -> Iterator[ConnectionPool]:
-    pool = create_pool(settings.with_(database_url=events_db), "web-events", size=2)
-    pool.open(wait=True, timeout=10)
-    yield pool
-    pool.close()
+    with opened_pool(settings.with_(database_url=events_db), "web-events", size=2) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +55,8 @@ def recorder(settings: Settings, events_db: str, events_pool: ConnectionPool) ->
         enqueue=lambda transfer_id: None,
         ping_broker=lambda: True,
     )
-    found = Recorder(app)
-    yield found
-    assert found.violations == [], "answers that break the OpenAPI document:\n" + "\n".join(
-        found.violations
-    )
+    with held_to_document(app) as found:
+        yield found
 
 
 @pytest.fixture

@@ -22,13 +22,13 @@ import pytest
 import schemathesis
 
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.ledger import auth
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
 from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewAccount, NewTransfer, NewUser
 from shared.testing.scratch import scratch_database
+from tests.helpers import opened_pool
 from web.app import create_app
 from web.openapi import DOCUMENT
 
@@ -86,8 +86,6 @@ class Target:
 def target(settings: Settings, fuzz_database: str) -> Iterator[Target]:
     """The app on the fuzz database, an operator key and a key of the first seeded user."""
     fuzz_settings = settings.with_(database_url=fuzz_database)
-    pool = create_pool(fuzz_settings, "web-fuzz", size=2)
-    pool.open(wait=True, timeout=10)
     from worker.actors import settle_transfer
 
     suite_broker = settle_transfer.broker  # the broker conftest installed
@@ -101,11 +99,9 @@ def target(settings: Settings, fuzz_database: str) -> Iterator[Target]:
             "user": auth.create_key(conn, user_id=user[0]).key,
         }
     broker = FakeBroker()
-    app = create_app(fuzz_settings, pool=pool, enqueue=broker.enqueue, ping_broker=ping)
-    try:
+    with opened_pool(fuzz_settings, "web-fuzz", size=2) as pool:
+        app = create_app(fuzz_settings, pool=pool, enqueue=broker.enqueue, ping_broker=ping)
         yield Target(app, keys, broker)
-    finally:
-        pool.close()
 
 
 # The document is data, so it loads at import without the app (schemathesis's fixture-based

@@ -20,7 +20,6 @@ from falcon.testing import TestClient
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.ledger import auth, listing
 from shared.ledger import operations as ledger
 from shared.ledger.audit import find_violations
@@ -28,8 +27,8 @@ from shared.ledger.auth import SYSTEM
 from shared.ledger.commands import NewTransfer
 from shared.ledger.paging import encode_cursor
 from shared.testing.scratch import scratch_database
-from tests.contract import Recorder
-from tests.helpers import make_account, make_user, row_counts
+from tests.contract import Recorder, held_to_document
+from tests.helpers import make_account, make_user, opened_pool, row_counts
 from web.app import create_app
 
 UTC = datetime.UTC
@@ -45,10 +44,8 @@ def listing_db(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def listing_pool(settings: Settings, listing_db: str) -> Iterator[ConnectionPool]:
-    pool = create_pool(settings.with_(database_url=listing_db), "web-listing", size=2)
-    pool.open(wait=True, timeout=10)
-    yield pool
-    pool.close()
+    with opened_pool(settings.with_(database_url=listing_db), "web-listing", size=2) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +60,8 @@ def recorder(
         enqueue=lambda transfer_id: None,
         ping_broker=lambda: True,
     )
-    found = Recorder(app)
-    yield found
-    assert found.violations == [], "answers that break the OpenAPI document:\n" + "\n".join(
-        found.violations
-    )
+    with held_to_document(app) as found:
+        yield found
 
 
 @pytest.fixture

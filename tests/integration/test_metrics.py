@@ -23,7 +23,7 @@ from shared.db.pool import create_pool
 from shared.ledger import auth, dead_letters
 from shared.runtime import logs
 from shared.runtime.metrics import ROLES, PoolStats, QueueDepth
-from tests.contract import Recorder
+from tests.contract import held_to_document
 from tests.helpers import make_account, make_user, submit
 from web.app import create_app
 from worker.actors import create_broker
@@ -46,9 +46,10 @@ def metrics_client(
     app = create_app(
         settings, pool=pool, enqueue=_never_enqueue, ping_broker=broker.ping, queues=broker
     )
-    recorder = Recorder(app)
-    yield falcon.testing.TestClient(recorder, headers={"Authorization": f"Bearer {operator_key}"})
-    assert recorder.violations == [], "\n".join(recorder.violations)
+    with held_to_document(app) as recorder:
+        yield falcon.testing.TestClient(
+            recorder, headers={"Authorization": f"Bearer {operator_key}"}
+        )
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -24,13 +24,13 @@ from psycopg_pool import ConnectionPool
 from shared.broker.base import SettleBroker
 from shared.broker.redis_broker import SettleRedisBroker
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.ledger.audit import find_violations
 from shared.testing.scratch import scratch_database
 from tests.helpers import (
     fund,
     join_queue,
     make_account,
+    opened_pool,
     queued_transfer_ids,
     running_worker,
     submit,
@@ -98,10 +98,8 @@ def broker(budget_settings: Settings) -> Iterator[SettleBroker]:
 
 @pytest.fixture
 def sweeper_pool(budget_settings: Settings) -> Iterator[ConnectionPool]:
-    pool = create_pool(budget_settings, "sweeper", size=1)
-    pool.open(wait=True, timeout=10)
-    yield pool
-    pool.close()
+    with opened_pool(budget_settings, "sweeper", size=1) as pool:
+        yield pool
 
 
 class Sweeper:

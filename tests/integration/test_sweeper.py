@@ -11,12 +11,12 @@ from psycopg_pool import ConnectionPool
 
 from shared.broker.messages import TRANSFER_QUEUE
 from shared.config import Settings
-from shared.db.pool import create_pool
 from tests.helpers import (
     entry_amounts,
     fund,
     join_queue,
     make_account,
+    opened_pool,
     queued_transfer_ids,
     running_worker,
     submit,
@@ -34,10 +34,8 @@ GRACE = 60.0
 @pytest.fixture(scope="module")
 def sweeper_pool(settings: Settings) -> Iterator[ConnectionPool]:
     """The sweeper's one-connection pool."""
-    pool = create_pool(settings, "sweeper", size=1)
-    pool.open(wait=True, timeout=10)
-    yield pool
-    pool.close()
+    with opened_pool(settings, "sweeper", size=1) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module", autouse=True)

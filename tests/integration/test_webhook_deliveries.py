@@ -22,7 +22,6 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.events import feed
 from shared.ledger.auth import SYSTEM, Principal
 from shared.testing.scratch import scratch_database
@@ -30,7 +29,7 @@ from shared.webhooks import attempts, deliveries, endpoints, signing
 from shared.webhooks.addresses import parse_url
 from shared.webhooks.attempts import DeliveryPolicy
 from shared.webhooks.deliveries import Backoff
-from tests.helpers import fund, make_account, make_user, submit
+from tests.helpers import fund, make_account, make_user, opened_pool, submit
 from tests.receivers import RecordingReceiver, example_module
 
 WINDOW = datetime.timedelta(hours=72)
@@ -45,10 +44,8 @@ def hooks_db(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def hooks_pool(settings: Settings, hooks_db: str) -> Iterator[ConnectionPool]:
-    pool = create_pool(settings.with_(database_url=hooks_db), "webhooks-test", size=2)
-    pool.open(wait=True, timeout=10)
-    yield pool
-    pool.close()
+    with opened_pool(settings.with_(database_url=hooks_db), "webhooks-test", size=2) as pool:
+        yield pool
 
 
 @pytest.fixture

@@ -21,12 +21,11 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
-from shared.db.pool import create_pool
 from shared.ledger import auth
 from shared.testing.scratch import scratch_database
 from shared.webhooks import endpoints, signing
 from tests.contract import Recorder
-from tests.helpers import make_user
+from tests.helpers import make_user, opened_pool
 from web.app import create_app
 
 URL = "https://93.184.215.14/settle/hook"  # a public address: no DNS needed
@@ -41,10 +40,8 @@ def hooks_db(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def hooks_pool(settings: Settings, hooks_db: str) -> Iterator[ConnectionPool]:
-    pool = create_pool(settings.with_(database_url=hooks_db), "web-hooks", size=2)
-    pool.open(wait=True, timeout=10)
-    yield pool
-    pool.close()
+    with opened_pool(settings.with_(database_url=hooks_db), "web-hooks", size=2) as pool:
+        yield pool
 
 
 def _app(settings: Settings, hooks_db: str, pool: ConnectionPool, **changes: object) -> Recorder:
