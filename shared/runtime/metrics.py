@@ -43,7 +43,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from shared.broker.base import QueueCounts
-from shared.broker.messages import TRANSFER_QUEUE
+from shared.broker.messages import QUEUES
 from shared.config import Settings
 from shared.db.budget import BudgetExceeded, capacity_on, make_plan
 from shared.db.pool import connection
@@ -256,7 +256,7 @@ class OverviewCollector(Collector):
         pool: Any,
         *,
         queue_counts: QueueCounts | None,
-        queues: tuple[str, ...] = (TRANSFER_QUEUE,),
+        queues: tuple[str, ...] = QUEUES,
     ) -> None:
         self._settings = settings
         self._pool = pool

@@ -17,14 +17,14 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from shared.broker.base import STATES, QueueCounts
-from shared.broker.messages import TRANSFER_QUEUE
+from shared.broker.messages import TRANSFER_QUEUE, WEBHOOK_QUEUE
 from shared.config import Settings
 from shared.db.activity import ROLES, connections_by_role
 from shared.db.budget import BudgetExceeded, Capacity, Plan, capacity_on, make_plan
 from shared.ledger import dead_letters, vitals
 from shared.text_table import text_table
 
-QUEUES = (TRANSFER_QUEUE,)
+QUEUES = (TRANSFER_QUEUE, WEBHOOK_QUEUE)
 
 
 @dataclass
@@ -60,7 +60,8 @@ class Status:
         out.append(
             f"oldest pending: {self.oldest_pending:.0f}s (threshold {self.pending_threshold:g}s)"
         )
-        dead = [c["dead"] for c in self.queues.values() if "dead" in c]
+        # The transfers' dead letters: a delivery that fails is retried by Postgres instead.
+        dead = [c["dead"] for q, c in self.queues.items() if q == TRANSFER_QUEUE and "dead" in c]
         out.append(dead_letters.count_line(self.transfers.dead_lettered, sum(dead)))
         out.append(f"being retried: {self.retrying_text()}")
         # An event watch is a connection of a web process, not a process of its own.
