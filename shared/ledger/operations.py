@@ -317,12 +317,16 @@ def settle_transfer(conn: psycopg.Connection, transfer_id: int) -> tuple[str, st
 #: that concurrent settlements take disjoint ones. Only transfers with two attempts left or
 #: more: a failed attempt never spends the budget of a transfer its message does not
 #: carry, so a message dead-letters only its own (its last attempt comes from a message
-#: that carries it, its own or the sweeper's). The partial index `transfers_pending` serves
-#: it; the locks belong to the function's transaction, which is the same statement.
+#: that carries it, its own or the sweeper's). Never a leg of a chain (an atomic batch): a
+#: chain is locked whole under its own row's lock, and fills taking some of its legs in
+#: concurrent settlements would leave no settlement all of them. The partial index
+#: `transfers_pending` serves it; the locks belong to the function's transaction, which is
+#: the same statement.
 _FILLED_IDS = sql.SQL("""
     %(ids)s::bigint[] || ARRAY(
         SELECT tr.id FROM transfers tr
          WHERE tr.status = 'pending' AND tr.dead_lettered_at IS NULL
+           AND tr.chain_id IS NULL
            AND (tr.next_attempt_at IS NULL OR tr.next_attempt_at <= now()
                 OR tr.retry_message = %(message)s)
            AND tr.failed_attempts < %(max)s - 1

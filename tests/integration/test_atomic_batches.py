@@ -277,3 +277,27 @@ def test_an_operator_retries_or_cancels_a_dead_lettered_chain_whole(
         row = transfer_row(db, leg)
         assert (row["status"], row["failure_code"]) == ("failed", "cancelled_by_operator")
     assert balance(db, a) == 800
+
+
+def test_a_settlement_topping_up_its_batch_leaves_a_chain_to_its_own_message(
+    db: psycopg.Connection, client: TestClient, trio: tuple[int, int, int], settings
+) -> None:
+    """A batch topped up with the oldest pending transfers (`fill`) takes no leg of a chain:
+    concurrent fills taking some legs each would leave no settlement all of them."""
+    a, b, c = trio
+    legs = ids_of(
+        post_batch(client, {"transfers": [item(a, b, 100), item(a, c, 100)], "atomic": True})
+    )
+    # Between accounts of their own, so that the settlement in flight holds none of the chain's.
+    treasury, payee = make_account(db, treasury=True), make_account(db)
+    loose = ids_of(post_batch(client, {"transfers": [item(treasury, payee, 1)]}))
+    with psycopg.connect(settings.database_url) as other:
+        # Another worker's settlement, topped up, still in flight.
+        topped = ledger.settle_transfers(other, loose, fill=100)
+
+        assert not set(legs) & set(topped)
+        outcomes = ledger.settle_transfers(db, [legs[0]])
+
+        assert {outcomes[leg].status for leg in legs} == {"settled"}
+        other.commit()
+    assert (balance(db, a), balance(db, payee)) == (800, 1)
