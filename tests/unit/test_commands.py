@@ -81,6 +81,13 @@ def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     assert commands.parse_json(raw) == {"name": "[" * (MAX_DEPTH * 4) + '"{'}
 
 
+def test_nesting_after_a_string_ending_in_an_escaped_backslash_still_counts() -> None:
+    # "\\" ends its string: the brackets after it are structure, not text.
+    nested = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
+    with pytest.raises(InvalidJSON, match="nested deeper"):
+        commands.parse_json(f'{{"a": "x\\\\", "b": {nested}}}'.encode())
+
+
 @pytest.mark.parametrize("sign", ["", "-"])
 def test_an_integer_literal_of_5000_digits_is_rejected_before_conversion(sign: str) -> None:
     raw = f'{{"amount": {sign}{"9" * 5000}}}'.encode()
