@@ -1,12 +1,17 @@
 """`settle web`: the waitress launcher, the composition root of the web processes.
 
-The parent binds one listening socket and forks WEB_PROCESSES children that share it; each
-child opens its own pool after the fork and serves with WEB_THREADS threads. Waitress has no
-signal handling of its own, so each child drives waitress's event loop itself: on SIGTERM it
-stops accepting, lets in-flight requests finish and their responses flush, closes its pool
-and exits 0. The parent holds the socket, passes SIGTERM on and replaces a child that dies
-on its own, with the backoff and give-up rules of `shared.runtime.supervisor.Supervisor`; the
-socket stays open meanwhile, so the other children keep answering.
+The parent forks WEB_PROCESSES children; each opens its own pool after the fork, then its
+own listening socket on HOST:PORT (SO_REUSEPORT: the kernel spreads new connections over
+the children's sockets) and serves with WEB_THREADS threads. A socket belongs to the one
+process that opened it, so a child that dies, however it dies, takes its socket with it and
+the kernel hands no new connection to it. The parent holds only a reservation of the port,
+bound but never listening (see `reserve_port`). Waitress has no signal handling of its own,
+so each child drives waitress's event loop itself: on SIGTERM it accepts what waits in its
+socket's backlog, closes the socket, lets in-flight requests finish and their responses
+flush, closes its pool and exits 0. The parent passes SIGTERM on and replaces a child that
+dies on its own, with the backoff and give-up rules of `shared.runtime.supervisor.Supervisor`;
+meanwhile the other children take every new connection. See
+docs/decisions/listening-socket-per-process.md.
 
 The parent never exits because a dependency is away (under honcho that would stop the
 worker and the sweeper too): its boot waits for Postgres and the broker
@@ -89,21 +94,51 @@ def shed_load(
     return shedding
 
 
-def listen(settings: Settings) -> socket.socket:
-    sock = socket.create_server((settings.host, settings.port), backlog=1024, reuse_port=False)
+def reserve_port(settings: Settings) -> socket.socket:
+    """The parent's hold on HOST:PORT: a socket bound there with SO_REUSEPORT but never
+    listening, so the kernel hands it no connection, while the children's listening sockets
+    join it on the port. It keeps another program from taking the port while no child
+    listens (all of them being replaced), and it tells which port PORT=0 picked.
+
+    A plain bind comes first, so that a port someone else holds (a previous `settle web` on
+    its way out, another program) fails with `OSError` as it would without SO_REUSEPORT,
+    rather than be shared. The reservation itself sets no SO_REUSEADDR: with it, a plain bind
+    elsewhere would be let through while nothing listens."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((settings.host, settings.port))
+        port = probe.getsockname()[1]
+    reservation = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reservation.bind((settings.host, port))
+    except OSError:
+        reservation.close()
+        raise
+    return reservation
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """This web process's own listening socket on `host`:`port`, beside the other web
+    processes' (SO_REUSEPORT). Opened by the process that serves it, after the fork, and
+    never shared: when the process exits, however it exits, the socket closes, and the
+    kernel hands new connections to the others' sockets only. (Connections already in this
+    socket's backlog, accepted by the kernel but not yet by waitress, are reset then; their
+    clients retry.) Raises `OSError` when the port cannot be joined."""
+    sock = socket.create_server((host, port), backlog=1024, reuse_port=True)
     sock.setblocking(False)
     return sock
 
 
-def listen_when_free(settings: Settings, stop: StopRequest) -> socket.socket | None:
-    """The listening socket on HOST:PORT. A port in use (a previous web on its way out) is
-    tried again with the supervisors' backoff, each attempt logged; any other refusal (an
-    address this host does not have, a port it may not bind) exits 2: it is the setting.
-    None when a stop is requested meanwhile."""
+def reserve_port_when_free(settings: Settings, stop: StopRequest) -> socket.socket | None:
+    """`reserve_port`, a port in use (a previous web on its way out) tried again with the
+    supervisors' backoff, each attempt logged; any other refusal (an address this host does
+    not have, a port it may not bind) exits 2: it is the setting. None when a stop is
+    requested meanwhile."""
     backoff = Backoff(Supervisor.BACKOFF_BASE, settings.restart_backoff_max_seconds)
     while not stop.is_set():
         try:
-            return listen(settings)
+            return reserve_port(settings)
         except OSError as exc:
             where = f"cannot listen on {settings.host}:{settings.port}: {exc}"
             if exc.errno != errno.EADDRINUSE:
@@ -114,8 +149,9 @@ def listen_when_free(settings: Settings, stop: StopRequest) -> socket.socket | N
     return None
 
 
-def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan) -> int:
-    """Serve on `sock` in this process until `stop` is set; return the exit code.
+def serve(settings: Settings, port: int, stop: StopRequest, plan: Plan) -> int:
+    """Serve on a socket of this process's own on `port` until `stop` is set; return the
+    exit code.
 
     The pool's size is this process's lease on the budget: the plan's web share, or less
     (possibly after a wait) when more processes run than the plan counted.
@@ -126,7 +162,7 @@ def serve(settings: Settings, sock: socket.socket, stop: StopRequest, plan: Plan
         if pool is None:
             return 0
         with event_watch(settings, plan, stop) as watch:
-            return _serve_app(settings, sock, stop, pool, watch)
+            return _serve_app(settings, port, stop, pool, watch)
 
 
 @contextlib.contextmanager
@@ -151,13 +187,13 @@ def event_watch(settings: Settings, plan: Plan, stop: StopRequest) -> Iterator[E
 
 def _serve_app(
     settings: Settings,
-    sock: socket.socket,
+    port: int,
     stop: StopRequest,
     pool: Any,
     watch: EventWatch | None,
 ) -> int:
-    """Run waitress on `sock` until `stop` is set, then drain; 0 when nothing was cut off.
-    Long-polls waiting on `watch` are answered at once when the drain starts."""
+    """Listen on `port` and run waitress until `stop` is set, then drain; 0 when nothing was
+    cut off. Long-polls waiting on `watch` are answered at once when the drain starts."""
     # Built after the fork: the broker's client must belong to this process.
     from shared.broker.sending import sender
     from shared.ledger.auth import PrincipalCache
@@ -189,11 +225,13 @@ def _serve_app(
         over_limit=OverLimit(keys, limiter),
         on_limited=RATE_LIMITED.labels(SHED_ROUTE).inc,
     )
-    server = WaitressServer(app, sock, threads=settings.web_threads)
+    # Opened last, once this process can answer: the kernel routes connections to a socket
+    # from the moment it listens.
+    server = WaitressServer(app, listen(settings.host, port), threads=settings.web_threads)
     log.info(
         "serving on http://%s:%s with %d threads, pool of %d, up to %d long-polls waiting",
         settings.host,
-        sock.getsockname()[1],
+        port,
         settings.web_threads,
         pool.max_size,
         0 if watch is None else watch.limit,
@@ -203,9 +241,10 @@ def _serve_app(
     while not stop.is_set():
         server.run_once(timeout=1.0)
 
-    # Stop accepting; keep the event loop turning so in-flight responses reach their clients.
-    # Long-polls are answered now with what they have: a drain must not wait out their
-    # deadlines.
+    # Take in what waits in the backlog and close the socket, so that the kernel sends new
+    # connections to the other web processes (or refuses them when every one is stopping);
+    # keep the event loop turning so in-flight responses reach their clients. Long-polls are
+    # answered now with what they have: a drain must not wait out their deadlines.
     server.stop_accepting()
     if watch is not None:
         watch.close()
@@ -231,25 +270,32 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def web_processes(boot: Boot) -> Children | None:
-    """WEB_PROCESSES forked web processes sharing one listening socket, bound here once the
-    boot has checked the plan (refuse before binding the port); None when stopped while
-    the port was busy."""
+    """WEB_PROCESSES forked web processes, each listening on a socket of its own; the port
+    is reserved here once the boot has checked the plan (refuse before binding the port);
+    None when stopped while the port was busy."""
     settings = boot.settings
-    sock = listen_when_free(settings, boot.stop)
-    if sock is None:
+    held = reserve_port_when_free(settings, boot.stop)
+    if held is None:
         return None
+    port = held.getsockname()[1]
     log.info(
-        "listening on http://%s:%s (%d processes)",
+        "listening on http://%s:%s (%d processes, a socket each)",
         settings.host,
-        sock.getsockname()[1],
+        port,
         settings.web_processes,
     )
+
+    def child(stop: StopRequest) -> int:
+        # Only the parent holds the port this way: the child's copy of the reservation goes.
+        held.close()
+        return serve(settings, port, stop, boot.plan)
+
     return Children(
         "web process",
-        forked("web", lambda stop: serve(settings, sock, stop, boot.plan)),
+        forked("web", child),
         slots=settings.web_processes,
         reaped=multiproc.process_exited,
-        close=sock.close,
+        close=held.close,
     )
 
 

@@ -4,8 +4,9 @@ Waitress has no stop call and no queue limit, so `settle web` drives it itself:
 - `wasyncore.loop(timeout, map, use_poll, count)`: one turn of waitress's event loop, so
   the loop can stop when a stop is requested (`serve_forever` never returns);
 - `server.pull_trigger()`: wakes that loop from a signal handler;
-- `server.accepting = False`: stops accepting on the shared socket while the event loop
-  keeps flushing the responses in flight;
+- `server.socket`, `server.handle_accept()`, `server.del_channel()` and `server.accepting =
+  False`: take in the connections waiting in the listening socket's backlog, then close
+  that socket, while the event loop keeps flushing the responses in flight;
 - `server.task_dispatcher.queue` (requests waiting for a thread), `.active_count` (threads
   running one) and `.shutdown(cancel_pending, timeout)`: load shedding and the drain;
 - `HTTPChannel.requests` and `.total_outbufs_len`: a connection with a request not yet
@@ -20,6 +21,7 @@ when an upgrade changes any of them.
 from __future__ import annotations
 
 import re
+import select
 import socket
 import warnings
 from collections.abc import Callable, Iterable
@@ -30,6 +32,10 @@ import waitress
 import waitress.parser
 from waitress import wasyncore
 from waitress.channel import HTTPChannel
+
+#: Connections `stop_accepting` takes in from the backlog at most (the backlog `settle web`
+#: listens with).
+BACKLOG = 1024
 
 #: The waitress version these internals were read from.
 CHECKED_VERSION = "3.0.2"
@@ -102,8 +108,24 @@ class WaitressServer:
         return int(dispatcher.active_count) + len(dispatcher.queue)
 
     def stop_accepting(self) -> None:
-        """Accept no new connection; those already accepted are still served."""
-        self._server.accepting = False
+        """Accept the connections already waiting in the listening socket's backlog (they
+        are served like the others), then close the socket: no new connection reaches this
+        server, and with SO_REUSEPORT the kernel hands new ones to the other sockets on the
+        port. Connections already accepted are still served."""
+        server = self._server
+        listener = server.socket
+        if listener is None:
+            return
+        waiting = select.poll()
+        waiting.register(listener, select.POLLIN)
+        for _ in range(BACKLOG):  # bounded: a client connecting meanwhile must not hold us
+            if not waiting.poll(0):
+                break
+            server.handle_accept()
+        server.accepting = False
+        server.del_channel()
+        listener.close()
+        server.socket = None
 
     def busy(self) -> bool:
         """Whether a request is running or waiting, or a response is not yet sent."""

@@ -117,7 +117,11 @@ class Settings:
     host: str = setting("HOST", "127.0.0.1", "address web listens on", form="address")
     port: int = setting("PORT", 8000, "port web listens on", at_least=0)
     web_processes: int = setting(
-        "WEB_PROCESSES", 2, "web processes sharing the listening socket", at_least=1
+        "WEB_PROCESSES",
+        2,
+        "web processes, each listening on `PORT` with a socket of its own (the kernel spreads"
+        " connections over them)",
+        at_least=1,
     )
     web_threads: int = setting(
         "WEB_THREADS",

@@ -4,6 +4,7 @@ the adapter reads fails here."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.metadata
 import json
@@ -44,6 +45,8 @@ class Served:
             shed_load(self._waits, lambda: self.server.queue_depth(), LIMIT), self.sock, threads=1
         )
         self._done = threading.Event()
+        self._stopping = threading.Event()
+        self._stopped_accepting = threading.Event()
         self._loop = threading.Thread(target=self._run, daemon=True)
         if loop:
             self._loop.start()
@@ -57,13 +60,24 @@ class Served:
 
     def _run(self) -> None:
         while not self._done.is_set():
+            # On the loop's own thread, as `settle web` does: it changes the loop's map.
+            if self._stopping.is_set() and not self._stopped_accepting.is_set():
+                self.server.stop_accepting()
+                self._stopped_accepting.set()
             self.server.run_once(timeout=0.05)
 
     def close(self) -> None:
         self.gate.set()
-        self.server.stop_accepting()
         if self._loop.is_alive():
-            wait_until(lambda: not self.server.busy(), timeout=10, what="the server is idle")
+            self._stopping.set()
+            self.server.wake()
+            wait_until(
+                lambda: self._stopped_accepting.is_set() and not self.server.busy(),
+                timeout=10,
+                what="the server is idle",
+            )
+        else:
+            self.server.stop_accepting()
         self._done.set()
         if self._loop.is_alive():
             self._loop.join(timeout=10)
@@ -126,6 +140,32 @@ def test_a_wake_ends_the_turn_of_the_event_loop() -> None:
     alive = turn.is_alive()
     quiet.close()
     assert not alive
+
+
+def test_stopping_serves_the_connections_waiting_in_the_backlog_and_closes_the_socket() -> None:
+    quiet = Served(loop=False)  # nothing turns its loop: a connection waits in the backlog
+    quiet.gate.set()
+    waiting = socket.create_connection(("127.0.0.1", quiet.port), timeout=10)
+    try:
+        waiting.sendall(b"GET / HTTP/1.1\r\nHost: settle\r\nConnection: close\r\n\r\n")
+        quiet.server.stop_accepting()
+        # The socket is closed: nothing listens on the port any more.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", quiet.port), timeout=10).close()
+        answer = bytearray()
+        waiting.setblocking(False)
+
+        def answered() -> bool:
+            quiet.server.run_once(timeout=0.05)
+            with contextlib.suppress(BlockingIOError):  # nothing to read yet
+                answer.extend(waiting.recv(4096))
+            return answer.endswith(b"ok")
+
+        wait_until(answered, timeout=10, what="the waiting connection is answered")
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+    finally:
+        waiting.close()
+        quiet.close()
 
 
 SPLIT_EXAMPLES = [
