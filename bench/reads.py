@@ -186,6 +186,11 @@ def run_section(
             "app_cpu_ms_per_request": statistics.median(cpu_ms[label]),
             "ratio_vs_express_by_round": by_round,
             "ratio_vs_express": statistics.median(by_round),
+            # CPU time per request over the peer's in the same round (below 1: less).
+            "cpu_per_request_vs_express": statistics.median(
+                c / p if p else float("nan")
+                for c, p in zip(cpu_ms[label], cpu_ms[PEER], strict=True)
+            ),
         }
     return out
 
@@ -207,8 +212,9 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
                 f"{s['rps']:.0f} req/s, p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms,"
                 f" {s['non_2xx']} non-2xx, {s['app_cpu_ms_per_request']:.2f} CPU ms/req",
                 baseline,
-                f"{s['ratio_vs_express']:.2f}x",
-                ">= 1.0x" if label == FULL_READ else "",
+                f"{s['ratio_vs_express']:.2f}x req/s; CPU per request"
+                f" {s['cpu_per_request_vs_express']:.2f}x",
+                ">= 1.0x req/s" if label == FULL_READ else "",
             )
         )
     splits = result["connection_shares"]

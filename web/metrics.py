@@ -13,9 +13,9 @@ refused with 401 like a bad key, since the endpoint is not part of the API a use
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 import falcon
@@ -62,8 +62,10 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
 def new_request_id() -> str:
-    """A fresh request id: 32 hex characters."""
-    return uuid.uuid4().hex
+    """A fresh request id: 32 hex characters, 128 random bits. Not `uuid.uuid4().hex`, which
+    builds a UUID object (an int, its version bits) only to print it again: 3% of a web
+    process's time on `/healthz` under wrk."""
+    return os.urandom(16).hex()
 
 
 def request_id_of(header: str | None) -> str:
