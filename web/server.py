@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -77,7 +77,7 @@ def shed_load(
             if refused is not None:
                 on_limited()
                 status, headers, limited_body = render(refused)
-                start_response(status, [*headers, ("X-Request-Id", uuid.uuid4().hex)])
+                start_response(status, [*headers, ("X-Request-Id", os.urandom(16).hex())])
                 return [limited_body]
             start_response(
                 "503 Service Unavailable",
@@ -85,7 +85,7 @@ def shed_load(
                     ("Content-Type", "application/json"),
                     ("Content-Length", str(len(body))),
                     ("Retry-After", str(Overloaded.retry_after)),
-                    ("X-Request-Id", uuid.uuid4().hex),
+                    ("X-Request-Id", os.urandom(16).hex()),
                 ],
             )
             return [body]
