@@ -143,10 +143,12 @@ def test_settle_budget_reads_pgbouncers_limits_from_its_admin_console(
     }
     done = settle("budget", env=env)
     assert done.returncode == 0, done.stdout
+    # web 2 x 4, events 2 x 1, worker 2 x 4, webhooks 1 x 2, sweeper 2 (its dispatcher's too)
+    clients = 8 + 2 + 8 + 2 + 2
     assert done.stdout.splitlines()[-3:] == [
-        f"total 19 of {CLIENT_LIMIT - 5} available (PgBouncer's max_client_conn {CLIENT_LIMIT}"
-        f" - 5 reserved); headroom {CLIENT_LIMIT - 5 - 19}",
-        f"pgbouncer: 19 client connections -> a pool of {POOL_SIZE} server connections"
+        f"total {clients} of {CLIENT_LIMIT - 5} available (PgBouncer's max_client_conn"
+        f" {CLIENT_LIMIT} - 5 reserved); headroom {CLIENT_LIMIT - 5 - clients}",
+        f"pgbouncer: {clients} client connections -> a pool of {POOL_SIZE} server connections"
         " (PgBouncer's pool for the database)",
         f"postgres: {POOL_SIZE} of 40 available (DB_CONNECTION_BUDGET); headroom {40 - POOL_SIZE}",
     ]
