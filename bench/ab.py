@@ -48,6 +48,7 @@ from bench.harness import (
     random_transfers,
     ready,
     service_env,
+    stop,
     wait_terminal,
     wait_until,
 )
@@ -77,10 +78,15 @@ def running(
             )
         yield procs
     finally:
+        # All at once (SIGTERM to each process group), then each waited for as `make bench`
+        # does: SIGKILL to what is still running after its 60 s. Web drains for up to
+        # WEB_SHUTDOWN_TIMEOUT (30 s) and then closes its server, so one slow stop must not
+        # end the command and lose the rounds measured so far.
         for proc in procs:
-            os.killpg(proc.pid, 15)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 15)
         for proc in procs:
-            proc.wait(60)
+            stop(proc)
 
 
 def ratios(name: str, a: list[float], b: list[float]) -> None:
