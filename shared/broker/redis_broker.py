@@ -65,6 +65,11 @@ WAKE_TOKENS = 16
 #: Dead letters read per HSCAN round trip.
 SCAN_BATCH = 500
 
+#: Sends of one batch of messages at most: the first, and one after each NOSCRIPT answer
+#: (after which the script is loaded). Two would do unless the cache is flushed again between
+#: the load and the send.
+NOSCRIPT_ATTEMPTS = 3
+
 #: The broker command a heartbeat sends: dramatiq's dispatch script records the heartbeat of
 #: every command, runs maintenance when asked, and does nothing else for an unknown one.
 _BEAT = "heartbeat"
@@ -160,17 +165,44 @@ class SettleRedisBroker(SettleBroker, RedisBroker):
         pipe.ltrim(key, 0, WAKE_TOKENS - 1)
 
     def enqueue_many(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
-        """Enqueue `messages` (none delayed) in one pipeline: one round trip for all of them
-        (plus redis-py's check that the script is loaded), where `enqueue` costs one each.
-        Raises redis errors; then some messages may have been enqueued."""
+        """Enqueue `messages` (none delayed) in one pipeline: one round trip for all of them,
+        where `enqueue` costs one each. Raises redis errors; then some messages may have been
+        enqueued.
+
+        Each message is an EVALSHA of dramatiq's dispatch script sent as it is: a pipeline
+        given a registered `Script` would first ask Redis whether the script is loaded
+        (SCRIPT EXISTS, one more round trip on every send). When Redis answers NOSCRIPT (its
+        script cache is empty after a restart or a SCRIPT FLUSH), the script is loaded and
+        only the messages that met NOSCRIPT are sent again, so none is enqueued twice."""
         prepared = [m.copy(options={"redis_message_id": str(uuid4())}) for m in messages]
         for message in prepared:
             self.emit_before("enqueue", message, None)
-        dispatch = self.scripts["dispatch"]
+        pending = prepared
+        for _ in range(NOSCRIPT_ATTEMPTS):
+            pending = self._dispatch_enqueues(pending)
+            if not pending:
+                break
+            dispatch = self.scripts["dispatch"]
+            dispatch.sha = self.client.script_load(dispatch.script)
+        else:
+            raise redis.exceptions.NoScriptError(
+                f"dispatch script not found after loading it {NOSCRIPT_ATTEMPTS - 1} times"
+            )
+        for message in prepared:
+            self.emit_after("enqueue", message, None)
+        return prepared
+
+    def _dispatch_enqueues(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
+        """Send `messages` in one pipeline with a wake-up for their consumers; returns those
+        Redis refused with NOSCRIPT (not enqueued), raises any other error."""
+        sha = self.scripts["dispatch"].sha
         with self.client.pipeline(transaction=False) as pipe:
-            for message in prepared:
+            for message in messages:
                 # The arguments of dramatiq's `_dispatch("enqueue")`, in its order.
-                args = [
+                pipe.evalsha(
+                    sha,
+                    1,
+                    self.namespace,
                     "enqueue",
                     current_millis(),
                     message.queue_name,
@@ -181,14 +213,20 @@ class SettleRedisBroker(SettleBroker, RedisBroker):
                     self._max_unpack_size(),
                     message.options["redis_message_id"],
                     message.encode(),
-                ]
-                dispatch(keys=[self.namespace], args=args, client=pipe)
-            for queue_name in {m.queue_name for m in prepared}:
-                self._wake(pipe, queue_name, sum(m.queue_name == queue_name for m in prepared))
-            pipe.execute()
-        for message in prepared:
-            self.emit_after("enqueue", message, None)
-        return prepared
+                )
+            for queue_name in {m.queue_name for m in messages}:
+                self._wake(pipe, queue_name, sum(m.queue_name == queue_name for m in messages))
+            replies = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(
+                reply, redis.exceptions.NoScriptError
+            ):
+                raise reply
+        return [
+            message
+            for message, reply in zip(messages, replies, strict=False)
+            if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
 
     def _should_do_maintenance(self, command: str) -> int:
         # dramatiq 2.2 decides per command; other commands keep its random chance.
