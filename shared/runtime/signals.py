@@ -20,17 +20,22 @@ class StopRequest:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._requested = False
         self._callbacks: list[Callable[[], None]] = []
 
     def set(self) -> None:
-        first = not self._event.is_set()
+        # A plain flag, tested and set before the event: a second signal whose handler runs
+        # while this one is inside `Event.set` (holding the event's lock, which is not
+        # reentrant) returns here instead of waiting for that lock forever.
+        if self._requested:
+            return
+        self._requested = True
         self._event.set()
-        if first:
-            for callback in list(self._callbacks):
-                callback()
+        for callback in list(self._callbacks):
+            callback()
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._requested
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)
@@ -38,7 +43,7 @@ class StopRequest:
     def on_set(self, callback: Callable[[], None]) -> None:
         """Run `callback` when the stop is requested (at once if it already was)."""
         self._callbacks.append(callback)
-        if self._event.is_set():
+        if self._requested:
             callback()
 
 

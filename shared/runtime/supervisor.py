@@ -181,7 +181,10 @@ class Supervisor:
                     slot.due = None
                 elif slot.due is not None and now >= slot.due:
                     self._spawn(index)
-            self._stop.wait(self.POLL)
+            if self._stop.is_set():  # the event no longer waits: look again after POLL
+                time.sleep(self.POLL)
+            else:
+                self._stop.wait(self.POLL)
         if self._refusal is not None:
             exit_with(self._role, *self._refusal)
         return EXIT_FAILED if self._failed else EXIT_OK

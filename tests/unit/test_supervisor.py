@@ -131,3 +131,41 @@ def test_a_crash_or_an_outage_between_refusals_starts_the_count_again() -> None:
 
     assert ended.value.code == 2
     assert len(starts) == 9
+
+
+def test_waiting_for_children_to_stop_polls_rather_than_spins() -> None:
+    """After a stop the supervisor waits for its children: a child slow to exit (here it
+    sleeps a second on SIGTERM) is looked at every POLL, not in a loop that burns a core."""
+    stop = StopRequest()
+    slow_to_stop = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), sys.exit(0)))\n"
+        "print('ready', flush=True)\n"
+        "while True: time.sleep(1)"
+    )
+    started = threading.Event()
+
+    def start(slot: int) -> int:
+        pid = exec_child(python(slow_to_stop))
+        started.set()
+        return pid
+
+    class Counting(QuickSupervisor):
+        looks = 0
+
+        def _reap(self) -> None:
+            Counting.looks += 1
+            super()._reap()
+
+    supervisor = Counting("test-slow-stop", "child", start, stop=stop)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(supervisor.run()))
+    runner.start()
+    assert started.wait(30)
+    wait_until(lambda: Counting.looks >= 2, timeout=30, what="the supervisor to look twice")
+    before = Counting.looks
+    stop.set()
+    runner.join(timeout=30)
+    assert codes == [0]
+    # About one look per POLL during the child's second of stopping (a spin makes thousands).
+    assert Counting.looks - before < 10 / Supervisor.POLL
