@@ -265,9 +265,10 @@ def main() -> None:
         bulk_accounts,
         operator_headers,
         ready,
+        service_env,
         wait_until,
+        worker_ready,
     )
-    from bench.suite import service_env, worker_ready
     from shared.config import Settings
 
     parser = argparse.ArgumentParser(prog="python -m bench.batches", description=__doc__)
