@@ -13,12 +13,13 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import psycopg
@@ -355,3 +356,50 @@ def answers(port: int, path: str) -> int | None:
         return None
     finally:
         conn.close()
+
+
+@dataclass
+class Service:
+    """A section run on its own: scratch servers, 2,000 funded accounts, and web, worker and
+    sweeper started as `make run` starts them (see `standalone_service`)."""
+
+    url: str
+    conn: psycopg.Connection
+    accounts: range
+    key: str
+    env: dict[str, str]
+    port: int
+    web: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def standalone_service() -> Iterator[Service]:
+    """What `python -m bench.<section>` needs before its rounds: scratch Postgres and Redis,
+    2,000 accounts with ample balances, an operator key, and the three processes ready (the
+    worker's settling and webhook processes all booted). Everything is stopped on exit."""
+    with (
+        bench_servers() as (url, name, redis_url),
+        tempfile.TemporaryDirectory(prefix="settle-bench-") as tmp,
+        psycopg.connect(url, autocommit=True) as conn,
+    ):
+        _, accounts = bulk_accounts(conn, 2000, balance=10_000_000)
+        key = operator_headers(conn)["Authorization"].removeprefix("Bearer ")
+        env = service_env(url, name, redis_url)
+        settings = Settings.from_env(env)
+        procs = Processes(env, Path(tmp))
+        try:
+            web = procs.start("web")
+            worker = procs.start("worker")
+            procs.start("sweeper")
+            port = int(env["PORT"])
+            booted = settings.worker_processes + settings.webhook_processes
+            wait_until(lambda: ready(port), timeout=60, what="settle web is ready")
+            wait_until(
+                lambda: worker_ready(procs, worker, booted),
+                timeout=60,
+                what="settle worker is ready",
+            )
+            yield Service(url, conn, accounts, key, env, port, web, worker)
+        finally:
+            procs.stop_all()

@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -242,57 +240,25 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def main() -> None:
-    from bench.harness import (
-        Processes,
-        bench_servers,
-        bulk_accounts,
-        operator_headers,
-        ready,
-        service_env,
-        wait_until,
-        worker_ready,
-    )
-    from shared.config import Settings
+    from bench.harness import standalone_service
 
     parser = argparse.ArgumentParser(prog="python -m bench.saturation", description=__doc__)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pgbench-seconds", type=float, default=8.0)
     args = parser.parse_args()
-    with (
-        bench_servers() as (url, name, redis_url),
-        tempfile.TemporaryDirectory(prefix="settle-bench-") as tmp,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        _, accounts = bulk_accounts(conn, 2000, balance=10_000_000)
-        key = operator_headers(conn)["Authorization"].removeprefix("Bearer ")
-        env = service_env(url, name, redis_url)
-        procs = Processes(env, Path(tmp))
-        try:
-            web = procs.start("web")
-            worker = procs.start("worker")
-            procs.start("sweeper")
-            port = int(env["PORT"])
-            processes = Settings.from_env(env).worker_processes
-            wait_until(lambda: ready(port), timeout=60, what="settle web is ready")
-            wait_until(
-                lambda: worker_ready(procs, worker, processes),
-                timeout=60,
-                what="settle worker is ready",
-            )
-            result = run_section(
-                port=port,
-                key=key,
-                url=url,
-                conn=conn,
-                accounts=accounts,
-                seconds=args.seconds,
-                rounds=args.rounds,
-                pgbench_seconds=args.pgbench_seconds,
-                pids={"web": web.pid, "worker": worker.pid},
-            )
-        finally:
-            procs.stop_all()
+    with standalone_service() as service:
+        result = run_section(
+            port=service.port,
+            key=service.key,
+            url=service.url,
+            conn=service.conn,
+            accounts=service.accounts,
+            seconds=args.seconds,
+            rounds=args.rounds,
+            pgbench_seconds=args.pgbench_seconds,
+            pids={"web": service.web.pid, "worker": service.worker.pid},
+        )
     for row in rows(result):
         print(" | ".join(row))
 

@@ -28,11 +28,9 @@ import http.server
 import json
 import random
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -271,59 +269,25 @@ def rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def main() -> None:
-    from bench.harness import (
-        Processes,
-        bench_servers,
-        bulk_accounts,
-        operator_headers,
-        ready,
-        service_env,
-        worker_ready,
-    )
-    from shared.config import Settings
+    from bench.harness import standalone_service
 
     parser = argparse.ArgumentParser(prog="python -m bench.webhooks", description=__doc__)
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with (
-        bench_servers() as (url, name, redis_url),
-        tempfile.TemporaryDirectory(prefix="settle-bench-") as tmp,
-        psycopg.connect(url, autocommit=True) as conn,
-    ):
-        _, accounts = bulk_accounts(conn, 2000, balance=10_000_000)
-        key = operator_headers(conn)["Authorization"].removeprefix("Bearer ")
-        env = service_env(url, name, redis_url)
-        settings = Settings.from_env(env)
-        procs = Processes(env, Path(tmp))
-        try:
-            procs.start("web")
-            worker = procs.start("worker")
-            procs.start("sweeper")
-            port = int(env["PORT"])
-            wait_until(lambda: ready(port), timeout=60, what="settle web is ready")
-            wait_until(
-                lambda: worker_ready(
-                    procs, worker, settings.worker_processes + settings.webhook_processes
-                ),
-                timeout=60,
-                what="settle worker is ready",
-            )
-            with queue_backlog(env) as backlog:
-                result = run_section(
-                    port=port,
-                    key=key,
-                    url=url,
-                    conn=conn,
-                    accounts=accounts,
-                    rate=args.rate,
-                    seconds=args.seconds,
-                    rounds=args.rounds,
-                    webhook_backlog=backlog,
-                )
-        finally:
-            procs.stop_all()
+    with standalone_service() as service, queue_backlog(service.env) as backlog:
+        result = run_section(
+            port=service.port,
+            key=service.key,
+            url=service.url,
+            conn=service.conn,
+            accounts=service.accounts,
+            rate=args.rate,
+            seconds=args.seconds,
+            rounds=args.rounds,
+            webhook_backlog=backlog,
+        )
     for row in rows(result):
         print(" | ".join(row))
 
